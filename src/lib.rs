@@ -1,0 +1,15 @@
+//! Edge chat gateway for AI agents: a pure core (protocol, conversation, providers, routing) and thin Workers glue.
+
+pub mod auth;
+pub mod catalog;
+pub mod commands;
+pub mod config;
+pub mod conversation;
+pub mod error;
+pub mod llm;
+pub mod protocol;
+pub mod routing;
+pub mod store;
+
+#[cfg(target_arch = "wasm32")]
+mod shell;
