@@ -1,1 +1,636 @@
-//! TODO
+//! The per-conversation core: session state, the sequenced replay log, the turn accumulator, sends queue, dedupe and rate limit.
+
+use crate::catalog::{self, Catalog, Cost};
+use crate::llm::{ChatMessage, FinishReason, StreamEvent, Thinking, ThinkingLevel, ToolCall, UpstreamError, Usage};
+use crate::protocol::OutEvent;
+use crate::routing::RoutingDecision;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+
+/// Accumulated figures of a conversation, for `/status` and admin stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Metrics {
+    pub messages: u64,
+    pub turns: u64,
+    pub tokens: Usage,
+    /// USD of the turns whose model had known prices.
+    pub cost_usd: f64,
+    /// Turns whose cost could not be known (model without prices).
+    pub unpriced_turns: u64,
+    pub model_switches: u64,
+}
+
+/// The agent session bound to a conversation; persisted as JSON so it survives eviction and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionState {
+    /// Provider and model of the current (or last) turn.
+    pub provider: Option<String>,
+    pub model_id: Option<String>,
+    pub thinking_level: Option<ThinkingLevel>,
+    /// `/model` override: bypasses routing until cleared.
+    pub model_override: Option<String>,
+    /// Active named agent.
+    pub agent: Option<String>,
+    pub routing_decision: Option<RoutingDecision>,
+    pub metrics: Metrics,
+}
+
+impl SessionState {
+    /// The thinking level in force (`off` until set).
+    pub fn thinking(&self) -> ThinkingLevel {
+        self.thinking_level.unwrap_or(ThinkingLevel::Off)
+    }
+
+    /// Records the model a turn runs on, counting a switch when it changed.
+    pub fn use_model(&mut self, provider: &str, model: &str) {
+        let changed = self.provider.as_deref() != Some(provider) || self.model_id.as_deref() != Some(model);
+        if changed && self.model_id.is_some() {
+            self.metrics.model_switches += 1;
+        }
+        self.provider = Some(provider.to_string());
+        self.model_id = Some(model.to_string());
+    }
+
+    /// The `session:info` payload.
+    pub fn info_payload(&self, conversation_id: &str, default: (&str, &str), levels: &[ThinkingLevel]) -> String {
+        let mut v = json!({
+            "conversationId": conversation_id,
+            "provider": self.provider.as_deref().unwrap_or(default.0),
+            "modelId": self.model_id.as_deref().unwrap_or(default.1),
+            "thinkingLevel": self.thinking().as_str(),
+            "availableThinkingLevels": levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+        });
+        if let Some(agent) = &self.agent {
+            v["agentName"] = Value::String(agent.clone());
+        }
+        if let Some(over) = &self.model_override {
+            v["modelOverride"] = Value::String(over.clone());
+        }
+        if let Some(d) = &self.routing_decision {
+            v["routingDecision"] = serde_json::to_value(d).unwrap_or(Value::Null);
+        }
+        v.to_string()
+    }
+}
+
+/// Why a turn ended (PROTOCOL.md `stopReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Stop,
+    Length,
+    Aborted,
+    Error,
+    Truncated,
+    MaxSteps,
+}
+
+impl StopReason {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Stop => "stop",
+            StopReason::Length => "length",
+            StopReason::Aborted => "aborted",
+            StopReason::Error => "error",
+            StopReason::Truncated => "truncated",
+            StopReason::MaxSteps => "max_steps",
+        }
+    }
+}
+
+/// A stream event that must reach the clients now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emit {
+    Text(String),
+    Thinking(String),
+}
+
+/// What to do after one model call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Run these tools, then call the model again.
+    RunTools(Vec<ToolCall>),
+    /// The turn is over.
+    Done(StopReason),
+    /// The call failed; `before_output` says no byte of it reached a client (so it may be retried or failed over).
+    Failed { error: UpstreamError, before_output: bool },
+}
+
+/// A tool call as recorded in the assistant message's metadata (the seed's shape).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCallRecord {
+    pub tool_call_id: String,
+    pub tool_name: String,
+    pub args: Value,
+    pub is_error: bool,
+}
+
+/// One turn in progress: the buffers of the current model call and of the whole turn.
+#[derive(Debug, Default)]
+pub struct Turn {
+    /// Text of the whole turn, as the clients saw it.
+    pub text: String,
+    pub tool_records: Vec<ToolCallRecord>,
+    /// Usage summed over finished calls.
+    pub usage: Usage,
+    /// Prompt tokens of the last call: what fills the context window.
+    pub last_prompt_tokens: u64,
+    /// Model calls made so far.
+    pub steps: u32,
+    /// Messages this turn adds to the model's context (assistant steps, tool results).
+    pub new_context: Vec<ChatMessage>,
+    step: Step,
+}
+
+#[derive(Debug, Default)]
+struct Step {
+    text: String,
+    thinking: String,
+    signature: Option<String>,
+    tool_calls: Vec<ToolCall>,
+    usage: Usage,
+    finish: Option<FinishReason>,
+    error: Option<UpstreamError>,
+    output: bool,
+}
+
+impl Turn {
+    /// Starts the next model call.
+    pub fn begin_step(&mut self) {
+        self.step = Step::default();
+        self.steps += 1;
+    }
+
+    /// Whether the current call has produced output that reached clients.
+    pub fn step_has_output(&self) -> bool {
+        self.step.output
+    }
+
+    /// Feeds one decoded stream event; returns what to send to clients.
+    pub fn on_stream_event(&mut self, event: StreamEvent) -> Option<Emit> {
+        if self.step.error.is_some() {
+            return None; // nothing after an error counts
+        }
+        match event {
+            StreamEvent::Text(t) if !t.is_empty() => {
+                self.step.output = true;
+                self.step.text.push_str(&t);
+                self.text.push_str(&t);
+                Some(Emit::Text(t))
+            }
+            StreamEvent::Thinking(t) if !t.is_empty() => {
+                self.step.output = true;
+                self.step.thinking.push_str(&t);
+                Some(Emit::Thinking(t))
+            }
+            StreamEvent::Text(_) | StreamEvent::Thinking(_) => None,
+            StreamEvent::ThinkingSignature(s) => {
+                self.step.signature.get_or_insert_with(String::new).push_str(&s);
+                None
+            }
+            StreamEvent::ToolCall(c) => {
+                self.step.tool_calls.push(c);
+                None
+            }
+            StreamEvent::Usage(u) => {
+                merge_usage(&mut self.step.usage, &u);
+                None
+            }
+            StreamEvent::Finish(f) => {
+                self.step.finish.get_or_insert(f);
+                None
+            }
+            StreamEvent::Error(e) => {
+                self.step.error = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Records a failure that happened outside the stream (fetch error, stall, abort of the body).
+    pub fn fail_step(&mut self, error: UpstreamError) {
+        self.step.error.get_or_insert(error);
+    }
+
+    /// Ends the current call: folds its usage in and says what comes next.
+    pub fn end_step(&mut self, max_steps: u32) -> StepOutcome {
+        let step = std::mem::take(&mut self.step);
+        self.usage.add(&step.usage);
+        if step.usage.prompt_tokens() > 0 {
+            self.last_prompt_tokens = step.usage.prompt_tokens();
+        }
+        let has_content = !step.text.is_empty() || !step.tool_calls.is_empty() || !step.thinking.is_empty();
+        if has_content {
+            let thinking = (!step.thinking.is_empty()).then(|| Thinking { text: step.thinking.clone(), signature: step.signature.clone() });
+            self.new_context.push(ChatMessage::Assistant {
+                content: step.text.clone(),
+                thinking,
+                tool_calls: if step.error.is_some() { Vec::new() } else { step.tool_calls.clone() },
+            });
+        }
+        if let Some(error) = step.error {
+            return StepOutcome::Failed { error, before_output: !step.output };
+        }
+        if !step.tool_calls.is_empty() {
+            if self.steps >= max_steps {
+                // The model still wants tools; their calls stay unanswered, so drop them from the context.
+                if let Some(ChatMessage::Assistant { tool_calls, .. }) = self.new_context.last_mut() {
+                    tool_calls.clear();
+                }
+                return StepOutcome::Done(StopReason::MaxSteps);
+            }
+            return StepOutcome::RunTools(step.tool_calls);
+        }
+        match step.finish {
+            Some(FinishReason::Length) => StepOutcome::Done(StopReason::Length),
+            _ => StepOutcome::Done(StopReason::Stop),
+        }
+    }
+
+    /// Records a tool's result for the model and the metadata.
+    pub fn record_tool_result(&mut self, call: &ToolCall, result: String, is_error: bool) {
+        let args = serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
+        self.tool_records.push(ToolCallRecord { tool_call_id: call.id.clone(), tool_name: call.name.clone(), args, is_error });
+        self.new_context.push(ChatMessage::Tool { tool_call_id: call.id.clone(), name: call.name.clone(), content: result, is_error });
+    }
+}
+
+/// Later usage values replace earlier ones field by field (providers send running totals).
+fn merge_usage(into: &mut Usage, from: &Usage) {
+    if from.input > 0 {
+        into.input = from.input;
+    }
+    if from.output > 0 {
+        into.output = from.output;
+    }
+    if from.cache_read > 0 {
+        into.cache_read = from.cache_read;
+    }
+    if from.cache_write > 0 {
+        into.cache_write = from.cache_write;
+    }
+}
+
+/// The usage block of `agent:end` and of the stored message's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnUsage {
+    pub provider: String,
+    pub model_id: String,
+    pub thinking_level: &'static str,
+    pub tokens: TokenCounts,
+    /// `None` when the model has no known prices: unknown, not zero.
+    pub cost: Option<Cost>,
+    pub context: ContextUsage,
+}
+
+/// Token counts with their total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCounts {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    pub total: u64,
+}
+
+impl From<Usage> for TokenCounts {
+    fn from(u: Usage) -> Self {
+        TokenCounts { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write, total: u.total() }
+    }
+}
+
+/// How full the model's context window was at the last call.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ContextUsage {
+    /// Percent of the window, `None` when the window is unknown.
+    pub percent: Option<f64>,
+    pub window: u64,
+}
+
+/// Builds a turn's usage from the catalog.
+pub fn turn_usage(catalog: &Catalog, provider: &str, model: &str, thinking: ThinkingLevel, usage: &Usage, last_prompt_tokens: u64) -> TurnUsage {
+    let info = catalog.lookup(Some(provider), model);
+    let cost = info.and_then(|i| i.prices.as_ref()).map(|p| catalog::cost(p, usage));
+    let window = info.map(|i| i.context_window).unwrap_or(0);
+    let percent = (window > 0).then(|| ((last_prompt_tokens as f64 / window as f64) * 10_000.0).round() / 100.0);
+    TurnUsage {
+        provider: provider.to_string(),
+        model_id: model.to_string(),
+        thinking_level: thinking.as_str(),
+        tokens: (*usage).into(),
+        cost,
+        context: ContextUsage { percent, window },
+    }
+}
+
+impl Metrics {
+    /// Adds a finished turn.
+    pub fn record_turn(&mut self, usage: &TurnUsage) {
+        self.turns += 1;
+        self.tokens.input += usage.tokens.input;
+        self.tokens.output += usage.tokens.output;
+        self.tokens.cache_read += usage.tokens.cache_read;
+        self.tokens.cache_write += usage.tokens.cache_write;
+        match &usage.cost {
+            Some(c) => self.cost_usd += c.total,
+            None => self.unpriced_turns += 1,
+        }
+    }
+}
+
+/// The assistant message's metadata (the seed's shape plus what the gateway adds).
+pub fn assistant_metadata(now_iso: &str, usage: &TurnUsage, turn: &Turn, stop: StopReason, error: Option<&UpstreamError>) -> Value {
+    let mut m = json!({
+        "timestamp": now_iso,
+        "model": usage.model_id,
+        "provider": usage.provider,
+        "toolCalls": turn.tool_records,
+        "tokenUsage": usage.tokens,
+        "cost": usage.cost,
+        "stopReason": stop.as_str(),
+        "steps": turn.steps,
+    });
+    if stop == StopReason::Aborted {
+        m["aborted"] = Value::Bool(true);
+    }
+    if let Some(e) = error {
+        m["error"] = json!({ "code": e.kind.code(), "message": e.message, "status": e.status });
+    }
+    m
+}
+
+/// The sequenced log of a conversation's stream, kept for resume.
+#[derive(Debug)]
+pub struct StreamLog {
+    next_seq: u64,
+    events: VecDeque<(i64, OutEvent)>,
+    bytes: usize,
+    max_bytes: usize,
+    window_ms: i64,
+}
+
+/// A resume request older than what the log still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayGap {
+    /// The oldest sequence number still held.
+    pub oldest: u64,
+}
+
+impl StreamLog {
+    /// A log that continues numbering at `next_seq` and keeps events for `window_ms` (and at most `max_bytes`).
+    pub fn new(next_seq: u64, window_ms: u64, max_bytes: usize) -> Self {
+        StreamLog { next_seq: next_seq.max(1), events: VecDeque::new(), bytes: 0, max_bytes, window_ms: window_ms as i64 }
+    }
+
+    /// The number the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Numbers an event, keeps it for replay and returns it.
+    pub fn push(&mut self, name: &'static str, data: String, now_ms: i64) -> &OutEvent {
+        let event = OutEvent { name, seq: Some(self.next_seq), data };
+        self.next_seq += 1;
+        self.bytes += event.data.len() + 64;
+        self.events.push_back((now_ms, event));
+        self.prune(now_ms);
+        // The event just pushed always stays: prune never drops the newest.
+        &self.events.back().expect("pushed above").1
+    }
+
+    /// Drops events older than the window or beyond the byte budget, always keeping the newest.
+    pub fn prune(&mut self, now_ms: i64) {
+        while self.events.len() > 1 {
+            let Some((at, e)) = self.events.front() else { break };
+            if now_ms - at <= self.window_ms && self.bytes <= self.max_bytes {
+                break;
+            }
+            self.bytes -= e.data.len() + 64;
+            self.events.pop_front();
+        }
+    }
+
+    /// Every held event after `last_seq`, in order; a gap when some were already dropped.
+    pub fn after(&self, last_seq: u64) -> Result<impl Iterator<Item = &OutEvent>, ReplayGap> {
+        if let Some((_, first)) = self.events.front() {
+            let oldest = first.seq.unwrap_or(0);
+            if last_seq + 1 < oldest {
+                return Err(ReplayGap { oldest });
+            }
+        } else if last_seq + 1 < self.next_seq {
+            return Err(ReplayGap { oldest: self.next_seq });
+        }
+        Ok(self.events.iter().map(|(_, e)| e).filter(move |e| e.seq.unwrap_or(0) > last_seq))
+    }
+}
+
+/// A sliding one-minute window of message times for one user.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    times: HashMap<String, VecDeque<i64>>,
+}
+
+impl RateLimiter {
+    /// Admits a message at `now_ms`, or says how many ms until one is admitted.
+    pub fn admit(&mut self, user: &str, now_ms: i64, per_minute: u32) -> Result<(), i64> {
+        let q = self.times.entry(user.to_string()).or_default();
+        while q.front().is_some_and(|t| now_ms - t >= 60_000) {
+            q.pop_front();
+        }
+        if q.len() >= per_minute as usize {
+            let oldest = q.front().copied().unwrap_or(now_ms);
+            return Err(60_000 - (now_ms - oldest));
+        }
+        q.push_back(now_ms);
+        Ok(())
+    }
+}
+
+/// Remembers which `clientMessageId`s were accepted and their message ids (bounded, oldest forgotten first).
+#[derive(Debug, Default)]
+pub struct SeenMessages {
+    order: VecDeque<String>,
+    ids: HashMap<String, String>,
+}
+
+impl SeenMessages {
+    const CAPACITY: usize = 1024;
+
+    /// The message id stored for this client id.
+    pub fn get(&self, client_id: &str) -> Option<&str> {
+        self.ids.get(client_id).map(|s| s.as_str())
+    }
+
+    /// Remembers a client id.
+    pub fn insert(&mut self, client_id: String, message_id: String) {
+        if self.ids.insert(client_id.clone(), message_id).is_none() {
+            self.order.push_back(client_id);
+            if self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds the model context from stored messages (oldest first).
+pub fn context_from_rows(rows: &[(String, String, Value)]) -> Vec<ChatMessage> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (role, content, metadata) in rows {
+        match role.as_str() {
+            "user" => out.push(ChatMessage::User { content: content.clone() }),
+            "system" => out.push(ChatMessage::System { content: content.clone() }),
+            "assistant" => {
+                // Tool steps are stored in the metadata so a resumed conversation replays validly to either provider.
+                if let Some(steps) = metadata.get("context").and_then(|c| serde_json::from_value::<Vec<ChatMessage>>(c.clone()).ok()) {
+                    out.extend(steps);
+                } else if !content.is_empty() {
+                    out.push(ChatMessage::Assistant { content: content.clone(), thinking: None, tool_calls: Vec::new() });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::UpstreamErrorKind;
+
+    fn call(id: &str) -> ToolCall {
+        ToolCall { id: id.into(), name: "add".into(), arguments: r#"{"a":1}"#.into() }
+    }
+
+    #[test]
+    fn a_plain_turn_accumulates_text_and_usage() {
+        let mut t = Turn::default();
+        t.begin_step();
+        assert_eq!(t.on_stream_event(StreamEvent::Text("Hel".into())), Some(Emit::Text("Hel".into())));
+        assert_eq!(t.on_stream_event(StreamEvent::Text("".into())), None);
+        t.on_stream_event(StreamEvent::Text("lo".into()));
+        t.on_stream_event(StreamEvent::Usage(Usage { input: 10, output: 1, ..Default::default() }));
+        t.on_stream_event(StreamEvent::Usage(Usage { output: 2, ..Default::default() }));
+        t.on_stream_event(StreamEvent::Finish(FinishReason::Stop));
+        assert_eq!(t.end_step(8), StepOutcome::Done(StopReason::Stop));
+        assert_eq!(t.text, "Hello");
+        assert_eq!(t.usage, Usage { input: 10, output: 2, ..Default::default() });
+        assert_eq!(t.last_prompt_tokens, 10);
+    }
+
+    #[test]
+    fn tool_steps_loop_until_the_bound() {
+        let mut t = Turn::default();
+        t.begin_step();
+        t.on_stream_event(StreamEvent::ToolCall(call("c1")));
+        t.on_stream_event(StreamEvent::Finish(FinishReason::ToolCalls));
+        assert_eq!(t.end_step(2), StepOutcome::RunTools(vec![call("c1")]));
+        t.record_tool_result(&call("c1"), "2".into(), false);
+        t.begin_step();
+        t.on_stream_event(StreamEvent::ToolCall(call("c2")));
+        assert_eq!(t.end_step(2), StepOutcome::Done(StopReason::MaxSteps));
+        assert_eq!(t.tool_records.len(), 1);
+        assert_eq!(t.tool_records[0].args, json!({"a": 1}));
+        // assistant(c1), tool(c1), assistant(without the unanswered c2)
+        assert_eq!(t.new_context.len(), 3);
+        assert!(matches!(&t.new_context[2], ChatMessage::Assistant { tool_calls, .. } if tool_calls.is_empty()));
+    }
+
+    #[test]
+    fn an_error_says_whether_output_was_sent() {
+        let mut t = Turn::default();
+        t.begin_step();
+        t.on_stream_event(StreamEvent::Error(UpstreamError::new(UpstreamErrorKind::Overloaded, "busy")));
+        assert!(matches!(t.end_step(8), StepOutcome::Failed { before_output: true, .. }));
+        t.begin_step();
+        t.on_stream_event(StreamEvent::Text("a".into()));
+        t.fail_step(UpstreamError::new(UpstreamErrorKind::Malformed, "cut"));
+        assert_eq!(t.on_stream_event(StreamEvent::Text("b".into())), None);
+        assert!(matches!(t.end_step(8), StepOutcome::Failed { before_output: false, .. }));
+        assert_eq!(t.text, "a");
+    }
+
+    #[test]
+    fn stream_log_numbers_and_replays() {
+        let mut log = StreamLog::new(1, 1000, 1 << 20);
+        for i in 0..5 {
+            log.push("agent:text", format!("{i}"), 0);
+        }
+        assert_eq!(log.next_seq(), 6);
+        let seqs: Vec<u64> = log.after(3).unwrap().map(|e| e.seq.unwrap()).collect();
+        assert_eq!(seqs, vec![4, 5]);
+        assert_eq!(log.after(5).unwrap().count(), 0);
+        assert_eq!(log.after(0).unwrap().count(), 5);
+        // After the window, old events go but the newest stays.
+        log.push("agent:end", "{}".into(), 5000);
+        assert_eq!(log.after(0).err(), Some(ReplayGap { oldest: 6 }));
+        assert_eq!(log.after(5).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stream_log_resumes_numbering_and_reports_gaps_when_empty() {
+        let log = StreamLog::new(100, 1000, 1 << 20);
+        assert_eq!(log.after(99).unwrap().count(), 0);
+        assert_eq!(log.after(50).err(), Some(ReplayGap { oldest: 100 }));
+    }
+
+    #[test]
+    fn rate_limit_is_a_sliding_minute() {
+        let mut r = RateLimiter::default();
+        assert!(r.admit("u", 0, 2).is_ok());
+        assert!(r.admit("u", 1000, 2).is_ok());
+        assert_eq!(r.admit("u", 2000, 2), Err(58_000));
+        assert!(r.admit("other", 2000, 2).is_ok());
+        assert!(r.admit("u", 60_000, 2).is_ok());
+    }
+
+    #[test]
+    fn seen_messages_are_bounded() {
+        let mut s = SeenMessages::default();
+        for i in 0..1100 {
+            s.insert(format!("c{i}"), format!("m{i}"));
+        }
+        assert_eq!(s.get("c0"), None);
+        assert_eq!(s.get("c1099"), Some("m1099"));
+    }
+
+    #[test]
+    fn context_rebuilds_tool_steps() {
+        let steps = vec![
+            ChatMessage::Assistant { content: String::new(), thinking: None, tool_calls: vec![call("c1")] },
+            ChatMessage::Tool { tool_call_id: "c1".into(), name: "add".into(), content: "2".into(), is_error: false },
+            ChatMessage::Assistant { content: "two".into(), thinking: None, tool_calls: vec![] },
+        ];
+        let rows = vec![
+            ("user".to_string(), "1+1?".to_string(), json!({})),
+            ("assistant".to_string(), "two".to_string(), json!({ "context": steps })),
+            ("assistant".to_string(), "plain".to_string(), json!({})),
+        ];
+        let ctx = context_from_rows(&rows);
+        assert_eq!(ctx.len(), 5);
+        assert_eq!(ctx[0], ChatMessage::User { content: "1+1?".into() });
+        assert_eq!(ctx[4], ChatMessage::Assistant { content: "plain".into(), thinking: None, tool_calls: vec![] });
+    }
+
+    #[test]
+    fn session_info_payload() {
+        let mut s = SessionState::default();
+        s.use_model("openai", "gpt-4o");
+        s.use_model("openai", "gpt-4o-mini");
+        assert_eq!(s.metrics.model_switches, 1);
+        s.agent = Some("helper".into());
+        let v: Value = serde_json::from_str(&s.info_payload("c", ("echo", "echo"), &[ThinkingLevel::Off])).unwrap();
+        assert_eq!(v["modelId"], "gpt-4o-mini");
+        assert_eq!(v["agentName"], "helper");
+        assert_eq!(v["availableThinkingLevels"], json!(["off"]));
+        assert!(v.get("routingDecision").is_none());
+    }
+}

@@ -1,1 +1,156 @@
-//! TODO
+//! D1 row types and the SQL the gateway runs; execution lives in the glue.
+
+use serde::{Deserialize, Serialize};
+
+/// A conversation row as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRow {
+    pub id: String,
+    pub owner_id: String,
+    pub title: Option<String>,
+    pub session_id: Option<String>,
+    pub created_at: f64,
+    pub updated_at: f64,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRow {
+    pub id: String,
+    pub conversation_id: String,
+    pub role: String,
+    pub content: String,
+    /// JSON text in D1; parsed when served.
+    pub metadata: String,
+    pub created_at: f64,
+}
+
+/// An API token row, without its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRow {
+    pub token_hash: String,
+    pub user_id: String,
+    pub name: String,
+    pub created_at: f64,
+    pub expires_at: Option<f64>,
+    pub revoked_at: Option<f64>,
+}
+
+/// Largest `content` stored in one row; D1 rows hold 2 MB and the metadata shares the row.
+pub const MAX_STORED_CONTENT_BYTES: usize = 1_500_000;
+
+/// Cuts text that would not fit a D1 row, on a char boundary, with a marker saying so.
+/// Returns the text to store and whether it was cut.
+pub fn fit_content(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
+    if text.len() <= MAX_STORED_CONTENT_BYTES {
+        return (std::borrow::Cow::Borrowed(text), false);
+    }
+    let mut end = MAX_STORED_CONTENT_BYTES - 128;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = format!("{}\n\n[truncated by the gateway: {} of {} bytes stored]", &text[..end], end, text.len());
+    (std::borrow::Cow::Owned(cut), true)
+}
+
+/// A title for a conversation from its first message: the first line, at most 80 characters.
+pub fn title_from(content: &str) -> String {
+    let line = content.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let mut t: String = line.chars().take(80).collect();
+    if line.chars().count() > 80 {
+        t.push('…');
+    }
+    t
+}
+
+/// SQL statements, with `?N` parameters in the order their comment gives.
+pub mod sql {
+    /// ?1 token_hash
+    pub const TOKEN_BY_HASH: &str = "SELECT token_hash, user_id, name, created_at, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?1";
+    /// ?1 token_hash, ?2 user_id, ?3 name, ?4 created_at, ?5 expires_at
+    pub const INSERT_TOKEN: &str = "INSERT INTO api_tokens (token_hash, user_id, name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+    /// ?1 name or hash, ?2 now
+    pub const REVOKE_TOKEN: &str = "UPDATE api_tokens SET revoked_at = ?2 WHERE (name = ?1 OR token_hash = ?1) AND revoked_at IS NULL";
+    /// Every token, newest first.
+    pub const LIST_TOKENS: &str = "SELECT token_hash, user_id, name, created_at, expires_at, revoked_at FROM api_tokens ORDER BY created_at DESC";
+
+    /// ?1 id
+    pub const CONVERSATION_OWNER: &str = "SELECT owner_id FROM conversations WHERE id = ?1";
+    /// ?1 id, ?2 owner, ?3 title, ?4 now — creates the row if new; the owner never changes.
+    pub const ENSURE_CONVERSATION: &str =
+        "INSERT INTO conversations (id, owner_id, title, session_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?1, ?4, ?4) ON CONFLICT(id) DO NOTHING";
+    /// ?1 id
+    pub const CONVERSATION_STATE: &str = "SELECT owner_id, session_state FROM conversations WHERE id = ?1";
+    /// ?1 id, ?2 session_state JSON, ?3 now
+    pub const SAVE_SESSION: &str = "UPDATE conversations SET session_state = ?2, updated_at = ?3 WHERE id = ?1";
+    /// ?1 owner
+    pub const LIST_CONVERSATIONS: &str =
+        "SELECT id, owner_id, title, session_id, created_at, updated_at FROM conversations WHERE owner_id = ?1 ORDER BY updated_at DESC, created_at DESC LIMIT 200";
+
+    /// ?1 id, ?2 conversation, ?3 role, ?4 content, ?5 metadata, ?6 created_at — seq continues the conversation's order.
+    pub const INSERT_MESSAGE: &str = "INSERT INTO messages (id, conversation_id, role, content, metadata, created_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?2))";
+    /// ?1 conversation, ?2 now
+    pub const TOUCH_CONVERSATION: &str = "UPDATE conversations SET updated_at = ?2 WHERE id = ?1";
+    /// ?1 conversation
+    pub const LIST_MESSAGES: &str =
+        "SELECT id, conversation_id, role, content, metadata, created_at FROM messages WHERE conversation_id = ?1 ORDER BY seq ASC";
+
+    /// ?1 conversation, ?2 now
+    pub const REGISTER_LIVE: &str = "INSERT INTO live_conversations (conversation_id, since) VALUES (?1, ?2) ON CONFLICT(conversation_id) DO NOTHING";
+    /// ?1 conversation
+    pub const UNREGISTER_LIVE: &str = "DELETE FROM live_conversations WHERE conversation_id = ?1";
+    /// Every live conversation.
+    pub const LIST_LIVE: &str = "SELECT conversation_id FROM live_conversations";
+
+    /// Routing rules, enabled or not.
+    pub const LIST_RULES: &str = "SELECT id, rule FROM routing_rules ORDER BY priority, name";
+    /// ?1 id, ?2 name, ?3 priority, ?4 enabled, ?5 rule JSON, ?6 now
+    pub const UPSERT_RULE: &str = "INSERT INTO routing_rules (id, name, priority, enabled, rule, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(id) DO UPDATE SET name = ?2, priority = ?3, enabled = ?4, rule = ?5, updated_at = ?6";
+    /// ?1 id
+    pub const DELETE_RULE: &str = "DELETE FROM routing_rules WHERE id = ?1 OR name = ?1";
+
+    /// Agent configs.
+    pub const LIST_AGENTS: &str = "SELECT id, config FROM agent_configs ORDER BY name";
+    /// ?1 name or id
+    pub const AGENT_BY_NAME: &str = "SELECT id, config FROM agent_configs WHERE name = ?1 OR id = ?1";
+    /// ?1 id, ?2 name, ?3 config JSON, ?4 now
+    pub const UPSERT_AGENT: &str = "INSERT INTO agent_configs (id, name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(id) DO UPDATE SET name = ?2, config = ?3, updated_at = ?4";
+    /// ?1 id or name
+    pub const DELETE_AGENT: &str = "DELETE FROM agent_configs WHERE id = ?1 OR name = ?1";
+
+    /// Catalog overrides.
+    pub const LIST_MODELS: &str = "SELECT info FROM model_catalog";
+    /// ?1 provider, ?2 model id, ?3 info JSON, ?4 now
+    pub const UPSERT_MODEL: &str = "INSERT INTO model_catalog (provider, model_id, info, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(provider, model_id) DO UPDATE SET info = ?3, updated_at = ?4";
+
+    /// Totals for admin stats.
+    pub const TOTALS: &str = "SELECT (SELECT COUNT(*) FROM conversations) AS conversations, (SELECT COUNT(*) FROM messages) AS messages, (SELECT COALESCE(SUM(CAST(json_extract(metadata, '$.tokenUsage.total') AS INTEGER)), 0) FROM messages WHERE role = 'assistant') AS tokens";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_content_is_stored_as_is() {
+        let (c, cut) = fit_content("hello");
+        assert_eq!((c.as_ref(), cut), ("hello", false));
+    }
+
+    #[test]
+    fn oversized_content_is_cut_with_a_marker_on_a_char_boundary() {
+        let big = "é".repeat(MAX_STORED_CONTENT_BYTES);
+        let (c, cut) = fit_content(&big);
+        assert!(cut);
+        assert!(c.len() <= MAX_STORED_CONTENT_BYTES);
+        assert!(c.ends_with(&format!("of {} bytes stored]", big.len())));
+    }
+
+    #[test]
+    fn titles_come_from_the_first_line() {
+        assert_eq!(title_from("\n  Hello there \nmore"), "Hello there");
+        assert_eq!(title_from(&"x".repeat(100)).chars().count(), 81);
+    }
+}

@@ -1,0 +1,121 @@
+//! Named agent configurations: system prompt, model, thinking level and HTTP tools, validated when saved.
+
+use crate::llm::{ThinkingLevel, ToolSpec};
+use serde::{Deserialize, Serialize};
+
+/// A tool the gateway runs by POSTing the arguments as JSON to a URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments.
+    #[serde(default = "empty_schema")]
+    pub parameters: serde_json::Value,
+    pub url: String,
+    /// Sent as `Authorization: Bearer <secret>` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+fn empty_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+/// A named agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub name: String,
+    #[serde(default)]
+    pub system_prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_level: Option<ThinkingLevel>,
+    #[serde(default)]
+    pub tools: Vec<HttpTool>,
+}
+
+impl AgentConfig {
+    /// Checks an operator-supplied config; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.name) {
+            return Err("name must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into());
+        }
+        if self.system_prompt.len() > 100_000 {
+            return Err("systemPrompt is longer than 100000 bytes".into());
+        }
+        if self.tools.len() > 64 {
+            return Err("at most 64 tools".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.tools {
+            if !valid_name(&t.name) {
+                return Err(format!("tool name \"{}\" must be 1 to 64 characters of letters, digits, '-', '_' or '.'", t.name));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("tool \"{}\" is defined twice", t.name));
+            }
+            if !(t.url.starts_with("https://") || t.url.starts_with("http://")) {
+                return Err(format!("tool \"{}\": url must be http(s)", t.name));
+            }
+            if !t.parameters.is_object() {
+                return Err(format!("tool \"{}\": parameters must be a JSON Schema object", t.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tools as the model sees them (no URL, no secret).
+    pub fn tool_specs(&self) -> Vec<ToolSpec> {
+        self.tools
+            .iter()
+            .map(|t| ToolSpec { name: t.name.clone(), description: t.description.clone(), parameters: t.parameters.clone() })
+            .collect()
+    }
+
+    /// The tool with this name.
+    pub fn tool(&self, name: &str) -> Option<&HttpTool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(json: serde_json::Value) -> AgentConfig {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let a = agent(serde_json::json!({
+            "name": "researcher", "systemPrompt": "Be terse.", "model": "gpt-4o", "thinkingLevel": "low",
+            "tools": [{"name": "add", "description": "adds", "url": "http://127.0.0.1:1/tools/add",
+                       "parameters": {"type": "object"}}]
+        }));
+        assert!(a.validate().is_ok());
+        assert_eq!(a.thinking_level, Some(ThinkingLevel::Low));
+        assert_eq!(a.tool_specs()[0].name, "add");
+        assert!(a.tool("add").is_some());
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        assert!(agent(serde_json::json!({"name": "bad name"})).validate().is_err());
+        let dup = agent(serde_json::json!({"name": "a", "tools": [
+            {"name": "t", "url": "http://x/"}, {"name": "t", "url": "http://x/"}]}));
+        assert!(dup.validate().unwrap_err().contains("twice"));
+        let url = agent(serde_json::json!({"name": "a", "tools": [{"name": "t", "url": "file:///etc"}]}));
+        assert!(url.validate().unwrap_err().contains("url"));
+    }
+}
