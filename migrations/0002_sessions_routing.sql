@@ -27,7 +27,10 @@ CREATE TABLE model_catalog (
   PRIMARY KEY (provider, model_id)
 );
 
+-- Conversations with at least one socket attached: the fan-out list of admin reload and the live stats.
 CREATE TABLE live_conversations (
   conversation_id TEXT PRIMARY KEY,
-  since INTEGER NOT NULL
+  since INTEGER NOT NULL,
+  sockets INTEGER NOT NULL DEFAULT 0,
+  turning INTEGER NOT NULL DEFAULT 0
 );

@@ -97,12 +97,14 @@ pub mod sql {
     pub const LIST_MESSAGES: &str =
         "SELECT id, conversation_id, role, content, metadata, created_at FROM messages WHERE conversation_id = ?1 ORDER BY seq ASC";
 
-    /// ?1 conversation, ?2 now
-    pub const REGISTER_LIVE: &str = "INSERT INTO live_conversations (conversation_id, since) VALUES (?1, ?2) ON CONFLICT(conversation_id) DO NOTHING";
+    /// ?1 conversation, ?2 now, ?3 sockets, ?4 turning (0/1)
+    pub const REGISTER_LIVE: &str = "INSERT INTO live_conversations (conversation_id, since, sockets, turning) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(conversation_id) DO UPDATE SET sockets = ?3, turning = ?4";
     /// ?1 conversation
     pub const UNREGISTER_LIVE: &str = "DELETE FROM live_conversations WHERE conversation_id = ?1";
     /// Every live conversation.
     pub const LIST_LIVE: &str = "SELECT conversation_id FROM live_conversations";
+    /// Live figures for admin stats.
+    pub const LIVE_TOTALS: &str = "SELECT COUNT(*) AS conversations, COALESCE(SUM(sockets), 0) AS sockets, COALESCE(SUM(turning), 0) AS turns FROM live_conversations";
 
     /// Routing rules, enabled or not.
     pub const LIST_RULES: &str = "SELECT id, rule FROM routing_rules ORDER BY priority, name";

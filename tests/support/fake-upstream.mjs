@@ -155,10 +155,10 @@ function buildPlan({ provider, body, lastUserText, toolResults, directives, stri
     return { failure: { kind: 'status', code: int(d.flaky.code, 503), retryAfter: d.flaky.retry_after } };
   }
 
-  const slow = d.slow ?? {};
-  const merged = { ...slow, ...d.stamped, ...d.big, ...Object.assign({}, ...directives.map((x) => x.params)) };
-  let deltas = int(merged.deltas, d.slow ? 10 : d.stamped ? 100 : 5);
-  const delay = int(merged.delay, d.slow ? 100 : d.stamped ? 5 : 0);
+  // `deltas` and `delay` may ride on any directive (`[[thinking delay=50]]`); `slow` and `stamped` only change their defaults.
+  const common = Object.assign({}, ...directives.map((x) => x.params));
+  const deltas = int(common.deltas, d.slow ? 10 : d.stamped ? 100 : 5);
+  const delay = int(common.delay, d.slow ? 100 : d.stamped ? 5 : 0);
 
   const plan = { delay, thinking: [], text: [], toolCalls: [], finish: 'stop', deltasBefore: null };
 
@@ -351,10 +351,10 @@ function anthropicFrames(plan, body, id) {
     }),
   });
   let index = 0;
-  const block = (contentBlock, deltas, stopExtra = []) => {
+  const block = (contentBlock, deltas) => {
     frames.push({ text: named('content_block_start', { type: 'content_block_start', index, content_block: contentBlock }) });
     if (index === 0) frames.push({ text: named('ping', { type: 'ping' }) });
-    frames.push(...deltas(index), ...stopExtra);
+    frames.push(...deltas(index));
     frames.push({ text: named('content_block_stop', { type: 'content_block_stop', index }) });
     index++;
   };
@@ -489,7 +489,12 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
       waiters.add(w);
     });
 
-  const server = http.createServer(async (req, res) => {
+  // A client that goes away mid-request must not crash the test process: the socket is dropped and that is all.
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch(() => res.destroy());
+  });
+
+  async function handle(req, res) {
     const receivedAt = preciseNow();
     const chunks = [];
     for await (const c of req) chunks.push(c);
@@ -604,7 +609,7 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
       serverClosed = true;
     });
     notify();
-  });
+  }
 
   // Writes frames in order with `plan.delay` between content deltas, honouring the break scenarios.
   async function play(res, frames, plan, provider, rec, markServerClosed) {
