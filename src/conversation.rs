@@ -165,6 +165,11 @@ impl Turn {
         self.steps += 1;
     }
 
+    /// Uncounts a call that failed before any output, so its retry does not use up a step.
+    pub fn forget_failed_step(&mut self) {
+        self.steps = self.steps.saturating_sub(1);
+    }
+
     /// Whether the current call has produced output that reached clients.
     pub fn step_has_output(&self) -> bool {
         self.step.output

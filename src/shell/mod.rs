@@ -1,1 +1,95 @@
-//! tmp
+//! Workers glue: the fetch entry point, HTTP helpers and D1 access; everything here does I/O and nothing else.
+
+mod admin;
+mod db;
+mod gateway;
+mod room;
+mod tools;
+mod upstream;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use worker::{event, Context, Env, Headers, Request, Response, Result};
+
+pub use room::Conversation;
+
+/// Reads the configuration from vars and secrets.
+pub fn load_config(env: &Env) -> std::result::Result<Config, crate::config::ConfigError> {
+    Config::from_lookup(|name| {
+        env.secret(name)
+            .map(|s| s.to_string())
+            .or_else(|_| env.var(name).map(|v| v.to_string()))
+            .ok()
+    })
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let config = match load_config(&env) {
+        Ok(c) => c,
+        Err(e) => return error_response(&ApiError::Internal(e.to_string())),
+    };
+    let cors = cors_origin(&req, &config);
+    let mut resp = match gateway::route(req, &env, &config).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e)?,
+    };
+    if let Some(origin) = cors {
+        // Upgrade responses carry a socket and immutable headers; CORS is for the HTTP API only.
+        if resp.status_code() != 101 {
+            let h = resp.headers_mut();
+            let _ = h.set("access-control-allow-origin", &origin);
+            let _ = h.set("vary", "origin");
+        }
+    }
+    Ok(resp)
+}
+
+/// The origin to echo in CORS headers, when the request has an allowed one.
+fn cors_origin(req: &Request, config: &Config) -> Option<String> {
+    let path = req.path();
+    if !(path.starts_with("/api/") || path.starts_with("/admin/")) {
+        return None;
+    }
+    let origin = req.headers().get("origin").ok().flatten()?;
+    config.origin_allowed(&origin).then_some(origin)
+}
+
+/// A JSON response with a status.
+pub fn json_response(status: u16, body: &serde_json::Value) -> Result<Response> {
+    json_text(status, body.to_string())
+}
+
+/// A response whose body is JSON text already.
+pub fn json_text(status: u16, body: String) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json; charset=utf-8")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::ok(body)?.with_status(status).with_headers(headers))
+}
+
+/// The response for a refused request.
+pub fn error_response(e: &ApiError) -> Result<Response> {
+    json_text(e.status(), e.body())
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+/// The current time as ISO 8601.
+pub fn now_iso() -> String {
+    js_sys::Date::new_0().to_iso_string().into()
+}
+
+/// A fresh UUID v4.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Maps a worker error to an internal API error, logging the detail.
+pub fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
+    worker::console_error!("{context}: {e}");
+    ApiError::Internal(format!("{context} failed"))
+}

@@ -1,0 +1,1192 @@
+//! The conversation Durable Object: owns the sockets, the session and the running turn; streams model output to every socket.
+
+use super::{db, new_id, now_iso, now_ms, tools, upstream};
+use crate::agents::AgentConfig;
+use crate::catalog::{self, Catalog};
+use crate::commands::{self, Command};
+use crate::config::{Config, ProviderConfig};
+use crate::conversation::{self, Emit, RateLimiter, SessionState, StepOutcome, StopReason, StreamLog, Turn};
+use crate::llm::{CallSpec, ChatMessage, ThinkingLevel, UpstreamError, UpstreamErrorKind};
+use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
+use crate::routing::{RoutingContext, RoutingDecision, Target};
+use crate::store::{self, sql};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+use worker::*;
+
+/// The socket.io namespace the gateway serves.
+const NSP: &str = "/chat";
+/// Bytes of stream events kept for resume.
+const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Per-socket data kept in the hibernation attachment (at most 2 KB).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SocketMeta {
+    /// The authenticated user; `None` for a socket.io socket before its CONNECT.
+    user: Option<String>,
+    /// socket.io framing (else JSON).
+    sio: bool,
+    /// socket.io: CONNECT to `/chat` accepted.
+    connected: bool,
+    /// socket.io session id of the namespace.
+    sid: String,
+    /// socket.io recovery id.
+    pid: String,
+}
+
+/// A message waiting for the running turn to end.
+struct Pending {
+    ws: WebSocket,
+    meta: SocketMeta,
+    message: MessageEvent,
+    ack: Option<u64>,
+}
+
+/// In-memory state, rebuilt from storage after eviction or hibernation.
+struct Room {
+    loaded: bool,
+    id: String,
+    id_json: String,
+    owner: Option<String>,
+    session: SessionState,
+    log: StreamLog,
+    history: Option<Vec<ChatMessage>>,
+    turn_running: bool,
+    queue: VecDeque<Pending>,
+    rate: RateLimiter,
+    sockets: Option<Vec<(WebSocket, SocketMeta)>>,
+}
+
+#[durable_object]
+pub struct Conversation {
+    state: State,
+    env: Env,
+    config: Result<Rc<Config>>,
+    room: RefCell<Room>,
+    abort: RefCell<Option<AbortController>>,
+    aborted: Cell<bool>,
+}
+
+impl DurableObject for Conversation {
+    fn new(state: State, env: Env) -> Self {
+        let config = super::load_config(&env).map(Rc::new).map_err(|e| Error::RustError(e.to_string()));
+        let window = config.as_ref().map(|c| c.replay_window_ms).unwrap_or(120_000);
+        Conversation {
+            state,
+            env,
+            config,
+            room: RefCell::new(Room {
+                loaded: false,
+                id: String::new(),
+                id_json: "\"\"".into(),
+                owner: None,
+                session: SessionState::default(),
+                log: StreamLog::new(1, window, REPLAY_BYTES),
+                history: None,
+                turn_running: false,
+                queue: VecDeque::new(),
+                rate: RateLimiter::default(),
+                sockets: None,
+            }),
+            abort: RefCell::new(None),
+            aborted: Cell::new(false),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let conversation = req.headers().get(super::gateway::H_CONVERSATION)?.unwrap_or_default();
+        self.ensure_loaded(Some(&conversation))?;
+        let config = self.config()?;
+        match req.path().as_str() {
+            "/connect" => self.connect(&req, &config).await,
+            "/reload" => {
+                let body: Value = req.json().await.unwrap_or(Value::Null);
+                self.reload(body).await
+            }
+            "/model" => {
+                let body: Value = req.json().await.unwrap_or(Value::Null);
+                let model = body.get("model").and_then(|m| m.as_str()).map(str::to_string);
+                match self.set_model_override(model).await {
+                    Ok(info) => super::json_text(200, info),
+                    Err(message) => super::json_response(400, &json!({ "error": message })),
+                }
+            }
+            _ => super::json_response(404, &json!({ "error": "unknown conversation route" })),
+        }
+    }
+
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        self.ensure_loaded(None)?;
+        let config = self.config()?;
+        let meta: SocketMeta = ws.deserialize_attachment()?.unwrap_or_default();
+        let limits = Limits { max_content_bytes: config.max_message_bytes };
+        let text = match message {
+            WebSocketIncomingMessage::String(s) => s,
+            WebSocketIncomingMessage::Binary(_) => {
+                if meta.sio {
+                    let _ = ws.close(Some(1003), Some("binary packets are not supported"));
+                } else {
+                    self.send_error(&ws, &meta, ErrorCode::InvalidPayload, "binary frames are not supported; send JSON text frames");
+                }
+                return Ok(());
+            }
+        };
+        if !meta.sio {
+            match protocol::decode_json_frame(&text, &limits) {
+                Ok(event) => self.handle_event(&ws, &meta, event, None, &config).await,
+                Err(e) => self.send_error(&ws, &meta, e.code, &e.message),
+            }
+            return Ok(());
+        }
+        if text.len() > protocol::max_frame_bytes(&limits) {
+            self.send_error(&ws, &meta, ErrorCode::PayloadTooLarge, "packet larger than the gateway accepts");
+            return Ok(());
+        }
+        match sio::decode(&text) {
+            Ok(sio::Inbound::Ping) => {
+                let _ = ws.send_with_str("3");
+            }
+            Ok(sio::Inbound::Pong | sio::Inbound::Noop | sio::Inbound::Upgrade | sio::Inbound::Ack { .. }) => {}
+            Ok(sio::Inbound::Close) => {
+                let _ = ws.close(Some(1000), Some("closed by client"));
+            }
+            Ok(sio::Inbound::Connect { nsp, auth }) => self.sio_connect(&ws, meta, &nsp, auth, &config).await?,
+            Ok(sio::Inbound::Disconnect { .. }) => {
+                let mut meta = meta;
+                meta.connected = false;
+                self.set_meta(&ws, &meta)?;
+            }
+            Ok(sio::Inbound::Event { nsp, ack_id, name, args }) => {
+                if nsp != NSP || !meta.connected {
+                    let _ = ws.send_with_str(sio::connect_error(&nsp, "connect to the /chat namespace first", None));
+                    return Ok(());
+                }
+                let data = args.into_iter().next().unwrap_or_else(|| json!({}));
+                match protocol::decode_event(&name, data, &limits) {
+                    Ok(event) => self.handle_event(&ws, &meta, event, ack_id, &config).await,
+                    Err(e) => {
+                        self.send_error(&ws, &meta, e.code, &e.message);
+                        if let Some(id) = ack_id {
+                            let _ = ws.send_with_str(sio::ack(NSP, id, &format!("[{}]", protocol::error_payload(None, e.code, &e.message))));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if meta.connected {
+                    self.send_error(&ws, &meta, ErrorCode::InvalidPayload, &format!("malformed socket.io packet: {e}"));
+                } else {
+                    let reason: String = e.to_string().chars().take(120).collect();
+                    let _ = ws.close(Some(1008), Some(reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _was_clean: bool) -> Result<()> {
+        self.ensure_loaded(None)?;
+        // Reciprocate; reserved codes cannot be sent back.
+        let code = match code {
+            1005 | 1006 | 1015 => 1000,
+            c => c as u16,
+        };
+        let _ = ws.close(Some(code), Some("closing"));
+        self.forget_socket(&ws).await;
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
+        self.ensure_loaded(None)?;
+        self.forget_socket(&ws).await;
+        Ok(())
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.ensure_loaded(None)?;
+        let config = self.config()?;
+        let sockets = self.sockets();
+        let mut any_sio = false;
+        for (ws, meta) in &sockets {
+            if meta.sio {
+                any_sio = true;
+                let _ = ws.send_with_str(sio::ping());
+            }
+        }
+        self.room.borrow_mut().log.prune(now_ms());
+        if any_sio {
+            self.state.storage().set_alarm(Duration::from_millis(config.sio_ping_interval_ms)).await?;
+        }
+        Response::ok("ok")
+    }
+}
+
+impl Conversation {
+    fn config(&self) -> Result<Rc<Config>> {
+        match &self.config {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(Error::RustError(e.to_string())),
+        }
+    }
+
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Loads the conversation's durable state into memory once per instance.
+    fn ensure_loaded(&self, id_hint: Option<&str>) -> Result<()> {
+        if self.room.borrow().loaded {
+            return Ok(());
+        }
+        let sql = self.sql();
+        sql.exec("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)", None)?;
+        sql.exec("CREATE TABLE IF NOT EXISTS seen (client_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL)", None)?;
+        #[derive(Deserialize)]
+        struct Kv {
+            k: String,
+            v: String,
+        }
+        let rows: Vec<Kv> = sql.exec("SELECT k, v FROM kv", None)?.to_array()?;
+        let get = |key: &str| rows.iter().find(|r| r.k == key).map(|r| r.v.clone());
+        let mut room = self.room.borrow_mut();
+        let id = match (get("id"), id_hint) {
+            (Some(id), _) => id,
+            (None, Some(hint)) if !hint.is_empty() => {
+                sql.exec("INSERT OR REPLACE INTO kv (k, v) VALUES ('id', ?)", vec![hint.into()])?;
+                hint.to_string()
+            }
+            _ => return Err(Error::RustError("conversation object used before its id was known".into())),
+        };
+        room.id_json = protocol::json_str(&id);
+        room.id = id;
+        room.owner = get("owner");
+        room.session = get("session").and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let mut next_seq: u64 = get("seq").and_then(|s| s.parse().ok()).unwrap_or(1);
+        if get("turn").as_deref() == Some("running") {
+            // The instance died mid-turn: numbers issued since the last save are unknown, so skip past them.
+            next_seq += 1_000_000;
+        }
+        let window = self.config.as_ref().map(|c| c.replay_window_ms).unwrap_or(120_000);
+        room.log = StreamLog::new(next_seq, window, REPLAY_BYTES);
+        room.loaded = true;
+        Ok(())
+    }
+
+    fn kv_put(&self, key: &str, value: &str) {
+        if let Err(e) = self.sql().exec("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", vec![key.into(), value.into()]) {
+            console_error!("storing {key}: {e}");
+        }
+    }
+
+    /// Persists the session durably (object storage, authoritative) and mirrors it to D1.
+    async fn save_session(&self) {
+        let (id, text) = {
+            let room = self.room.borrow();
+            (room.id.clone(), serde_json::to_string(&room.session).unwrap_or_default())
+        };
+        self.kv_put("session", &text);
+        if let Ok(d) = db::db(&self.env) {
+            if let Err(e) = db::run(&d, sql::SAVE_SESSION, &[db::text(&id), db::text(&text), db::num(now_ms())]).await {
+                console_warn!("mirroring the session to D1: {e}");
+            }
+        }
+    }
+
+    fn sockets(&self) -> Vec<(WebSocket, SocketMeta)> {
+        let mut room = self.room.borrow_mut();
+        if room.sockets.is_none() {
+            let list = self.state.get_websockets().into_iter().map(|ws| {
+                let meta = ws.deserialize_attachment().ok().flatten().unwrap_or_default();
+                (ws, meta)
+            });
+            room.sockets = Some(list.collect());
+        }
+        room.sockets.clone().unwrap_or_default()
+    }
+
+    fn set_meta(&self, ws: &WebSocket, meta: &SocketMeta) -> Result<()> {
+        ws.serialize_attachment(meta)?;
+        let _ = self.sockets();
+        if let Some(list) = self.room.borrow_mut().sockets.as_mut() {
+            match list.iter_mut().find(|(w, _)| same(w, ws)) {
+                Some(entry) => entry.1 = meta.clone(),
+                None => list.push((ws.clone(), meta.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_socket(&self, ws: &WebSocket) {
+        let _ = self.sockets();
+        let remaining = {
+            let mut room = self.room.borrow_mut();
+            if let Some(list) = room.sockets.as_mut() {
+                list.retain(|(w, _)| !same(w, ws));
+            }
+            room.sockets.as_ref().map(|l| l.len()).unwrap_or(0)
+        };
+        self.update_live(remaining).await;
+    }
+
+    /// Keeps this conversation's row in the live registry in step with its sockets and turn.
+    async fn update_live(&self, sockets: usize) {
+        let (id, turning) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.turn_running)
+        };
+        let Ok(d) = db::db(&self.env) else { return };
+        let result = if sockets == 0 && !turning {
+            db::run(&d, sql::UNREGISTER_LIVE, &[db::text(&id)]).await
+        } else {
+            db::run(&d, sql::REGISTER_LIVE, &[db::text(&id), db::num(now_ms()), db::num(sockets as i64), db::num(turning as i64)]).await
+        };
+        if let Err(e) = result {
+            console_warn!("live registry: {e}");
+        }
+    }
+
+    // ---- sending -------------------------------------------------------------------------
+
+    /// Frames an event for one socket.
+    fn frame(event: &OutEvent, meta: &SocketMeta) -> Option<String> {
+        if meta.sio {
+            // Events reach a socket.io client only in its connected namespace; the offset enables recovery.
+            meta.connected.then(|| sio::event(NSP, event.name, &event.data, event.seq.map(|s| s.to_string()).as_deref()))
+        } else {
+            Some(event.json_frame())
+        }
+    }
+
+    fn send_to(&self, ws: &WebSocket, meta: &SocketMeta, event: &OutEvent) {
+        if let Some(frame) = Self::frame(event, meta) {
+            let _ = ws.send_with_str(frame);
+        }
+    }
+
+    /// Numbers a stream event, keeps it for resume and sends it to every socket; each framing is built once.
+    fn broadcast(&self, name: &'static str, data: String) {
+        let _ = self.sockets();
+        let mut room = self.room.borrow_mut();
+        let event = room.log.push(name, data, now_ms()).clone();
+        let mut json_frame: Option<String> = None;
+        let mut sio_frame: Option<String> = None;
+        for (ws, meta) in room.sockets.iter().flatten() {
+            let frame = if meta.sio {
+                if !meta.connected {
+                    continue;
+                }
+                sio_frame.get_or_insert_with(|| sio::event(NSP, event.name, &event.data, Some(&event.seq.unwrap_or(0).to_string())))
+            } else {
+                json_frame.get_or_insert_with(|| event.json_frame())
+            };
+            let _ = ws.send_with_str(frame.as_str());
+        }
+    }
+
+    /// Sends an event outside the stream to every socket; returns (sent, failed).
+    fn broadcast_unsequenced(&self, event: &OutEvent) -> (u64, u64) {
+        let (mut sent, mut failed) = (0, 0);
+        for (ws, meta) in self.sockets() {
+            if let Some(frame) = Self::frame(event, &meta) {
+                match ws.send_with_str(frame) {
+                    Ok(()) => sent += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        (sent, failed)
+    }
+
+    fn send_error(&self, ws: &WebSocket, meta: &SocketMeta, code: ErrorCode, message: &str) {
+        let id = self.room.borrow().id.clone();
+        self.send_to(ws, meta, &OutEvent::unsequenced("error", protocol::error_payload(Some(&id), code, message)));
+    }
+
+    fn send_ack(ws: &WebSocket, ack: Option<u64>, payload: &str) {
+        if let Some(id) = ack {
+            let _ = ws.send_with_str(sio::ack(NSP, id, &format!("[{payload}]")));
+        }
+    }
+
+    fn manifest(&self) -> OutEvent {
+        let models = Catalog::builtin().model_ids();
+        OutEvent::unsequenced("commands:manifest", json!({ "manifest": commands::manifest(&models) }).to_string())
+    }
+
+    // ---- connecting ----------------------------------------------------------------------
+
+    async fn connect(&self, req: &Request, config: &Config) -> Result<Response> {
+        let framing = req.headers().get(super::gateway::H_FRAMING)?.unwrap_or_default();
+        let user = req.headers().get(super::gateway::H_USER)?;
+        let last_seq: Option<u64> = req.headers().get(super::gateway::H_LAST_SEQ)?.and_then(|s| s.parse().ok());
+        let pair = WebSocketPair::new()?;
+        let ws = pair.server;
+        self.state.accept_web_socket(&ws);
+        if framing == "sio" {
+            let meta = SocketMeta { user: None, sio: true, connected: false, sid: new_id(), pid: String::new() };
+            self.set_meta(&ws, &meta)?;
+            // Pongs ("3") are answered by the runtime with a no-op ("6") so they never wake the object.
+            if let Ok(pair) = WebSocketRequestResponsePair::new("3", "6") {
+                self.state.set_websocket_auto_response(&pair);
+            }
+            let max_payload = protocol::max_frame_bytes(&Limits { max_content_bytes: config.max_message_bytes }) as u64;
+            let _ = ws.send_with_str(sio::open_packet(&meta.sid, config.sio_ping_interval_ms, config.sio_ping_timeout_ms, max_payload));
+            self.arm_heartbeat(config).await;
+        } else {
+            let meta = SocketMeta { user: user.clone(), sio: false, connected: true, sid: String::new(), pid: String::new() };
+            self.set_meta(&ws, &meta)?;
+            self.greet(&ws, &meta, last_seq);
+        }
+        let count = self.sockets().len();
+        self.update_live(count).await;
+        Response::from_websocket(pair.client)
+    }
+
+    /// On connect: the manifest, the session of an existing conversation, then what a resuming client missed.
+    fn greet(&self, ws: &WebSocket, meta: &SocketMeta, last_seq: Option<u64>) {
+        self.send_to(ws, meta, &self.manifest());
+        let Some(last) = last_seq else { return };
+        let room = self.room.borrow();
+        match room.log.after(last) {
+            Ok(events) => {
+                for e in events {
+                    if let Some(frame) = Self::frame(e, meta) {
+                        let _ = ws.send_with_str(frame);
+                    }
+                }
+            }
+            Err(gap) => {
+                let msg = format!("cannot resume after seq {last}: events before {} are no longer held; reload the history over HTTP", gap.oldest);
+                let payload = json!({ "conversationId": room.id, "error": msg, "code": "resume_gap", "oldestSeq": gap.oldest }).to_string();
+                drop(room);
+                self.send_to(ws, meta, &OutEvent::unsequenced("error", payload));
+            }
+        }
+    }
+
+    async fn arm_heartbeat(&self, config: &Config) {
+        let storage = self.state.storage();
+        if let Ok(None) = storage.get_alarm().await {
+            if let Err(e) = storage.set_alarm(Duration::from_millis(config.sio_ping_interval_ms)).await {
+                console_warn!("arming the heartbeat alarm: {e}");
+            }
+        }
+    }
+
+    async fn sio_connect(&self, ws: &WebSocket, mut meta: SocketMeta, nsp: &str, auth: Option<Value>, config: &Config) -> Result<()> {
+        if nsp != NSP {
+            let _ = ws.send_with_str(sio::connect_error(nsp, "Invalid namespace", None));
+            return Ok(());
+        }
+        let Some(token) = sio::connect_auth_token(&auth) else {
+            let _ = ws.send_with_str(sio::connect_error(NSP, "unauthorized: pass auth: { token } to io()", None));
+            return Ok(());
+        };
+        let d = db::db(&self.env)?;
+        let user = match db::user_for_token(&d, token, now_ms()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                let _ = ws.send_with_str(sio::connect_error(NSP, "unauthorized: invalid, expired or revoked token", None));
+                return Ok(());
+            }
+            Err(e) => {
+                console_error!("token lookup: {e}");
+                let _ = ws.send_with_str(sio::connect_error(NSP, "the gateway could not check the token; try again", None));
+                return Ok(());
+            }
+        };
+        if let Err(message) = self.check_owner(&user).await {
+            let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
+            return Ok(());
+        }
+        let recovery = sio::recovery(&auth).and_then(|(pid, offset)| offset.parse::<u64>().ok().map(|o| (pid, o)));
+        let recovered = recovery.as_ref().is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
+        meta.user = Some(user);
+        meta.connected = true;
+        meta.pid = match (&recovery, recovered) {
+            (Some((pid, _)), true) => pid.clone(),
+            _ => new_id(),
+        };
+        self.set_meta(ws, &meta)?;
+        let _ = ws.send_with_str(sio::connect_ok(NSP, &meta.sid, Some(&meta.pid)));
+        self.send_to(ws, &meta, &self.manifest());
+        if let (Some((_, offset)), true) = (recovery, recovered) {
+            let room = self.room.borrow();
+            if let Ok(events) = room.log.after(offset) {
+                for e in events {
+                    if let Some(frame) = Self::frame(e, &meta) {
+                        let _ = ws.send_with_str(frame);
+                    }
+                }
+            }
+        }
+        let _ = config;
+        Ok(())
+    }
+
+    /// Refuses a user who does not own this conversation.
+    async fn check_owner(&self, user: &str) -> std::result::Result<(), String> {
+        let (id, owner) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.owner.clone())
+        };
+        let owner = match owner {
+            Some(o) => Some(o),
+            None => {
+                let d = db::db(&self.env).map_err(|e| e.to_string())?;
+                db::conversation_owner(&d, &id).await.map_err(|e| e.to_string())?
+            }
+        };
+        match owner {
+            Some(o) if o != user => Err("forbidden: this conversation belongs to another user".into()),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- admin ---------------------------------------------------------------------------
+
+    async fn reload(&self, body: Value) -> Result<Response> {
+        let event = OutEvent::unsequenced("system:reload", json!({ "reason": body.get("reason").cloned().unwrap_or(Value::Null), "at": body.get("at").cloned().unwrap_or_else(|| Value::String(now_iso())) }).to_string());
+        let (sent, failed) = self.broadcast_unsequenced(&event);
+        if sent == 0 && failed == 0 {
+            // A stale registry entry: nobody is attached any more.
+            self.update_live(0).await;
+        }
+        super::json_response(200, &json!({ "sockets": sent, "failed": failed }))
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    async fn handle_event(&self, ws: &WebSocket, meta: &SocketMeta, event: ClientEvent, ack: Option<u64>, config: &Config) {
+        let id = self.room.borrow().id.clone();
+        if let Some(named) = event.conversation_id() {
+            if named != id {
+                let msg = format!("this socket is bound to conversation {id}; open another socket for {named}");
+                self.send_error(ws, meta, ErrorCode::ConversationMismatch, &msg);
+                Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::ConversationMismatch, &msg));
+                return;
+            }
+        }
+        let Some(user) = meta.user.clone() else {
+            self.send_error(ws, meta, ErrorCode::Unauthorized, "not authenticated");
+            return;
+        };
+        match event {
+            ClientEvent::Message(message) => self.on_message(ws, meta, &user, message, ack, config).await,
+            ClientEvent::SetThinking { level, .. } => {
+                let result = self.set_thinking(&level).await;
+                match result {
+                    Ok(()) => Self::send_ack(ws, ack, &json!({ "ok": true }).to_string()),
+                    Err(msg) => {
+                        self.send_error(ws, meta, ErrorCode::InvalidThinkingLevel, &msg);
+                        Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::InvalidThinkingLevel, &msg));
+                    }
+                }
+            }
+            ClientEvent::Abort { .. } => {
+                if self.room.borrow().turn_running {
+                    self.abort_turn();
+                    Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
+                } else {
+                    self.send_error(ws, meta, ErrorCode::NoActiveTurn, "No active session to abort.");
+                    Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::NoActiveTurn, "No active session to abort."));
+                }
+            }
+            ClientEvent::CommandExecute { command, args, .. } => {
+                let result = self.execute_command(&command, args.as_ref(), &user, config).await;
+                let event = OutEvent::unsequenced("command:result", result.to_string());
+                self.send_to(ws, meta, &event);
+                Self::send_ack(ws, ack, &event.data);
+            }
+        }
+    }
+
+    fn abort_turn(&self) {
+        self.aborted.set(true);
+        if let Some(ctrl) = self.abort.borrow_mut().take() {
+            ctrl.abort();
+        }
+    }
+
+    async fn on_message(&self, ws: &WebSocket, meta: &SocketMeta, user: &str, message: MessageEvent, ack: Option<u64>, config: &Config) {
+        let id = self.room.borrow().id.clone();
+        if let Err(wait) = self.room.borrow_mut().rate.admit(user, now_ms(), config.rate_limit_per_minute) {
+            let msg = format!("rate limit of {} messages per minute reached; retry in {} s", config.rate_limit_per_minute, (wait + 999) / 1000);
+            self.send_error(ws, meta, ErrorCode::RateLimited, &msg);
+            Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::RateLimited, &msg));
+            return;
+        }
+        if let Some(client_id) = &message.client_message_id {
+            if let Some(message_id) = self.seen_message(client_id) {
+                // A resend of a stored message: same ack, no second turn.
+                let payload = json!({ "conversationId": id, "messageId": message_id, "clientMessageId": client_id, "duplicate": true }).to_string();
+                self.send_to(ws, meta, &OutEvent::unsequenced("message:ack", payload.clone()));
+                Self::send_ack(ws, ack, &payload);
+                return;
+            }
+            if self.room.borrow().queue.iter().any(|p| p.message.client_message_id.as_deref() == Some(client_id)) {
+                return; // already queued; its ack comes when it runs
+            }
+        }
+        {
+            let mut room = self.room.borrow_mut();
+            if room.turn_running {
+                if room.queue.len() >= config.max_queued_messages {
+                    drop(room);
+                    let msg = format!("a turn is running and {} messages are already queued; wait for agent:end", config.max_queued_messages);
+                    self.send_error(ws, meta, ErrorCode::QueueFull, &msg);
+                    Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::QueueFull, &msg));
+                    return;
+                }
+                room.queue.push_back(Pending { ws: ws.clone(), meta: meta.clone(), message, ack });
+                return;
+            }
+            room.turn_running = true;
+        }
+        self.kv_put("turn", "running");
+        let mut next = Some(Pending { ws: ws.clone(), meta: meta.clone(), message, ack });
+        while let Some(p) = next {
+            self.run_turn(p, config).await;
+            next = self.room.borrow_mut().queue.pop_front();
+        }
+        let seq = {
+            let mut room = self.room.borrow_mut();
+            room.turn_running = false;
+            room.log.next_seq()
+        };
+        self.kv_put("seq", &seq.to_string());
+        self.kv_put("turn", "idle");
+        let count = self.sockets().len();
+        self.update_live(count).await;
+    }
+
+    fn seen_message(&self, client_id: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Row {
+            message_id: String,
+        }
+        let rows: Vec<Row> = self.sql().exec("SELECT message_id FROM seen WHERE client_id = ?", vec![client_id.into()]).ok()?.to_array().ok()?;
+        rows.into_iter().next().map(|r| r.message_id)
+    }
+
+    /// Stores the user message, then runs the model (and tools) to the end of the turn.
+    async fn run_turn(&self, p: Pending, config: &Config) {
+        let Pending { ws, meta, message, ack } = p;
+        let user = meta.user.clone().unwrap_or_default();
+        let (id, id_json) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.id_json.clone())
+        };
+        if let Err(msg) = self.check_owner(&user).await {
+            self.send_error(&ws, &meta, ErrorCode::Unauthorized, &msg);
+            return;
+        }
+        let d = match db::db(&self.env) {
+            Ok(d) => d,
+            Err(e) => {
+                console_error!("database binding: {e}");
+                self.send_error(&ws, &meta, ErrorCode::Internal, "storage is unavailable; nothing was sent to the model");
+                return;
+            }
+        };
+        // The history is read before this message is stored, so it is not read twice.
+        if self.room.borrow().history.is_none() {
+            match db::list_messages(&d, &id).await {
+                Ok(rows) => {
+                    let rows: Vec<(String, String, Value)> = rows.into_iter().map(|m| (m.role, m.content, serde_json::from_str(&m.metadata).unwrap_or_default())).collect();
+                    self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
+                }
+                Err(e) => {
+                    console_error!("loading history: {e}");
+                    self.send_error(&ws, &meta, ErrorCode::Internal, "the conversation history could not be loaded; nothing was sent to the model");
+                    return;
+                }
+            }
+        }
+        let message_id = new_id();
+        let now = now_ms();
+        let mut user_meta = json!({ "timestamp": now_iso() });
+        if let Some(c) = &message.client_message_id {
+            user_meta["clientMessageId"] = Value::String(c.clone());
+        }
+        let stored = async {
+            let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[db::text(&id), db::text(&user), db::text(&store::title_from(&message.content)), db::num(now)])?;
+            let insert = d.prepare(sql::INSERT_MESSAGE).bind(&[db::text(&message_id), db::text(&id), db::text("user"), db::text(&message.content), db::text(&user_meta.to_string()), db::num(now)])?;
+            let touch = d.prepare(sql::TOUCH_CONVERSATION).bind(&[db::text(&id), db::num(now)])?;
+            d.batch(vec![ensure, insert, touch]).await
+        }
+        .await;
+        if let Err(e) = stored {
+            // Unlike the seed, no ack without storage: the client may resend safely.
+            console_error!("storing the user message: {e}");
+            self.send_error(&ws, &meta, ErrorCode::Internal, "your message could not be stored; nothing was sent to the model");
+            Self::send_ack(&ws, ack, &protocol::error_payload(Some(&id), ErrorCode::Internal, "message not stored"));
+            return;
+        }
+        {
+            let mut room = self.room.borrow_mut();
+            if room.owner.is_none() {
+                room.owner = Some(user.clone());
+                drop(room);
+                self.kv_put("owner", &user);
+            }
+        }
+        if let Some(c) = &message.client_message_id {
+            let _ = self.sql().exec("INSERT OR IGNORE INTO seen (client_id, message_id, at) VALUES (?, ?, ?)", vec![c.as_str().into(), message_id.as_str().into(), (now as f64).into()]);
+        }
+        {
+            let mut room = self.room.borrow_mut();
+            room.session.metrics.messages += 1;
+            if let Some(h) = room.history.as_mut() {
+                h.push(ChatMessage::User { content: message.content.clone() });
+            }
+        }
+        let count = self.sockets().len();
+        self.update_live(count).await;
+
+        let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
+        if let Some(c) = &message.client_message_id {
+            ack_payload["clientMessageId"] = Value::String(c.clone());
+        }
+        let ack_payload = ack_payload.to_string();
+        self.broadcast("message:ack", ack_payload.clone());
+        Self::send_ack(&ws, ack, &ack_payload);
+
+        // Which model: /model override, then the client's choice, then the agent's, then routing.
+        let catalog = db::catalog(&d).await.unwrap_or_else(|_| Catalog::builtin());
+        if let Some(agent) = &message.agent_id {
+            self.room.borrow_mut().session.agent = Some(agent.clone());
+        }
+        let agent_name = self.room.borrow().session.agent.clone();
+        let agent: Option<AgentConfig> = match &agent_name {
+            Some(name) => db::agent(&d, name).await.ok().flatten(),
+            None => None,
+        };
+        if let (Some(name), None) = (&agent_name, &agent) {
+            self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::InvalidPayload, &format!("agent \"{name}\" is not configured; answering without it")));
+            self.room.borrow_mut().session.agent = None;
+        }
+        let candidates = self.candidates(&message, &user, agent.as_ref(), &catalog, config, &d).await;
+        let candidates: Vec<RoutingDecision> = candidates.into_iter().filter(|c| config.provider(&c.provider).is_some()).collect();
+        let Some(first) = candidates.first().cloned() else {
+            let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model".to_string();
+            self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::ProviderNotConfigured, &msg));
+            self.save_session().await;
+            return;
+        };
+        {
+            let mut room = self.room.borrow_mut();
+            room.session.use_model(&first.provider, &first.model);
+            if room.session.thinking_level.is_none() {
+                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
+            }
+            let levels = catalog::thinking_levels_for(catalog.lookup(Some(&first.provider), &first.model));
+            if !levels.contains(&room.session.thinking()) {
+                room.session.thinking_level = Some(ThinkingLevel::Off);
+            }
+        }
+        self.broadcast("session:info", self.session_info(&catalog));
+        self.broadcast("agent:start", format!("{{\"conversationId\":{id_json}}}"));
+
+        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
+        let mut base: Vec<ChatMessage> = Vec::new();
+        if let Some(a) = &agent {
+            if !a.system_prompt.is_empty() {
+                base.push(ChatMessage::System { content: a.system_prompt.clone() });
+            }
+        }
+        base.extend(self.room.borrow().history.clone().unwrap_or_default());
+
+        self.aborted.set(false);
+        let mut turn = Turn::default();
+        let mut candidate = 0usize;
+        let mut attempts = 0u32;
+        let mut last_error: Option<UpstreamError> = None;
+        let stop = loop {
+            let target = &candidates[candidate];
+            let Some(provider) = config.provider(&target.provider) else {
+                break StopReason::Error;
+            };
+            turn.begin_step();
+            let thinking = self.room.borrow().session.thinking();
+            let mut messages = base.clone();
+            messages.extend(turn.new_context.iter().cloned());
+            let outcome = self.call_model(&mut turn, provider, &target.model, &messages, &tools, thinking, config, &id_json).await;
+            if self.aborted.get() {
+                break StopReason::Aborted;
+            }
+            match outcome {
+                StepOutcome::Done(reason) => break reason,
+                StepOutcome::RunTools(calls) => {
+                    for call in calls {
+                        self.broadcast("agent:tool:start", json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name }).to_string());
+                        let (result, is_error) = match agent.as_ref().and_then(|a| a.tool(&call.name)) {
+                            Some(tool) => {
+                                let signal = self.abort.borrow().as_ref().map(|c| c.signal());
+                                match signal {
+                                    Some(signal) => tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await,
+                                    None => ("aborted".to_string(), true),
+                                }
+                            }
+                            None => (format!("unknown tool \"{}\"", call.name), true),
+                        };
+                        if self.aborted.get() {
+                            break;
+                        }
+                        turn.record_tool_result(&call, result, is_error);
+                        self.broadcast("agent:tool:end", json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name, "isError": is_error }).to_string());
+                    }
+                    if self.aborted.get() {
+                        break StopReason::Aborted;
+                    }
+                }
+                StepOutcome::Failed { error, before_output } => {
+                    if before_output && error.kind.retryable() {
+                        turn.forget_failed_step();
+                        if attempts < config.upstream_retries {
+                            attempts += 1;
+                            let backoff = error.retry_after_ms.unwrap_or(250u64 << attempts).min(10_000);
+                            Delay::from(Duration::from_millis(backoff)).await;
+                            continue;
+                        }
+                        if candidate + 1 < candidates.len() {
+                            candidate += 1;
+                            attempts = 0;
+                            let next = candidates[candidate].clone();
+                            console_log!("falling over from {}/{} to {}/{}: {}", target.provider, target.model, next.provider, next.model, error.message);
+                            {
+                                let mut room = self.room.borrow_mut();
+                                room.session.use_model(&next.provider, &next.model);
+                                room.session.routing_decision = Some(RoutingDecision { reason: format!("fallover: {}", error.message), ..next });
+                            }
+                            self.broadcast("session:info", self.session_info(&catalog));
+                            continue;
+                        }
+                    }
+                    let stop = if !turn.text.is_empty() && matches!(error.kind, UpstreamErrorKind::Malformed | UpstreamErrorKind::Network | UpstreamErrorKind::Timeout) {
+                        StopReason::Truncated
+                    } else {
+                        StopReason::Error
+                    };
+                    self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::Upstream(error.kind.code()), &error.message));
+                    last_error = Some(error);
+                    break stop;
+                }
+            }
+        };
+        self.abort.borrow_mut().take();
+        self.finish_turn(turn, stop, last_error.as_ref(), &catalog, &d).await;
+    }
+
+    /// Candidates in order: override, client choice, agent model, then routing rules and the default.
+    async fn candidates(&self, message: &MessageEvent, user: &str, agent: Option<&AgentConfig>, catalog: &Catalog, config: &Config, d: &D1Database) -> Vec<RoutingDecision> {
+        let over = self.room.borrow().session.model_override.clone();
+        let pick = |spec: &str, provider: Option<&str>, rule: &str, reason: &str| {
+            let (p, m) = resolve_model(spec, provider, catalog, config);
+            RoutingDecision { provider: p, model: m, rule_name: rule.into(), reason: reason.into() }
+        };
+        if let Some(o) = over {
+            return vec![pick(&o, None, "override", "/model override for this conversation")];
+        }
+        if message.provider.is_some() || message.model_id.is_some() {
+            let spec = message.model_id.clone().unwrap_or_else(|| default_model_for(message.provider.as_deref().unwrap_or(""), config));
+            return vec![pick(&spec, message.provider.as_deref(), "client", "provider/model chosen by the client")];
+        }
+        if let Some(a) = agent {
+            if let Some(model) = &a.model {
+                return vec![pick(model, a.provider.as_deref(), "agent", &format!("model of agent {}", a.name))];
+            }
+        }
+        let default = Target { provider: config.default_provider.clone(), model: config.default_model.clone() };
+        let rules = db::compiled_rules(d).await.unwrap_or_else(|e| {
+            console_warn!("routing rules unavailable, using the default: {e}");
+            crate::routing::CompiledRules::compile(Vec::new())
+        });
+        let ctx = RoutingContext { content: &message.content, user_id: user, agent: agent.map(|a| a.name.as_str()) };
+        let candidates = rules.candidates(&ctx, &default);
+        if let Some(first) = candidates.first() {
+            self.room.borrow_mut().session.routing_decision = Some(first.clone());
+        }
+        candidates
+    }
+
+    /// One model call: stream its deltas to every socket as they arrive.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_model(&self, turn: &mut Turn, provider: &ProviderConfig, model: &str, messages: &[ChatMessage], tools: &[crate::llm::ToolSpec], thinking: ThinkingLevel, config: &Config, id_json: &str) -> StepOutcome {
+        let ctrl = AbortController::default();
+        let signal = ctrl.signal();
+        *self.abort.borrow_mut() = Some(ctrl);
+        if self.aborted.get() {
+            return StepOutcome::Done(StopReason::Aborted);
+        }
+        let spec = CallSpec { base_url: &provider.base_url, api_key: provider.api_key.as_deref(), model, messages, tools, thinking, max_tokens: config.max_output_tokens };
+        match upstream::open(provider, &spec, &signal, config.upstream_stall_ms).await {
+            Err(e) => turn.fail_step(e),
+            Ok(mut stream) => {
+                while let Some(event) = stream.next().await {
+                    if self.aborted.get() {
+                        break;
+                    }
+                    match turn.on_stream_event(event) {
+                        Some(Emit::Text(t)) => self.broadcast("agent:text", protocol::delta_payload(id_json, &t)),
+                        Some(Emit::Thinking(t)) => self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t)),
+                        None => {}
+                    }
+                }
+            }
+        }
+        turn.end_step(config.max_tool_steps)
+    }
+
+    /// Stores the assistant message (also when aborted or failed), updates metrics and ends the turn for every socket.
+    async fn finish_turn(&self, turn: Turn, stop: StopReason, error: Option<&UpstreamError>, catalog: &Catalog, d: &D1Database) {
+        let (id, provider, model, thinking) = {
+            let room = self.room.borrow();
+            let s = &room.session;
+            (room.id.clone(), s.provider.clone().unwrap_or_default(), s.model_id.clone().unwrap_or_default(), s.thinking())
+        };
+        let usage = conversation::turn_usage(catalog, &provider, &model, thinking, &turn.usage, turn.last_prompt_tokens);
+        let mut metadata = conversation::assistant_metadata(&now_iso(), &usage, &turn, stop, error);
+        if turn.new_context.len() > 1 || turn.new_context.iter().any(|m| matches!(m, ChatMessage::Assistant { thinking: Some(_), .. })) {
+            // Tool steps and signed thinking replay to the model on resume.
+            metadata["context"] = serde_json::to_value(&turn.new_context).unwrap_or(Value::Null);
+        }
+        let (content, cut) = store::fit_content(&turn.text);
+        if cut {
+            metadata["truncatedForStorage"] = json!({ "storedBytes": content.len(), "totalBytes": turn.text.len() });
+        }
+        let mut metadata_text = metadata.to_string();
+        if metadata_text.len() > 400_000 {
+            // Oversized tool arguments or steps: keep the row storable, say so.
+            metadata.as_object_mut().map(|m| m.remove("context"));
+            metadata["contextDropped"] = Value::Bool(true);
+            metadata_text = metadata.to_string();
+        }
+        let store_it = !turn.text.is_empty() || !turn.tool_records.is_empty() || matches!(stop, StopReason::Aborted | StopReason::Error | StopReason::Truncated);
+        if store_it {
+            let now = now_ms();
+            let result = db::run(d, sql::INSERT_MESSAGE, &[db::text(&new_id()), db::text(&id), db::text("assistant"), db::text(&content), db::text(&metadata_text), db::num(now)]).await;
+            if let Err(e) = result {
+                console_error!("storing the assistant message: {e}");
+                self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::Internal, "the reply could not be stored"));
+            }
+        }
+        {
+            let mut room = self.room.borrow_mut();
+            if let Some(h) = room.history.as_mut() {
+                h.extend(turn.new_context.iter().cloned());
+            }
+            room.session.metrics.record_turn(&usage);
+        }
+        self.save_session().await;
+        let mut end = json!({ "conversationId": id, "usage": usage, "stopReason": stop.as_str() });
+        if let Some(e) = error {
+            end["error"] = json!({ "code": e.kind.code(), "message": e.message });
+        }
+        self.broadcast("agent:end", end.to_string());
+        self.aborted.set(false);
+        let seq = self.room.borrow().log.next_seq();
+        self.kv_put("seq", &seq.to_string());
+    }
+
+    fn session_info(&self, catalog: &Catalog) -> String {
+        let config = self.config.as_ref().ok();
+        let default = config.map(|c| (c.default_provider.clone(), c.default_model.clone())).unwrap_or_else(|| ("echo".into(), "echo".into()));
+        let room = self.room.borrow();
+        let provider = room.session.provider.clone().unwrap_or(default.0.clone());
+        let model = room.session.model_id.clone().unwrap_or(default.1.clone());
+        let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model));
+        room.session.info_payload(&room.id, (&default.0, &default.1), &levels)
+    }
+
+    async fn current_catalog(&self) -> Catalog {
+        match db::db(&self.env) {
+            Ok(d) => db::catalog(&d).await.unwrap_or_else(|_| Catalog::builtin()),
+            Err(_) => Catalog::builtin(),
+        }
+    }
+
+    async fn set_thinking(&self, level: &str) -> std::result::Result<(), String> {
+        let catalog = self.current_catalog().await;
+        let (provider, model) = self.current_model();
+        let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model));
+        let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
+        let parsed = ThinkingLevel::parse(level).filter(|l| levels.contains(l));
+        let Some(parsed) = parsed else {
+            return Err(format!("Invalid thinking level \"{level}\". Available: {}", names.join(", ")));
+        };
+        self.room.borrow_mut().session.thinking_level = Some(parsed);
+        self.save_session().await;
+        self.broadcast("session:info", self.session_info(&catalog));
+        Ok(())
+    }
+
+    fn current_model(&self) -> (String, String) {
+        let room = self.room.borrow();
+        let config = self.config.as_ref().ok();
+        let provider = room.session.provider.clone().or_else(|| config.map(|c| c.default_provider.clone())).unwrap_or_else(|| "echo".into());
+        let model = room.session.model_id.clone().or_else(|| config.map(|c| c.default_model.clone())).unwrap_or_else(|| "echo".into());
+        (provider, model)
+    }
+
+    /// Sets (`Some`) or clears (`None`) the `/model` override; every socket gets `session:info`.
+    async fn set_model_override(&self, model: Option<String>) -> std::result::Result<String, String> {
+        let config = self.config().map_err(|e| e.to_string())?;
+        let catalog = self.current_catalog().await;
+        match &model {
+            Some(spec) => {
+                let (provider, id) = resolve_model(spec, None, &catalog, &config);
+                if config.provider(&provider).is_none() {
+                    return Err(format!("provider \"{provider}\" is not configured; configured: {}", config.providers.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")));
+                }
+                let mut room = self.room.borrow_mut();
+                room.session.model_override = Some(format!("{provider}/{id}"));
+                room.session.use_model(&provider, &id);
+                room.session.routing_decision = None;
+                let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &id));
+                if !levels.contains(&room.session.thinking()) {
+                    room.session.thinking_level = Some(ThinkingLevel::Off);
+                }
+            }
+            None => {
+                self.room.borrow_mut().session.model_override = None;
+            }
+        }
+        self.save_session().await;
+        let info = self.session_info(&catalog);
+        self.broadcast("session:info", info.clone());
+        Ok(info)
+    }
+
+    async fn execute_command(&self, command: &str, args: Option<&Value>, _user: &str, config: &Config) -> Value {
+        let id = self.room.borrow().id.clone();
+        let parsed = match commands::parse(command, args) {
+            Ok(c) => c,
+            Err(e) => return json!({ "conversationId": id, "command": command, "success": false, "message": e.to_string() }),
+        };
+        let name = parsed.name();
+        let (success, message, data) = match parsed {
+            Command::Help => (true, commands::help_text(), Value::Null),
+            Command::New => {
+                let fresh = new_id();
+                (true, format!("New conversation {fresh}: open a socket with conversationId={fresh}"), json!({ "conversationId": fresh }))
+            }
+            Command::ShowModel => {
+                let (p, m) = self.current_model();
+                let over = self.room.borrow().session.model_override.clone();
+                let how = match &over {
+                    Some(o) => format!("override {o}"),
+                    None => "routing decides".into(),
+                };
+                (true, format!("Model: {p}/{m} ({how})"), json!({ "provider": p, "modelId": m, "override": over }))
+            }
+            Command::SetModel(spec) => match self.set_model_override(Some(spec)).await {
+                Ok(info) => {
+                    let (p, m) = self.current_model();
+                    (true, format!("Model set to {p}/{m} for this conversation; routing is bypassed until /model clear"), serde_json::from_str(&info).unwrap_or(Value::Null))
+                }
+                Err(e) => (false, e, Value::Null),
+            },
+            Command::ClearModel => match self.set_model_override(None).await {
+                Ok(info) => (true, "Model override cleared; routing decides again".into(), serde_json::from_str(&info).unwrap_or(Value::Null)),
+                Err(e) => (false, e, Value::Null),
+            },
+            Command::SetThinking(level) => match self.set_thinking(level.as_str()).await {
+                Ok(()) => (true, format!("Thinking level set to {}", level.as_str()), json!({ "thinkingLevel": level.as_str() })),
+                Err(e) => (false, e, Value::Null),
+            },
+            Command::ShowAgent => {
+                let agent = self.room.borrow().session.agent.clone();
+                let msg = agent.as_ref().map(|a| format!("Agent: {a}")).unwrap_or_else(|| "No agent is active".into());
+                (true, msg, json!({ "agentName": agent }))
+            }
+            Command::SetAgent(name) => {
+                let found = match db::db(&self.env) {
+                    Ok(d) => db::agents(&d).await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                match found.iter().find(|(aid, a)| a.name == name || *aid == name) {
+                    Some((_, a)) => {
+                        self.room.borrow_mut().session.agent = Some(a.name.clone());
+                        self.save_session().await;
+                        let catalog = self.current_catalog().await;
+                        self.broadcast("session:info", self.session_info(&catalog));
+                        (true, format!("Agent set to {}", a.name), json!({ "agentName": a.name }))
+                    }
+                    None => {
+                        let names: Vec<&str> = found.iter().map(|(_, a)| a.name.as_str()).collect();
+                        let list = if names.is_empty() { "none are configured".to_string() } else { names.join(", ") };
+                        (false, format!("Unknown agent \"{name}\". Available: {list}"), Value::Null)
+                    }
+                }
+            }
+            Command::ClearAgent => {
+                self.room.borrow_mut().session.agent = None;
+                self.save_session().await;
+                let catalog = self.current_catalog().await;
+                self.broadcast("session:info", self.session_info(&catalog));
+                (true, "Agent cleared".into(), Value::Null)
+            }
+            Command::Status => {
+                let room = self.room.borrow();
+                let s = &room.session;
+                let m = &s.metrics;
+                let data = json!({
+                    "messages": m.messages, "turns": m.turns,
+                    "tokens": { "input": m.tokens.input, "output": m.tokens.output, "cacheRead": m.tokens.cache_read, "cacheWrite": m.tokens.cache_write, "total": m.tokens.total() },
+                    "costUsd": m.cost_usd, "unpricedTurns": m.unpriced_turns, "modelSwitches": m.model_switches,
+                    "provider": s.provider, "modelId": s.model_id, "thinkingLevel": s.thinking().as_str(),
+                    "modelOverride": s.model_override, "agentName": s.agent, "routingDecision": s.routing_decision,
+                });
+                let cost = if m.unpriced_turns > 0 { format!("${:.6} (+{} turns of unknown cost)", m.cost_usd, m.unpriced_turns) } else { format!("${:.6}", m.cost_usd) };
+                let msg = format!("{} messages, {} turns, {} tokens, cost {cost}, {} model switches", m.messages, m.turns, m.tokens.total(), m.model_switches);
+                (true, msg, data)
+            }
+        };
+        let _ = config;
+        let mut result = json!({ "conversationId": id, "command": name, "success": success, "message": message });
+        if !data.is_null() {
+            result["data"] = data;
+        }
+        result
+    }
+}
+
+/// Whether two handles are the same socket.
+fn same(a: &WebSocket, b: &WebSocket) -> bool {
+    let a: &wasm_bindgen::JsValue = a.as_ref().as_ref();
+    let b: &wasm_bindgen::JsValue = b.as_ref().as_ref();
+    js_sys::Object::is(a, b)
+}
+
+/// Splits `provider/model`, or finds the provider in the catalog, else uses the default provider.
+fn resolve_model(spec: &str, provider: Option<&str>, catalog: &Catalog, config: &Config) -> (String, String) {
+    if let Some(p) = provider {
+        let model = spec.strip_prefix(&format!("{p}/")).unwrap_or(spec);
+        return (p.to_string(), model.to_string());
+    }
+    if let Some((p, m)) = spec.split_once('/') {
+        if config.provider(p).is_some() || matches!(p, "openai" | "anthropic" | "echo") {
+            return (p.to_string(), m.to_string());
+        }
+    }
+    if let Some(info) = catalog.lookup(None, spec) {
+        return (info.provider.clone(), info.id.clone());
+    }
+    (config.default_provider.clone(), spec.to_string())
+}
+
+fn default_model_for(provider: &str, config: &Config) -> String {
+    if provider == config.default_provider {
+        return config.default_model.clone();
+    }
+    match provider {
+        "anthropic" => "claude-sonnet-4-5".into(),
+        "echo" => "echo".into(),
+        _ => "gpt-4o-mini".into(),
+    }
+}
