@@ -495,9 +495,8 @@ pub fn kind_from_error_fields(fields: &ErrorBody) -> Option<UpstreamErrorKind> {
     {
         return Some(UpstreamErrorKind::ContextTooLong);
     }
-    if names(&["overloaded_error", "overloaded"])
-        || message.to_ascii_lowercase().contains("overloaded")
-    {
+    let lower = scan_prefix(message).to_ascii_lowercase();
+    if names(&["overloaded_error", "overloaded"]) || lower.contains("overloaded") {
         return Some(UpstreamErrorKind::Overloaded);
     }
     if names(&[
@@ -506,7 +505,8 @@ pub fn kind_from_error_fields(fields: &ErrorBody) -> Option<UpstreamErrorKind> {
         "insufficient_quota",
         "tokens",
         "requests",
-    ]) {
+    ]) || lower.contains("rate limit")
+    {
         return Some(UpstreamErrorKind::RateLimited);
     }
     if names(&[
@@ -650,5 +650,84 @@ pub fn json_count(v: Option<&serde_json::Value>) -> u64 {
             _ => 0,
         }),
         _ => 0,
+    }
+}
+
+/// Helpers shared by the provider modules' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::sse::{SseDecoder, SseEvent};
+    use super::{StreamDecoder, StreamEvent};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Feeds `bytes` through an [`SseDecoder`] in `chunk`-byte pieces into `decoder`, then ends both.
+    pub fn run(decoder: &mut dyn StreamDecoder, bytes: &[u8], chunk: usize) -> Vec<StreamEvent> {
+        let mut sse = SseDecoder::new();
+        let mut events: Vec<SseEvent> = Vec::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            let pushed = sse.push(piece, &mut events);
+            for e in events.drain(..) {
+                decoder.on_event(&e, &mut out);
+            }
+            if pushed.is_err() {
+                break;
+            }
+        }
+        sse.finish(&mut events);
+        for e in events.drain(..) {
+            decoder.on_event(&e, &mut out);
+        }
+        decoder.on_end(&mut out);
+        out
+    }
+
+    /// The same stream decoded whole, in 1-byte and in 7-byte chunks must agree; returns it.
+    pub fn run_all_chunkings<D: StreamDecoder>(
+        new: impl Fn() -> D,
+        bytes: &[u8],
+    ) -> Vec<StreamEvent> {
+        let whole = run(&mut new(), bytes, bytes.len());
+        assert_eq!(run(&mut new(), bytes, 1), whole, "1-byte chunks");
+        assert_eq!(run(&mut new(), bytes, 7), whole, "7-byte chunks");
+        whole
+    }
+
+    /// Checks what every decoder promises: at most one `Finish`, nothing after `Finish` or `Error`.
+    pub fn check_invariants(events: &[StreamEvent]) -> Result<(), String> {
+        let mut closed = false;
+        for (i, e) in events.iter().enumerate() {
+            if closed {
+                return Err(format!("event {i} after Finish/Error: {e:?}"));
+            }
+            if matches!(e, StreamEvent::Finish(_) | StreamEvent::Error(_)) {
+                closed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Arbitrary JSON whose keys and strings are drawn mostly from `words`, so that random
+    /// values reach the decoders' deeper paths.
+    pub fn arb_json(words: &'static [&'static str]) -> BoxedStrategy<Value> {
+        let word = prop::sample::select(words).prop_map(str::to_string);
+        let string = prop_oneof![3 => word.clone(), 1 => any::<String>()];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..5).prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            string.clone().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((word.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+        .boxed()
     }
 }
