@@ -294,3 +294,440 @@ pub trait StreamDecoder {
     /// The byte stream ended; yields a trailing error when the provider's end marker never came.
     fn on_end(&mut self, out: &mut Vec<StreamEvent>);
 }
+
+// ---------------------------------------------------------------------------
+// Shared helpers for the provider modules: upstream error classification.
+// ---------------------------------------------------------------------------
+
+/// Longest provider message (in chars) copied into an [`UpstreamError`]; bodies can be whole HTML pages.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 300;
+
+/// How much of an error body (in bytes) is searched for wording; error bodies are small, a proxy's HTML page need not be read whole.
+const MAX_ERROR_SCAN_BYTES: usize = 16 * 1024;
+
+/// The fields providers put in an error body, whichever of the common shapes it uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// `error.message` (or a bare `error` string, or a top-level `message`).
+    pub message: Option<String>,
+    /// `error.type` (`invalid_request_error`, `overloaded_error`, ...).
+    pub error_type: Option<String>,
+    /// `error.code`, as text even when the provider sent a number (OpenRouter, vLLM).
+    pub code: Option<String>,
+}
+
+/// Reads the error fields from a JSON error body; fields it cannot find stay `None`.
+///
+/// Accepts OpenAI's `{"error":{"message","type","code"}}`, Anthropic's
+/// `{"type":"error","error":{"type","message"}}`, a bare `{"error":"text"}` (Ollama),
+/// a top-level `{"message"}` and a one-element array of any of these (some gateways wrap it).
+pub fn parse_error_body(body: &str) -> ErrorBody {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => error_fields(&v),
+        Err(_) => ErrorBody::default(),
+    }
+}
+
+/// Reads the error fields from an already parsed JSON value (see [`parse_error_body`]).
+pub fn error_fields(v: &serde_json::Value) -> ErrorBody {
+    use serde_json::Value;
+    let v = match v {
+        Value::Array(items) => match items.first() {
+            Some(first) => first,
+            None => return ErrorBody::default(),
+        },
+        other => other,
+    };
+    let text = |x: Option<&Value>| -> Option<String> {
+        match x {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    match v.get("error") {
+        Some(Value::Object(e)) => ErrorBody {
+            message: text(e.get("message")),
+            error_type: text(e.get("type")),
+            code: text(e.get("code")),
+        },
+        Some(Value::String(s)) if !s.is_empty() => ErrorBody {
+            message: Some(s.clone()),
+            error_type: None,
+            code: None,
+        },
+        _ => ErrorBody {
+            message: text(v.get("message")),
+            error_type: None,
+            code: None,
+        },
+    }
+}
+
+/// `s` cut to at most `max_chars` characters (never inside a character), surrounding whitespace trimmed.
+pub fn truncate_chars(s: &str, max_chars: usize) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(max_chars) {
+        Some((cut, _)) => s.get(..cut).unwrap_or(s).trim_end().to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// Parses a `retry-after` header value in seconds (integer or decimal) into milliseconds.
+///
+/// An HTTP-date is ignored (`None`): turning it into a delay needs a clock, which this pure
+/// core does not read; the caller falls back to its own backoff.
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    let v = value.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let secs: f64 = v.parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    // `as` saturates, so an absurd value becomes u64::MAX rather than wrapping.
+    Some((secs * 1000.0).round() as u64)
+}
+
+/// Finds a delay hint in an error message ("Please try again in 1.5s", "try again in 6ms",
+/// "retry after 20 seconds", "try again in 7m12s"), in milliseconds.
+pub fn retry_hint_from_text(text: &str) -> Option<u64> {
+    let lower = scan_prefix(text).to_ascii_lowercase();
+    for marker in ["try again in ", "retry after ", "retry in "] {
+        if let Some(pos) = lower.find(marker) {
+            if let Some(ms) = lower
+                .get(pos + marker.len()..)
+                .and_then(parse_duration_prefix)
+            {
+                return Some(ms);
+            }
+        }
+    }
+    None
+}
+
+/// Parses a duration such as `1.5s`, `6ms`, `20 seconds` or `1m30s` at the start of `s`, in milliseconds.
+fn parse_duration_prefix(s: &str) -> Option<u64> {
+    let mut rest = s;
+    let mut total = 0.0f64;
+    let mut any = false;
+    loop {
+        let num_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        if num_len == 0 {
+            break;
+        }
+        let (num, after) = rest.split_at(num_len);
+        let Ok(value) = num.parse::<f64>() else {
+            break;
+        };
+        let after = after.trim_start_matches(' ');
+        let unit_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphabetic())
+            .count();
+        let (unit, tail) = after.split_at(unit_len);
+        let factor = match unit {
+            "ms" | "msec" | "milliseconds" | "millisecond" => 1.0,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
+            "h" | "hr" | "hour" | "hours" => 3_600_000.0,
+            _ => break,
+        };
+        total += value * factor;
+        any = true;
+        rest = tail;
+    }
+    if any && total.is_finite() {
+        Some(total.round() as u64)
+    } else {
+        None
+    }
+}
+
+/// The first [`MAX_ERROR_SCAN_BYTES`] of `s`, cut on a char boundary.
+fn scan_prefix(s: &str) -> &str {
+    if s.len() <= MAX_ERROR_SCAN_BYTES {
+        return s;
+    }
+    let mut cut = MAX_ERROR_SCAN_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.get(..cut).unwrap_or("")
+}
+
+/// Whether an error text says the prompt does not fit the model's context window.
+pub fn mentions_context_length(text: &str) -> bool {
+    let lower = scan_prefix(text).to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context length",
+        "context window",
+        "context size",
+        "too many tokens",
+        "prompt is too long",
+        "input is too long",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
+/// The kind an error's `type`/`code`/message names, when they name one.
+///
+/// Used for error objects inside a 200 stream (no status) and to refine a status class.
+/// Covers OpenAI (`type`, string `code`), Anthropic (`type`) and the numeric `code` that
+/// OpenRouter and vLLM put there (mapped as an HTTP status).
+pub fn kind_from_error_fields(fields: &ErrorBody) -> Option<UpstreamErrorKind> {
+    let ty = fields.error_type.as_deref().unwrap_or("");
+    let code = fields.code.as_deref().unwrap_or("");
+    let message = fields.message.as_deref().unwrap_or("");
+    let names = |list: &[&str]| {
+        list.iter()
+            .any(|n| ty.eq_ignore_ascii_case(n) || code.eq_ignore_ascii_case(n))
+    };
+    if names(&["context_length_exceeded", "string_above_max_length"])
+        || mentions_context_length(message)
+    {
+        return Some(UpstreamErrorKind::ContextTooLong);
+    }
+    let lower = scan_prefix(message).to_ascii_lowercase();
+    if names(&["overloaded_error", "overloaded"]) || lower.contains("overloaded") {
+        return Some(UpstreamErrorKind::Overloaded);
+    }
+    if names(&[
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "insufficient_quota",
+        "tokens",
+        "requests",
+    ]) || lower.contains("rate limit")
+    {
+        return Some(UpstreamErrorKind::RateLimited);
+    }
+    if names(&[
+        "authentication_error",
+        "permission_error",
+        "invalid_api_key",
+        "invalid_authentication",
+        "unauthorized",
+    ]) {
+        return Some(UpstreamErrorKind::Auth);
+    }
+    if names(&[
+        "invalid_request_error",
+        "not_found_error",
+        "request_too_large",
+        "model_not_found",
+        "badrequesterror",
+        "notfounderror",
+    ]) {
+        return Some(UpstreamErrorKind::BadRequest);
+    }
+    if names(&[
+        "server_error",
+        "api_error",
+        "internal_error",
+        "internalservererror",
+        "service_unavailable",
+    ]) {
+        return Some(UpstreamErrorKind::Server);
+    }
+    if let Ok(status) = code.parse::<u16>() {
+        if (400..600).contains(&status) {
+            return Some(status_kind(status));
+        }
+    }
+    None
+}
+
+/// The kind a non-2xx status alone implies.
+pub fn status_kind(status: u16) -> UpstreamErrorKind {
+    match status {
+        401 | 403 => UpstreamErrorKind::Auth,
+        408 => UpstreamErrorKind::Timeout,
+        429 => UpstreamErrorKind::RateLimited,
+        529 => UpstreamErrorKind::Overloaded,
+        400..=499 => UpstreamErrorKind::BadRequest,
+        // 5xx, and statuses that should never reach here (1xx/3xx): the upstream misbehaved.
+        _ => UpstreamErrorKind::Server,
+    }
+}
+
+/// Classifies a non-2xx upstream response from its status, `retry-after` header and body.
+///
+/// The status decides first (401/403 auth, 429 rate limit, 529 overloaded); a 4xx whose
+/// body speaks of the context length is `ContextTooLong`, other 4xx `BadRequest`; a 5xx
+/// that says "overloaded" is `Overloaded`, other 5xx `Server`. The message is the
+/// provider's `error.message` when the body is JSON, else the body itself, cut to
+/// [`MAX_ERROR_MESSAGE_CHARS`]. The delay comes from `retry-after` (seconds), or for a
+/// 429 from a hint in the message ("try again in 1.5s").
+pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> UpstreamError {
+    let fields = parse_error_body(body);
+    let by_fields = kind_from_error_fields(&fields);
+    let mut kind = status_kind(status);
+    match kind {
+        UpstreamErrorKind::BadRequest => {
+            if by_fields == Some(UpstreamErrorKind::ContextTooLong) || mentions_context_length(body)
+            {
+                kind = UpstreamErrorKind::ContextTooLong;
+            } else if by_fields == Some(UpstreamErrorKind::Overloaded) {
+                kind = UpstreamErrorKind::Overloaded;
+            }
+        }
+        UpstreamErrorKind::Server => {
+            if by_fields == Some(UpstreamErrorKind::Overloaded)
+                || scan_prefix(body)
+                    .to_ascii_lowercase()
+                    .contains("overloaded")
+            {
+                kind = UpstreamErrorKind::Overloaded;
+            }
+        }
+        _ => {}
+    }
+    let message = match &fields.message {
+        Some(m) => truncate_chars(m, MAX_ERROR_MESSAGE_CHARS),
+        None => truncate_chars(body, MAX_ERROR_MESSAGE_CHARS),
+    };
+    let message = if message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        message
+    };
+    let mut retry_after_ms = retry_after.and_then(parse_retry_after);
+    if retry_after_ms.is_none() && kind == UpstreamErrorKind::RateLimited {
+        retry_after_ms = fields
+            .message
+            .as_deref()
+            .and_then(retry_hint_from_text)
+            .or_else(|| retry_hint_from_text(body));
+    }
+    UpstreamError {
+        kind,
+        status: Some(status),
+        message,
+        retry_after_ms,
+    }
+}
+
+/// Classifies an error object found inside a 200 stream (no status, no header).
+///
+/// Unknown types default to `Server`: the request was accepted, so a failure mid-generation
+/// is more likely the upstream's trouble than ours, and retrying is worth it.
+pub fn classify_stream_error(fields: &ErrorBody) -> UpstreamError {
+    let kind = kind_from_error_fields(fields).unwrap_or(UpstreamErrorKind::Server);
+    let message = fields
+        .message
+        .as_deref()
+        .map(|m| truncate_chars(m, MAX_ERROR_MESSAGE_CHARS))
+        .filter(|m| !m.is_empty())
+        .or_else(|| fields.error_type.clone())
+        .or_else(|| fields.code.clone())
+        .unwrap_or_else(|| "error in stream".to_string());
+    let retry_after_ms = if kind == UpstreamErrorKind::RateLimited {
+        fields.message.as_deref().and_then(retry_hint_from_text)
+    } else {
+        None
+    };
+    UpstreamError {
+        kind,
+        status: None,
+        message,
+        retry_after_ms,
+    }
+}
+
+/// Reads a JSON token count: a non-negative integer, or a float some servers send; anything else is 0.
+pub fn json_count(v: Option<&serde_json::Value>) -> u64 {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or_else(|| match n.as_f64() {
+            Some(f) if f.is_finite() && f > 0.0 => f as u64,
+            _ => 0,
+        }),
+        _ => 0,
+    }
+}
+
+/// Helpers shared by the provider modules' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::sse::{SseDecoder, SseEvent};
+    use super::{StreamDecoder, StreamEvent};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Feeds `bytes` through an [`SseDecoder`] in `chunk`-byte pieces into `decoder`, then ends both.
+    pub fn run(decoder: &mut dyn StreamDecoder, bytes: &[u8], chunk: usize) -> Vec<StreamEvent> {
+        let mut sse = SseDecoder::new();
+        let mut events: Vec<SseEvent> = Vec::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            let pushed = sse.push(piece, &mut events);
+            for e in events.drain(..) {
+                decoder.on_event(&e, &mut out);
+            }
+            if pushed.is_err() {
+                break;
+            }
+        }
+        sse.finish(&mut events);
+        for e in events.drain(..) {
+            decoder.on_event(&e, &mut out);
+        }
+        decoder.on_end(&mut out);
+        out
+    }
+
+    /// The same stream decoded whole, in 1-byte and in 7-byte chunks must agree; returns it.
+    pub fn run_all_chunkings<D: StreamDecoder>(
+        new: impl Fn() -> D,
+        bytes: &[u8],
+    ) -> Vec<StreamEvent> {
+        let whole = run(&mut new(), bytes, bytes.len());
+        assert_eq!(run(&mut new(), bytes, 1), whole, "1-byte chunks");
+        assert_eq!(run(&mut new(), bytes, 7), whole, "7-byte chunks");
+        whole
+    }
+
+    /// Checks what every decoder promises: at most one `Finish`, nothing after `Finish` or `Error`.
+    pub fn check_invariants(events: &[StreamEvent]) -> Result<(), String> {
+        let mut closed = false;
+        for (i, e) in events.iter().enumerate() {
+            if closed {
+                return Err(format!("event {i} after Finish/Error: {e:?}"));
+            }
+            if matches!(e, StreamEvent::Finish(_) | StreamEvent::Error(_)) {
+                closed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Arbitrary JSON whose keys and strings are drawn mostly from `words`, so that random
+    /// values reach the decoders' deeper paths.
+    pub fn arb_json(words: &'static [&'static str]) -> BoxedStrategy<Value> {
+        let word = prop::sample::select(words).prop_map(str::to_string);
+        let string = prop_oneof![3 => word.clone(), 1 => any::<String>()];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..5).prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            string.clone().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((word.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+        .boxed()
+    }
+}
