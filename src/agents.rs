@@ -44,7 +44,9 @@ impl AgentConfig {
     /// Checks an operator-supplied config; the message says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if !valid_name(&self.name) {
-            return Err("name must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into());
+            return Err(
+                "name must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into(),
+            );
         }
         if self.system_prompt.len() > 100_000 {
             return Err("systemPrompt is longer than 100000 bytes".into());
@@ -64,7 +66,10 @@ impl AgentConfig {
                 return Err(format!("tool \"{}\": url must be http(s)", t.name));
             }
             if !t.parameters.is_object() {
-                return Err(format!("tool \"{}\": parameters must be a JSON Schema object", t.name));
+                return Err(format!(
+                    "tool \"{}\": parameters must be a JSON Schema object",
+                    t.name
+                ));
             }
         }
         Ok(())
@@ -74,7 +79,11 @@ impl AgentConfig {
     pub fn tool_specs(&self) -> Vec<ToolSpec> {
         self.tools
             .iter()
-            .map(|t| ToolSpec { name: t.name.clone(), description: t.description.clone(), parameters: t.parameters.clone() })
+            .map(|t| ToolSpec {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters.clone(),
+            })
             .collect()
     }
 
@@ -85,7 +94,10 @@ impl AgentConfig {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -111,11 +123,14 @@ mod tests {
 
     #[test]
     fn refuses_bad_configs() {
-        assert!(agent(serde_json::json!({"name": "bad name"})).validate().is_err());
+        assert!(agent(serde_json::json!({"name": "bad name"}))
+            .validate()
+            .is_err());
         let dup = agent(serde_json::json!({"name": "a", "tools": [
             {"name": "t", "url": "http://x/"}, {"name": "t", "url": "http://x/"}]}));
         assert!(dup.validate().unwrap_err().contains("twice"));
-        let url = agent(serde_json::json!({"name": "a", "tools": [{"name": "t", "url": "file:///etc"}]}));
+        let url =
+            agent(serde_json::json!({"name": "a", "tools": [{"name": "t", "url": "file:///etc"}]}));
         assert!(url.validate().unwrap_err().contains("url"));
     }
 }

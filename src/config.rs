@@ -53,7 +53,11 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "configuration variable {}: {}", self.variable, self.reason)
+        write!(
+            f,
+            "configuration variable {}: {}",
+            self.variable, self.reason
+        )
     }
 }
 
@@ -67,11 +71,17 @@ pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
 impl Config {
     /// Parses the configuration from a lookup of vars and secrets (`None` or empty means unset).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let var = |name: &str| get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let var = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
 
         let mut providers = Vec::new();
         let openai_key = var("OPENAI_API_KEY");
-        if let Some(base) = var("OPENAI_BASE_URL").or_else(|| openai_key.as_ref().map(|_| OPENAI_DEFAULT_BASE.to_string())) {
+        if let Some(base) = var("OPENAI_BASE_URL")
+            .or_else(|| openai_key.as_ref().map(|_| OPENAI_DEFAULT_BASE.to_string()))
+        {
             providers.push(ProviderConfig {
                 name: "openai",
                 kind: ProviderKind::OpenAi,
@@ -80,7 +90,11 @@ impl Config {
             });
         }
         let anthropic_key = var("ANTHROPIC_API_KEY");
-        if let Some(base) = var("ANTHROPIC_BASE_URL").or_else(|| anthropic_key.as_ref().map(|_| ANTHROPIC_DEFAULT_BASE.to_string())) {
+        if let Some(base) = var("ANTHROPIC_BASE_URL").or_else(|| {
+            anthropic_key
+                .as_ref()
+                .map(|_| ANTHROPIC_DEFAULT_BASE.to_string())
+        }) {
             providers.push(ProviderConfig {
                 name: "anthropic",
                 kind: ProviderKind::Anthropic,
@@ -104,18 +118,27 @@ impl Config {
                 if !providers.iter().any(|c| c.name == p) {
                     return Err(ConfigError {
                         variable: "DEFAULT_MODEL",
-                        reason: format!("provider \"{p}\" is not configured (set its base URL or API key)"),
+                        reason: format!(
+                            "provider \"{p}\" is not configured (set its base URL or API key)"
+                        ),
                     });
                 }
                 if id.is_empty() {
-                    return Err(ConfigError { variable: "DEFAULT_MODEL", reason: "the model id is empty".into() });
+                    return Err(ConfigError {
+                        variable: "DEFAULT_MODEL",
+                        reason: "the model id is empty".into(),
+                    });
                 }
                 (p.to_string(), id.to_string())
             }
             // The first real provider, else the built-in echo provider so a fresh checkout works offline.
             None => match providers.first() {
-                Some(p) if p.kind == ProviderKind::OpenAi => ("openai".into(), "gpt-4o-mini".into()),
-                Some(p) if p.kind == ProviderKind::Anthropic => ("anthropic".into(), "claude-sonnet-4-5".into()),
+                Some(p) if p.kind == ProviderKind::OpenAi => {
+                    ("openai".into(), "gpt-4o-mini".into())
+                }
+                Some(p) if p.kind == ProviderKind::Anthropic => {
+                    ("anthropic".into(), "claude-sonnet-4-5".into())
+                }
                 _ => ("echo".into(), "echo".into()),
             },
         };
@@ -124,12 +147,18 @@ impl Config {
             None => None,
             Some(v) if v == "*" => None,
             Some(v) => {
-                let list: Vec<String> = v.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect();
+                let list: Vec<String> = v
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect();
                 for o in &list {
                     if !(o.starts_with("http://") || o.starts_with("https://")) {
                         return Err(ConfigError {
                             variable: "ALLOWED_ORIGINS",
-                            reason: format!("\"{o}\" is not an origin like https://app.example.com"),
+                            reason: format!(
+                                "\"{o}\" is not an origin like https://app.example.com"
+                            ),
                         });
                     }
                 }
@@ -173,18 +202,33 @@ impl Config {
 
 fn parse_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
     if !(value.starts_with("http://") || value.starts_with("https://")) {
-        return Err(ConfigError { variable, reason: format!("\"{value}\" is not an http(s) URL") });
+        return Err(ConfigError {
+            variable,
+            reason: format!("\"{value}\" is not an http(s) URL"),
+        });
     }
     Ok(value.trim_end_matches('/').to_string())
 }
 
-fn number(var: &impl Fn(&str) -> Option<String>, variable: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+fn number(
+    var: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
     match var(variable) {
         None => Ok(default),
         Some(v) => match v.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            Ok(n) => Err(ConfigError { variable, reason: format!("{n} is outside {min}..={max}") }),
-            Err(_) => Err(ConfigError { variable, reason: format!("\"{v}\" is not a whole number") }),
+            Ok(n) => Err(ConfigError {
+                variable,
+                reason: format!("{n} is outside {min}..={max}"),
+            }),
+            Err(_) => Err(ConfigError {
+                variable,
+                reason: format!("\"{v}\" is not a whole number"),
+            }),
         },
     }
 }
@@ -195,14 +239,20 @@ mod tests {
     use std::collections::HashMap;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn empty_environment_falls_back_to_echo() {
         let c = parse(&[]).unwrap();
-        assert_eq!((c.default_provider.as_str(), c.default_model.as_str()), ("echo", "echo"));
+        assert_eq!(
+            (c.default_provider.as_str(), c.default_model.as_str()),
+            ("echo", "echo")
+        );
         assert_eq!(c.max_message_bytes, 65_536);
         assert!(c.admin_token.is_none());
         assert!(c.origin_allowed("https://anything.example"));
@@ -210,7 +260,11 @@ mod tests {
 
     #[test]
     fn openai_base_url_configures_openai_and_becomes_default() {
-        let c = parse(&[("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/"), ("OPENAI_API_KEY", "k")]).unwrap();
+        let c = parse(&[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/"),
+            ("OPENAI_API_KEY", "k"),
+        ])
+        .unwrap();
         let p = c.provider("openai").unwrap();
         assert_eq!(p.base_url, "http://127.0.0.1:9/v1");
         assert_eq!(p.api_key.as_deref(), Some("k"));
@@ -219,19 +273,51 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        assert_eq!(parse(&[("MAX_MESSAGE_BYTES", "lots")]).unwrap_err().variable, "MAX_MESSAGE_BYTES");
-        assert_eq!(parse(&[("MAX_MESSAGE_BYTES", "0")]).unwrap_err().variable, "MAX_MESSAGE_BYTES");
-        assert_eq!(parse(&[("OPENAI_BASE_URL", "ftp://x")]).unwrap_err().variable, "OPENAI_BASE_URL");
-        assert_eq!(parse(&[("DEFAULT_MODEL", "gpt-4o")]).unwrap_err().variable, "DEFAULT_MODEL");
-        assert_eq!(parse(&[("DEFAULT_MODEL", "anthropic/claude")]).unwrap_err().variable, "DEFAULT_MODEL");
-        assert_eq!(parse(&[("ALLOWED_ORIGINS", "example.com")]).unwrap_err().variable, "ALLOWED_ORIGINS");
-        let e = parse(&[("MAX_MESSAGE_BYTES", "lots")]).unwrap_err().to_string();
+        assert_eq!(
+            parse(&[("MAX_MESSAGE_BYTES", "lots")])
+                .unwrap_err()
+                .variable,
+            "MAX_MESSAGE_BYTES"
+        );
+        assert_eq!(
+            parse(&[("MAX_MESSAGE_BYTES", "0")]).unwrap_err().variable,
+            "MAX_MESSAGE_BYTES"
+        );
+        assert_eq!(
+            parse(&[("OPENAI_BASE_URL", "ftp://x")])
+                .unwrap_err()
+                .variable,
+            "OPENAI_BASE_URL"
+        );
+        assert_eq!(
+            parse(&[("DEFAULT_MODEL", "gpt-4o")]).unwrap_err().variable,
+            "DEFAULT_MODEL"
+        );
+        assert_eq!(
+            parse(&[("DEFAULT_MODEL", "anthropic/claude")])
+                .unwrap_err()
+                .variable,
+            "DEFAULT_MODEL"
+        );
+        assert_eq!(
+            parse(&[("ALLOWED_ORIGINS", "example.com")])
+                .unwrap_err()
+                .variable,
+            "ALLOWED_ORIGINS"
+        );
+        let e = parse(&[("MAX_MESSAGE_BYTES", "lots")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MAX_MESSAGE_BYTES") && e.contains("lots"), "{e}");
     }
 
     #[test]
     fn origins_are_an_allow_list() {
-        let c = parse(&[("ALLOWED_ORIGINS", "https://a.example, http://localhost:3000/")]).unwrap();
+        let c = parse(&[(
+            "ALLOWED_ORIGINS",
+            "https://a.example, http://localhost:3000/",
+        )])
+        .unwrap();
         assert!(c.origin_allowed("https://a.example"));
         assert!(c.origin_allowed("http://localhost:3000"));
         assert!(!c.origin_allowed("https://evil.example"));
@@ -239,7 +325,12 @@ mod tests {
 
     #[test]
     fn blank_values_count_as_unset() {
-        let c = parse(&[("OPENAI_BASE_URL", " "), ("ADMIN_TOKEN", ""), ("DEFAULT_MODEL", "")]).unwrap();
+        let c = parse(&[
+            ("OPENAI_BASE_URL", " "),
+            ("ADMIN_TOKEN", ""),
+            ("DEFAULT_MODEL", ""),
+        ])
+        .unwrap();
         assert!(c.provider("openai").is_none());
         assert!(c.admin_token.is_none());
     }

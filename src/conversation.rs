@@ -1,7 +1,9 @@
 //! The per-conversation core: session state, the sequenced replay log, the turn accumulator, sends queue, dedupe and rate limit.
 
 use crate::catalog::{self, Catalog, Cost};
-use crate::llm::{ChatMessage, FinishReason, StreamEvent, Thinking, ThinkingLevel, ToolCall, UpstreamError, Usage};
+use crate::llm::{
+    ChatMessage, FinishReason, StreamEvent, Thinking, ThinkingLevel, ToolCall, UpstreamError, Usage,
+};
 use crate::protocol::OutEvent;
 use crate::routing::RoutingDecision;
 use serde::{Deserialize, Serialize};
@@ -46,7 +48,8 @@ impl SessionState {
 
     /// Records the model a turn runs on, counting a switch when it changed.
     pub fn use_model(&mut self, provider: &str, model: &str) {
-        let changed = self.provider.as_deref() != Some(provider) || self.model_id.as_deref() != Some(model);
+        let changed =
+            self.provider.as_deref() != Some(provider) || self.model_id.as_deref() != Some(model);
         if changed && self.model_id.is_some() {
             self.metrics.model_switches += 1;
         }
@@ -55,7 +58,12 @@ impl SessionState {
     }
 
     /// The `session:info` payload.
-    pub fn info_payload(&self, conversation_id: &str, default: (&str, &str), levels: &[ThinkingLevel]) -> String {
+    pub fn info_payload(
+        &self,
+        conversation_id: &str,
+        default: (&str, &str),
+        levels: &[ThinkingLevel],
+    ) -> String {
         let mut v = json!({
             "conversationId": conversation_id,
             "provider": self.provider.as_deref().unwrap_or(default.0),
@@ -116,7 +124,10 @@ pub enum StepOutcome {
     /// The turn is over.
     Done(StopReason),
     /// The call failed; `before_output` says no byte of it reached a client (so it may be retried or failed over).
-    Failed { error: UpstreamError, before_output: bool },
+    Failed {
+        error: UpstreamError,
+        before_output: bool,
+    },
 }
 
 /// A tool call as recorded in the assistant message's metadata (the seed's shape).
@@ -194,7 +205,10 @@ impl Turn {
             }
             StreamEvent::Text(_) | StreamEvent::Thinking(_) => None,
             StreamEvent::ThinkingSignature(s) => {
-                self.step.signature.get_or_insert_with(String::new).push_str(&s);
+                self.step
+                    .signature
+                    .get_or_insert_with(String::new)
+                    .push_str(&s);
                 None
             }
             StreamEvent::ToolCall(c) => {
@@ -228,22 +242,34 @@ impl Turn {
         if step.usage.prompt_tokens() > 0 {
             self.last_prompt_tokens = step.usage.prompt_tokens();
         }
-        let has_content = !step.text.is_empty() || !step.tool_calls.is_empty() || !step.thinking.is_empty();
+        let has_content =
+            !step.text.is_empty() || !step.tool_calls.is_empty() || !step.thinking.is_empty();
         if has_content {
-            let thinking = (!step.thinking.is_empty()).then(|| Thinking { text: step.thinking.clone(), signature: step.signature.clone() });
+            let thinking = (!step.thinking.is_empty()).then(|| Thinking {
+                text: step.thinking.clone(),
+                signature: step.signature.clone(),
+            });
             self.new_context.push(ChatMessage::Assistant {
                 content: step.text.clone(),
                 thinking,
-                tool_calls: if step.error.is_some() { Vec::new() } else { step.tool_calls.clone() },
+                tool_calls: if step.error.is_some() {
+                    Vec::new()
+                } else {
+                    step.tool_calls.clone()
+                },
             });
         }
         if let Some(error) = step.error {
-            return StepOutcome::Failed { error, before_output: !step.output };
+            return StepOutcome::Failed {
+                error,
+                before_output: !step.output,
+            };
         }
         if !step.tool_calls.is_empty() {
             if self.steps >= max_steps {
                 // The model still wants tools; their calls stay unanswered, so drop them from the context.
-                if let Some(ChatMessage::Assistant { tool_calls, .. }) = self.new_context.last_mut() {
+                if let Some(ChatMessage::Assistant { tool_calls, .. }) = self.new_context.last_mut()
+                {
                     tool_calls.clear();
                 }
                 return StepOutcome::Done(StopReason::MaxSteps);
@@ -258,9 +284,20 @@ impl Turn {
 
     /// Records a tool's result for the model and the metadata.
     pub fn record_tool_result(&mut self, call: &ToolCall, result: String, is_error: bool) {
-        let args = serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
-        self.tool_records.push(ToolCallRecord { tool_call_id: call.id.clone(), tool_name: call.name.clone(), args, is_error });
-        self.new_context.push(ChatMessage::Tool { tool_call_id: call.id.clone(), name: call.name.clone(), content: result, is_error });
+        let args =
+            serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
+        self.tool_records.push(ToolCallRecord {
+            tool_call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            args,
+            is_error,
+        });
+        self.new_context.push(ChatMessage::Tool {
+            tool_call_id: call.id.clone(),
+            name: call.name.clone(),
+            content: result,
+            is_error,
+        });
     }
 }
 
@@ -306,7 +343,13 @@ pub struct TokenCounts {
 
 impl From<Usage> for TokenCounts {
     fn from(u: Usage) -> Self {
-        TokenCounts { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write, total: u.total() }
+        TokenCounts {
+            input: u.input,
+            output: u.output,
+            cache_read: u.cache_read,
+            cache_write: u.cache_write,
+            total: u.total(),
+        }
     }
 }
 
@@ -319,11 +362,21 @@ pub struct ContextUsage {
 }
 
 /// Builds a turn's usage from the catalog.
-pub fn turn_usage(catalog: &Catalog, provider: &str, model: &str, thinking: ThinkingLevel, usage: &Usage, last_prompt_tokens: u64) -> TurnUsage {
+pub fn turn_usage(
+    catalog: &Catalog,
+    provider: &str,
+    model: &str,
+    thinking: ThinkingLevel,
+    usage: &Usage,
+    last_prompt_tokens: u64,
+) -> TurnUsage {
     let info = catalog.lookup(Some(provider), model);
-    let cost = info.and_then(|i| i.prices.as_ref()).map(|p| catalog::cost(p, usage));
+    let cost = info
+        .and_then(|i| i.prices.as_ref())
+        .map(|p| catalog::cost(p, usage));
     let window = info.map(|i| i.context_window).unwrap_or(0);
-    let percent = (window > 0).then(|| ((last_prompt_tokens as f64 / window as f64) * 10_000.0).round() / 100.0);
+    let percent = (window > 0)
+        .then(|| ((last_prompt_tokens as f64 / window as f64) * 10_000.0).round() / 100.0);
     TurnUsage {
         provider: provider.to_string(),
         model_id: model.to_string(),
@@ -350,7 +403,13 @@ impl Metrics {
 }
 
 /// The assistant message's metadata (the seed's shape plus what the gateway adds).
-pub fn assistant_metadata(now_iso: &str, usage: &TurnUsage, turn: &Turn, stop: StopReason, error: Option<&UpstreamError>) -> Value {
+pub fn assistant_metadata(
+    now_iso: &str,
+    usage: &TurnUsage,
+    turn: &Turn,
+    stop: StopReason,
+    error: Option<&UpstreamError>,
+) -> Value {
     let mut m = json!({
         "timestamp": now_iso,
         "model": usage.model_id,
@@ -390,7 +449,13 @@ pub struct ReplayGap {
 impl StreamLog {
     /// A log that continues numbering at `next_seq` and keeps events for `window_ms` (and at most `max_bytes`).
     pub fn new(next_seq: u64, window_ms: u64, max_bytes: usize) -> Self {
-        StreamLog { next_seq: next_seq.max(1), events: VecDeque::new(), bytes: 0, max_bytes, window_ms: window_ms as i64 }
+        StreamLog {
+            next_seq: next_seq.max(1),
+            events: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            window_ms: window_ms as i64,
+        }
     }
 
     /// The number the next event gets.
@@ -400,7 +465,11 @@ impl StreamLog {
 
     /// Numbers an event, keeps it for replay and returns it.
     pub fn push(&mut self, name: &'static str, data: String, now_ms: i64) -> &OutEvent {
-        let event = OutEvent { name, seq: Some(self.next_seq), data };
+        let event = OutEvent {
+            name,
+            seq: Some(self.next_seq),
+            data,
+        };
         self.next_seq += 1;
         self.bytes += event.data.len() + 64;
         self.events.push_back((now_ms, event));
@@ -412,7 +481,9 @@ impl StreamLog {
     /// Drops events older than the window or beyond the byte budget, always keeping the newest.
     pub fn prune(&mut self, now_ms: i64) {
         while self.events.len() > 1 {
-            let Some((at, e)) = self.events.front() else { break };
+            let Some((at, e)) = self.events.front() else {
+                break;
+            };
             if now_ms - at <= self.window_ms && self.bytes <= self.max_bytes {
                 break;
             }
@@ -429,9 +500,15 @@ impl StreamLog {
                 return Err(ReplayGap { oldest });
             }
         } else if last_seq + 1 < self.next_seq {
-            return Err(ReplayGap { oldest: self.next_seq });
+            return Err(ReplayGap {
+                oldest: self.next_seq,
+            });
         }
-        Ok(self.events.iter().map(|(_, e)| e).filter(move |e| e.seq.unwrap_or(0) > last_seq))
+        Ok(self
+            .events
+            .iter()
+            .map(|(_, e)| e)
+            .filter(move |e| e.seq.unwrap_or(0) > last_seq))
     }
 }
 
@@ -490,14 +567,25 @@ pub fn context_from_rows(rows: &[(String, String, Value)]) -> Vec<ChatMessage> {
     let mut out = Vec::with_capacity(rows.len());
     for (role, content, metadata) in rows {
         match role.as_str() {
-            "user" => out.push(ChatMessage::User { content: content.clone() }),
-            "system" => out.push(ChatMessage::System { content: content.clone() }),
+            "user" => out.push(ChatMessage::User {
+                content: content.clone(),
+            }),
+            "system" => out.push(ChatMessage::System {
+                content: content.clone(),
+            }),
             "assistant" => {
                 // Tool steps are stored in the metadata so a resumed conversation replays validly to either provider.
-                if let Some(steps) = metadata.get("context").and_then(|c| serde_json::from_value::<Vec<ChatMessage>>(c.clone()).ok()) {
+                if let Some(steps) = metadata
+                    .get("context")
+                    .and_then(|c| serde_json::from_value::<Vec<ChatMessage>>(c.clone()).ok())
+                {
                     out.extend(steps);
                 } else if !content.is_empty() {
-                    out.push(ChatMessage::Assistant { content: content.clone(), thinking: None, tool_calls: Vec::new() });
+                    out.push(ChatMessage::Assistant {
+                        content: content.clone(),
+                        thinking: None,
+                        tool_calls: Vec::new(),
+                    });
                 }
             }
             _ => {}
@@ -512,22 +600,43 @@ mod tests {
     use crate::llm::UpstreamErrorKind;
 
     fn call(id: &str) -> ToolCall {
-        ToolCall { id: id.into(), name: "add".into(), arguments: r#"{"a":1}"#.into() }
+        ToolCall {
+            id: id.into(),
+            name: "add".into(),
+            arguments: r#"{"a":1}"#.into(),
+        }
     }
 
     #[test]
     fn a_plain_turn_accumulates_text_and_usage() {
         let mut t = Turn::default();
         t.begin_step();
-        assert_eq!(t.on_stream_event(StreamEvent::Text("Hel".into())), Some(Emit::Text("Hel".into())));
+        assert_eq!(
+            t.on_stream_event(StreamEvent::Text("Hel".into())),
+            Some(Emit::Text("Hel".into()))
+        );
         assert_eq!(t.on_stream_event(StreamEvent::Text("".into())), None);
         t.on_stream_event(StreamEvent::Text("lo".into()));
-        t.on_stream_event(StreamEvent::Usage(Usage { input: 10, output: 1, ..Default::default() }));
-        t.on_stream_event(StreamEvent::Usage(Usage { output: 2, ..Default::default() }));
+        t.on_stream_event(StreamEvent::Usage(Usage {
+            input: 10,
+            output: 1,
+            ..Default::default()
+        }));
+        t.on_stream_event(StreamEvent::Usage(Usage {
+            output: 2,
+            ..Default::default()
+        }));
         t.on_stream_event(StreamEvent::Finish(FinishReason::Stop));
         assert_eq!(t.end_step(8), StepOutcome::Done(StopReason::Stop));
         assert_eq!(t.text, "Hello");
-        assert_eq!(t.usage, Usage { input: 10, output: 2, ..Default::default() });
+        assert_eq!(
+            t.usage,
+            Usage {
+                input: 10,
+                output: 2,
+                ..Default::default()
+            }
+        );
         assert_eq!(t.last_prompt_tokens, 10);
     }
 
@@ -546,20 +655,37 @@ mod tests {
         assert_eq!(t.tool_records[0].args, json!({"a": 1}));
         // assistant(c1), tool(c1), assistant(without the unanswered c2)
         assert_eq!(t.new_context.len(), 3);
-        assert!(matches!(&t.new_context[2], ChatMessage::Assistant { tool_calls, .. } if tool_calls.is_empty()));
+        assert!(
+            matches!(&t.new_context[2], ChatMessage::Assistant { tool_calls, .. } if tool_calls.is_empty())
+        );
     }
 
     #[test]
     fn an_error_says_whether_output_was_sent() {
         let mut t = Turn::default();
         t.begin_step();
-        t.on_stream_event(StreamEvent::Error(UpstreamError::new(UpstreamErrorKind::Overloaded, "busy")));
-        assert!(matches!(t.end_step(8), StepOutcome::Failed { before_output: true, .. }));
+        t.on_stream_event(StreamEvent::Error(UpstreamError::new(
+            UpstreamErrorKind::Overloaded,
+            "busy",
+        )));
+        assert!(matches!(
+            t.end_step(8),
+            StepOutcome::Failed {
+                before_output: true,
+                ..
+            }
+        ));
         t.begin_step();
         t.on_stream_event(StreamEvent::Text("a".into()));
         t.fail_step(UpstreamError::new(UpstreamErrorKind::Malformed, "cut"));
         assert_eq!(t.on_stream_event(StreamEvent::Text("b".into())), None);
-        assert!(matches!(t.end_step(8), StepOutcome::Failed { before_output: false, .. }));
+        assert!(matches!(
+            t.end_step(8),
+            StepOutcome::Failed {
+                before_output: false,
+                ..
+            }
+        ));
         assert_eq!(t.text, "a");
     }
 
@@ -610,19 +736,48 @@ mod tests {
     #[test]
     fn context_rebuilds_tool_steps() {
         let steps = vec![
-            ChatMessage::Assistant { content: String::new(), thinking: None, tool_calls: vec![call("c1")] },
-            ChatMessage::Tool { tool_call_id: "c1".into(), name: "add".into(), content: "2".into(), is_error: false },
-            ChatMessage::Assistant { content: "two".into(), thinking: None, tool_calls: vec![] },
+            ChatMessage::Assistant {
+                content: String::new(),
+                thinking: None,
+                tool_calls: vec![call("c1")],
+            },
+            ChatMessage::Tool {
+                tool_call_id: "c1".into(),
+                name: "add".into(),
+                content: "2".into(),
+                is_error: false,
+            },
+            ChatMessage::Assistant {
+                content: "two".into(),
+                thinking: None,
+                tool_calls: vec![],
+            },
         ];
         let rows = vec![
             ("user".to_string(), "1+1?".to_string(), json!({})),
-            ("assistant".to_string(), "two".to_string(), json!({ "context": steps })),
+            (
+                "assistant".to_string(),
+                "two".to_string(),
+                json!({ "context": steps }),
+            ),
             ("assistant".to_string(), "plain".to_string(), json!({})),
         ];
         let ctx = context_from_rows(&rows);
         assert_eq!(ctx.len(), 5);
-        assert_eq!(ctx[0], ChatMessage::User { content: "1+1?".into() });
-        assert_eq!(ctx[4], ChatMessage::Assistant { content: "plain".into(), thinking: None, tool_calls: vec![] });
+        assert_eq!(
+            ctx[0],
+            ChatMessage::User {
+                content: "1+1?".into()
+            }
+        );
+        assert_eq!(
+            ctx[4],
+            ChatMessage::Assistant {
+                content: "plain".into(),
+                thinking: None,
+                tool_calls: vec![]
+            }
+        );
     }
 
     #[test]
@@ -632,7 +787,9 @@ mod tests {
         s.use_model("openai", "gpt-4o-mini");
         assert_eq!(s.metrics.model_switches, 1);
         s.agent = Some("helper".into());
-        let v: Value = serde_json::from_str(&s.info_payload("c", ("echo", "echo"), &[ThinkingLevel::Off])).unwrap();
+        let v: Value =
+            serde_json::from_str(&s.info_payload("c", ("echo", "echo"), &[ThinkingLevel::Off]))
+                .unwrap();
         assert_eq!(v["modelId"], "gpt-4o-mini");
         assert_eq!(v["agentName"], "helper");
         assert_eq!(v["availableThinkingLevels"], json!(["off"]));

@@ -61,7 +61,9 @@ impl ApiError {
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m,
             ApiError::MethodNotAllowed => "method not allowed on this route",
-            ApiError::UpgradeRequired => "this route needs a WebSocket upgrade (Upgrade: websocket)",
+            ApiError::UpgradeRequired => {
+                "this route needs a WebSocket upgrade (Upgrade: websocket)"
+            }
         }
     }
 
@@ -87,7 +89,10 @@ mod tests {
     fn maps_to_status_and_body() {
         let e = ApiError::Unauthorized("missing token".into());
         assert_eq!(e.status(), 401);
-        assert_eq!(e.body(), r#"{"code":"unauthorized","error":"missing token"}"#);
+        assert_eq!(
+            e.body(),
+            r#"{"code":"unauthorized","error":"missing token"}"#
+        );
         assert_eq!(ApiError::UpgradeRequired.status(), 426);
         assert_eq!(ApiError::Unavailable("no ADMIN_TOKEN".into()).status(), 503);
     }

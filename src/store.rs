@@ -51,13 +51,22 @@ pub fn fit_content(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let cut = format!("{}\n\n[truncated by the gateway: {} of {} bytes stored]", &text[..end], end, text.len());
+    let cut = format!(
+        "{}\n\n[truncated by the gateway: {} of {} bytes stored]",
+        &text[..end],
+        end,
+        text.len()
+    );
     (std::borrow::Cow::Owned(cut), true)
 }
 
 /// A title for a conversation from its first message: the first line, at most 80 characters.
 pub fn title_from(content: &str) -> String {
-    let line = content.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = content
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     let mut t: String = line.chars().take(80).collect();
     if line.chars().count() > 80 {
         t.push('…');
@@ -82,9 +91,11 @@ pub mod sql {
     pub const ENSURE_CONVERSATION: &str =
         "INSERT INTO conversations (id, owner_id, title, session_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?1, ?4, ?4) ON CONFLICT(id) DO NOTHING";
     /// ?1 id
-    pub const CONVERSATION_STATE: &str = "SELECT owner_id, session_state FROM conversations WHERE id = ?1";
+    pub const CONVERSATION_STATE: &str =
+        "SELECT owner_id, session_state FROM conversations WHERE id = ?1";
     /// ?1 id, ?2 session_state JSON, ?3 now
-    pub const SAVE_SESSION: &str = "UPDATE conversations SET session_state = ?2, updated_at = ?3 WHERE id = ?1";
+    pub const SAVE_SESSION: &str =
+        "UPDATE conversations SET session_state = ?2, updated_at = ?3 WHERE id = ?1";
     /// ?1 owner
     pub const LIST_CONVERSATIONS: &str =
         "SELECT id, owner_id, title, session_id, created_at, updated_at FROM conversations WHERE owner_id = ?1 ORDER BY updated_at DESC, created_at DESC LIMIT 200";
@@ -116,7 +127,8 @@ pub mod sql {
     /// Agent configs.
     pub const LIST_AGENTS: &str = "SELECT id, config FROM agent_configs ORDER BY name";
     /// ?1 name or id
-    pub const AGENT_BY_NAME: &str = "SELECT id, config FROM agent_configs WHERE name = ?1 OR id = ?1";
+    pub const AGENT_BY_NAME: &str =
+        "SELECT id, config FROM agent_configs WHERE name = ?1 OR id = ?1";
     /// ?1 id, ?2 name, ?3 config JSON, ?4 now
     pub const UPSERT_AGENT: &str = "INSERT INTO agent_configs (id, name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(id) DO UPDATE SET name = ?2, config = ?3, updated_at = ?4";
     /// ?1 id or name

@@ -59,7 +59,10 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProtocolError { code, message: message.into() }
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -90,9 +93,18 @@ pub struct MessageEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
     Message(MessageEvent),
-    SetThinking { conversation_id: Option<String>, level: String },
-    Abort { conversation_id: Option<String> },
-    CommandExecute { conversation_id: Option<String>, command: String, args: Option<Value> },
+    SetThinking {
+        conversation_id: Option<String>,
+        level: String,
+    },
+    Abort {
+        conversation_id: Option<String>,
+    },
+    CommandExecute {
+        conversation_id: Option<String>,
+        command: String,
+        args: Option<Value>,
+    },
 }
 
 impl ClientEvent {
@@ -100,9 +112,13 @@ impl ClientEvent {
     pub fn conversation_id(&self) -> Option<&str> {
         match self {
             ClientEvent::Message(m) => m.conversation_id.as_deref(),
-            ClientEvent::SetThinking { conversation_id, .. }
+            ClientEvent::SetThinking {
+                conversation_id, ..
+            }
             | ClientEvent::Abort { conversation_id }
-            | ClientEvent::CommandExecute { conversation_id, .. } => conversation_id.as_deref(),
+            | ClientEvent::CommandExecute {
+                conversation_id, ..
+            } => conversation_id.as_deref(),
         }
     }
 }
@@ -110,46 +126,85 @@ impl ClientEvent {
 /// Decodes a JSON-framing text frame `{"event": name, "data": {...}}`.
 pub fn decode_json_frame(text: &str, limits: &Limits) -> Result<ClientEvent, ProtocolError> {
     if text.len() > max_frame_bytes(limits) {
-        return Err(ProtocolError::new(ErrorCode::PayloadTooLarge, format!("frame of {} bytes exceeds {}", text.len(), max_frame_bytes(limits))));
+        return Err(ProtocolError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "frame of {} bytes exceeds {}",
+                text.len(),
+                max_frame_bytes(limits)
+            ),
+        ));
     }
     if text.trim().is_empty() {
         return Err(ProtocolError::new(ErrorCode::InvalidJson, "empty frame"));
     }
-    let value = parse_strict(text).map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    let value = parse_strict(text)
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
     let Value::Object(mut frame) = value else {
-        return Err(ProtocolError::new(ErrorCode::InvalidPayload, "a frame must be an object {\"event\", \"data\"}"));
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidPayload,
+            "a frame must be an object {\"event\", \"data\"}",
+        ));
     };
     let name = match frame.remove("event") {
         Some(Value::String(s)) => s,
-        Some(_) => return Err(ProtocolError::new(ErrorCode::InvalidPayload, "\"event\" must be a string")),
-        None => return Err(ProtocolError::new(ErrorCode::InvalidPayload, "missing \"event\"")),
+        Some(_) => {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidPayload,
+                "\"event\" must be a string",
+            ))
+        }
+        None => {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidPayload,
+                "missing \"event\"",
+            ))
+        }
     };
-    let data = frame.remove("data").unwrap_or(Value::Object(Default::default()));
+    let data = frame
+        .remove("data")
+        .unwrap_or(Value::Object(Default::default()));
     decode_event(&name, data, limits)
 }
 
 /// Validates one named event with its payload; shared by both framings.
-pub fn decode_event(name: &str, data: Value, limits: &Limits) -> Result<ClientEvent, ProtocolError> {
+pub fn decode_event(
+    name: &str,
+    data: Value,
+    limits: &Limits,
+) -> Result<ClientEvent, ProtocolError> {
     let Value::Object(mut data) = data else {
-        return Err(ProtocolError::new(ErrorCode::InvalidPayload, format!("the data of \"{}\" must be an object", printable(name))));
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidPayload,
+            format!("the data of \"{}\" must be an object", printable(name)),
+        ));
     };
     let mut field = |key: &'static str| -> Result<Option<String>, ProtocolError> {
         match data.remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ProtocolError::new(ErrorCode::InvalidPayload, format!("\"{key}\" must be a string"))),
+            Some(_) => Err(ProtocolError::new(
+                ErrorCode::InvalidPayload,
+                format!("\"{key}\" must be a string"),
+            )),
         }
     };
-    let id_field = |value: Option<String>, key: &'static str| -> Result<Option<String>, ProtocolError> {
-        match value {
-            Some(v) if !valid_id(&v) => Err(ProtocolError::new(ErrorCode::InvalidPayload, format!("\"{key}\" must be 1 to 128 printable characters"))),
-            v => Ok(v),
-        }
-    };
+    let id_field =
+        |value: Option<String>, key: &'static str| -> Result<Option<String>, ProtocolError> {
+            match value {
+                Some(v) if !valid_id(&v) => Err(ProtocolError::new(
+                    ErrorCode::InvalidPayload,
+                    format!("\"{key}\" must be 1 to 128 printable characters"),
+                )),
+                v => Ok(v),
+            }
+        };
     match name {
         "message" => {
             let conversation_id = id_field(field("conversationId")?, "conversationId")?;
-            let content = field("content")?.ok_or_else(|| ProtocolError::new(ErrorCode::InvalidPayload, "\"content\" is required"))?;
+            let content = field("content")?.ok_or_else(|| {
+                ProtocolError::new(ErrorCode::InvalidPayload, "\"content\" is required")
+            })?;
             let provider = id_field(field("provider")?, "provider")?;
             let model_id = id_field(field("modelId")?, "modelId")?;
             let agent_id = id_field(field("agentId")?, "agentId")?;
@@ -157,35 +212,74 @@ pub fn decode_event(name: &str, data: Value, limits: &Limits) -> Result<ClientEv
             if content.len() > limits.max_content_bytes {
                 return Err(ProtocolError::new(
                     ErrorCode::PayloadTooLarge,
-                    format!("content of {} bytes exceeds MAX_MESSAGE_BYTES ({})", content.len(), limits.max_content_bytes),
+                    format!(
+                        "content of {} bytes exceeds MAX_MESSAGE_BYTES ({})",
+                        content.len(),
+                        limits.max_content_bytes
+                    ),
                 ));
             }
             if content.trim().is_empty() {
-                return Err(ProtocolError::new(ErrorCode::InvalidPayload, "\"content\" must not be empty"));
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidPayload,
+                    "\"content\" must not be empty",
+                ));
             }
-            if content.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
-                return Err(ProtocolError::new(ErrorCode::InvalidPayload, "\"content\" contains control characters"));
+            if content
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            {
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidPayload,
+                    "\"content\" contains control characters",
+                ));
             }
-            Ok(ClientEvent::Message(MessageEvent { conversation_id, content, provider, model_id, agent_id, client_message_id }))
+            Ok(ClientEvent::Message(MessageEvent {
+                conversation_id,
+                content,
+                provider,
+                model_id,
+                agent_id,
+                client_message_id,
+            }))
         }
         "set:thinking" => {
             let conversation_id = id_field(field("conversationId")?, "conversationId")?;
-            let level = field("level")?.ok_or_else(|| ProtocolError::new(ErrorCode::InvalidPayload, "\"level\" is required"))?;
-            Ok(ClientEvent::SetThinking { conversation_id, level })
+            let level = field("level")?.ok_or_else(|| {
+                ProtocolError::new(ErrorCode::InvalidPayload, "\"level\" is required")
+            })?;
+            Ok(ClientEvent::SetThinking {
+                conversation_id,
+                level,
+            })
         }
-        "abort" => Ok(ClientEvent::Abort { conversation_id: id_field(field("conversationId")?, "conversationId")? }),
+        "abort" => Ok(ClientEvent::Abort {
+            conversation_id: id_field(field("conversationId")?, "conversationId")?,
+        }),
         "command:execute" => {
             let conversation_id = id_field(field("conversationId")?, "conversationId")?;
-            let command = field("command")?.ok_or_else(|| ProtocolError::new(ErrorCode::InvalidPayload, "\"command\" is required"))?;
+            let command = field("command")?.ok_or_else(|| {
+                ProtocolError::new(ErrorCode::InvalidPayload, "\"command\" is required")
+            })?;
             if command.len() > 4096 {
-                return Err(ProtocolError::new(ErrorCode::PayloadTooLarge, "\"command\" is longer than 4096 bytes"));
+                return Err(ProtocolError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "\"command\" is longer than 4096 bytes",
+                ));
             }
             let args = data.remove("args").filter(|v| !v.is_null());
-            Ok(ClientEvent::CommandExecute { conversation_id, command, args })
+            Ok(ClientEvent::CommandExecute {
+                conversation_id,
+                command,
+                args,
+            })
         }
         other => Err(ProtocolError::new(
             ErrorCode::UnknownEvent,
-            format!("unknown event \"{}\"; expected message, set:thinking, abort or command:execute", printable(other)),
+            format!(
+                "unknown event \"{}\"; expected message, set:thinking, abort or command:execute",
+                printable(other)
+            ),
         )),
     }
 }
@@ -213,7 +307,11 @@ pub struct OutEvent {
 impl OutEvent {
     /// An event outside the stream.
     pub fn unsequenced(name: &'static str, data: String) -> Self {
-        OutEvent { name, seq: None, data }
+        OutEvent {
+            name,
+            seq: None,
+            data,
+        }
     }
 
     /// The JSON framing: `{"event":"agent:text","seq":42,"data":{...}}`.
@@ -263,7 +361,9 @@ pub fn error_payload(conversation_id: Option<&str>, code: ErrorCode, message: &s
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_content_bytes: 100 };
+    const LIMITS: Limits = Limits {
+        max_content_bytes: 100,
+    };
 
     fn code(text: &str) -> ErrorCode {
         decode_json_frame(text, &LIMITS).unwrap_err().code
@@ -288,13 +388,33 @@ mod tests {
     #[test]
     fn decodes_the_other_events() {
         assert_eq!(
-            decode_json_frame(r#"{"event":"set:thinking","data":{"conversationId":"c","level":"high"}}"#, &LIMITS).unwrap(),
-            ClientEvent::SetThinking { conversation_id: Some("c".into()), level: "high".into() }
+            decode_json_frame(
+                r#"{"event":"set:thinking","data":{"conversationId":"c","level":"high"}}"#,
+                &LIMITS
+            )
+            .unwrap(),
+            ClientEvent::SetThinking {
+                conversation_id: Some("c".into()),
+                level: "high".into()
+            }
         );
-        assert_eq!(decode_json_frame(r#"{"event":"abort","data":{}}"#, &LIMITS).unwrap(), ClientEvent::Abort { conversation_id: None });
         assert_eq!(
-            decode_json_frame(r#"{"event":"command:execute","data":{"command":"/model","args":"gpt-4o"}}"#, &LIMITS).unwrap(),
-            ClientEvent::CommandExecute { conversation_id: None, command: "/model".into(), args: Some(Value::String("gpt-4o".into())) }
+            decode_json_frame(r#"{"event":"abort","data":{}}"#, &LIMITS).unwrap(),
+            ClientEvent::Abort {
+                conversation_id: None
+            }
+        );
+        assert_eq!(
+            decode_json_frame(
+                r#"{"event":"command:execute","data":{"command":"/model","args":"gpt-4o"}}"#,
+                &LIMITS
+            )
+            .unwrap(),
+            ClientEvent::CommandExecute {
+                conversation_id: None,
+                command: "/model".into(),
+                args: Some(Value::String("gpt-4o".into()))
+            }
         );
     }
 
@@ -315,17 +435,50 @@ mod tests {
             (r#"{"event":"message","data":[]}"#, InvalidPayload),
             (r#"{"event":"message","data":"hi"}"#, InvalidPayload),
             (r#"{"event":"message","data":{}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":5}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":""}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"  \n"}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"a\u0000b"}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"hi","conversationId":7}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"hi","conversationId":""}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"hi","conversationId":"a b"}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"hi","modelId":{}}}"#, InvalidPayload),
-            (r#"{"event":"message","data":{"content":"hi","content":"twice"}}"#, InvalidJson),
-            (r#"{"event":"message","data":{"content":1e999}}"#, InvalidJson),
-            (r#"{"event":"set:thinking","data":{"level":3}}"#, InvalidPayload),
+            (
+                r#"{"event":"message","data":{"content":5}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":""}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"  \n"}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"a\u0000b"}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"hi","conversationId":7}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"hi","conversationId":""}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"hi","conversationId":"a b"}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"hi","modelId":{}}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"message","data":{"content":"hi","content":"twice"}}"#,
+                InvalidJson,
+            ),
+            (
+                r#"{"event":"message","data":{"content":1e999}}"#,
+                InvalidJson,
+            ),
+            (
+                r#"{"event":"set:thinking","data":{"level":3}}"#,
+                InvalidPayload,
+            ),
             (r#"{"event":"set:thinking","data":{}}"#, InvalidPayload),
             (r#"{"event":"command:execute","data":{}}"#, InvalidPayload),
             ("\u{feff}{}", InvalidJson),
@@ -333,24 +486,38 @@ mod tests {
         for (frame, expected) in cases {
             assert_eq!(code(frame), *expected, "frame {frame:?}");
         }
-        let big = format!(r#"{{"event":"message","data":{{"content":"{}"}}}}"#, "x".repeat(101));
+        let big = format!(
+            r#"{{"event":"message","data":{{"content":"{}"}}}}"#,
+            "x".repeat(101)
+        );
         assert_eq!(code(&big), PayloadTooLarge);
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
         assert_eq!(code(&deep), InvalidJson);
     }
 
     #[test]
     fn json_frame_wire_format() {
-        let e = OutEvent { name: "agent:text", seq: Some(42), data: delta_payload(&json_str("c1"), "hé\"") };
-        assert_eq!(e.json_frame(), r#"{"event":"agent:text","seq":42,"data":{"conversationId":"c1","text":"hé\""}}"#);
+        let e = OutEvent {
+            name: "agent:text",
+            seq: Some(42),
+            data: delta_payload(&json_str("c1"), "hé\""),
+        };
+        assert_eq!(
+            e.json_frame(),
+            r#"{"event":"agent:text","seq":42,"data":{"conversationId":"c1","text":"hé\""}}"#
+        );
         let m = OutEvent::unsequenced("commands:manifest", "{}".into());
         assert_eq!(m.json_frame(), r#"{"event":"commands:manifest","data":{}}"#);
     }
 
     #[test]
     fn error_payload_shape() {
-        let p: Value = serde_json::from_str(&error_payload(Some("c"), ErrorCode::QueueFull, "full")).unwrap();
-        assert_eq!(p, serde_json::json!({"conversationId": "c", "error": "full", "code": "queue_full"}));
+        let p: Value =
+            serde_json::from_str(&error_payload(Some("c"), ErrorCode::QueueFull, "full")).unwrap();
+        assert_eq!(
+            p,
+            serde_json::json!({"conversationId": "c", "error": "full", "code": "queue_full"})
+        );
     }
 
     proptest::proptest! {

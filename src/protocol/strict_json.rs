@@ -36,7 +36,9 @@ impl StrictVisitor {
         if self.depth >= MAX_DEPTH {
             return Err(E::custom(format!("nesting deeper than {MAX_DEPTH} levels")));
         }
-        Ok(StrictSeed { depth: self.depth + 1 })
+        Ok(StrictSeed {
+            depth: self.depth + 1,
+        })
     }
 }
 
@@ -57,7 +59,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::from(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number out of range"))
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_owned()))
@@ -85,7 +89,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
         while let Some(key) = map.next_key::<String>()? {
             let value = map.next_value_seed(self.nested()?)?;
             if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key \"{}\"", key.chars().take(64).collect::<String>())));
+                return Err(de::Error::custom(format!(
+                    "duplicate key \"{}\"",
+                    key.chars().take(64).collect::<String>()
+                )));
             }
             out.insert(key, value);
         }
@@ -99,15 +106,24 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_json() {
-        assert_eq!(parse_strict(r#"{"a":[1,2.5,"x",null,true,{"b":{}}]}"#).unwrap(), serde_json::json!({"a":[1,2.5,"x",null,true,{"b":{}}]}));
+        assert_eq!(
+            parse_strict(r#"{"a":[1,2.5,"x",null,true,{"b":{}}]}"#).unwrap(),
+            serde_json::json!({"a":[1,2.5,"x",null,true,{"b":{}}]})
+        );
     }
 
     #[test]
     fn refuses_duplicates_depth_and_trailing_text() {
-        assert!(parse_strict(r#"{"a":1,"a":2}"#).unwrap_err().to_string().contains("duplicate key"));
+        assert!(parse_strict(r#"{"a":1,"a":2}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate key"));
         assert!(parse_strict(r#"{"x":{"a":1,"a":1}}"#).is_err());
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
-        assert!(parse_strict(&deep).unwrap_err().to_string().contains("nesting"));
+        assert!(parse_strict(&deep)
+            .unwrap_err()
+            .to_string()
+            .contains("nesting"));
         assert!(parse_strict("{} x").is_err());
         assert!(parse_strict("1e999").is_err());
     }

@@ -22,15 +22,27 @@ const FANOUT_CONCURRENCY: usize = 32;
 /// Dispatches `/admin/...` after checking the admin token.
 pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
     let Some(admin_token) = config.admin_token.as_deref() else {
-        return Err(ApiError::Unavailable("admin routes are disabled: ADMIN_TOKEN is not configured".into()));
+        return Err(ApiError::Unavailable(
+            "admin routes are disabled: ADMIN_TOKEN is not configured".into(),
+        ));
     };
     let presented = req.headers().get("authorization").ok().flatten();
-    let ok = presented.as_deref().and_then(auth::bearer).is_some_and(|t| auth::admin_token_matches(t, admin_token));
+    let ok = presented
+        .as_deref()
+        .and_then(auth::bearer)
+        .is_some_and(|t| auth::admin_token_matches(t, admin_token));
     if !ok {
-        return Err(ApiError::Unauthorized("admin routes need Authorization: Bearer <ADMIN_TOKEN>".into()));
+        return Err(ApiError::Unauthorized(
+            "admin routes need Authorization: Bearer <ADMIN_TOKEN>".into(),
+        ));
     }
     let path = req.path();
-    let parts: Vec<String> = path.trim_end_matches('/').split('/').skip(2).map(|s| s.to_string()).collect();
+    let parts: Vec<String> = path
+        .trim_end_matches('/')
+        .split('/')
+        .skip(2)
+        .map(|s| s.to_string())
+        .collect();
     let parts: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
     let method = req.method();
     let db = db::db(env).map_err(|e| internal("database binding", e))?;
@@ -40,7 +52,9 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
         (Method::Delete, ["tokens", key]) => revoke_token(key, &db).await,
         (Method::Post, ["reload"]) => reload(body_or_empty(&mut req).await?, env, &db).await,
         (Method::Get, ["stats"]) => stats(&db).await,
-        (Method::Put, ["conversations", id, "model"]) => set_model(id, body(&mut req).await?, env, &db).await,
+        (Method::Put, ["conversations", id, "model"]) => {
+            set_model(id, body(&mut req).await?, env, &db).await
+        }
         (Method::Get, ["rules"]) => list_rules(&db).await,
         (Method::Post, ["rules"]) => save_rule(None, body(&mut req).await?, &db).await,
         (Method::Put, ["rules", id]) => save_rule(Some(id), body(&mut req).await?, &db).await,
@@ -54,9 +68,19 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
             ok(json!({ "models": catalog.all(), "skipped": catalog.skipped() }))
         }
         (Method::Put, ["models"]) => save_model(body(&mut req).await?, &db).await,
-        (_, ["tokens"] | ["tokens", _] | ["reload"] | ["stats"] | ["conversations", _, "model"] | ["rules"] | ["rules", _] | ["agents"] | ["agents", _] | ["models"]) => {
-            Err(ApiError::MethodNotAllowed)
-        }
+        (
+            _,
+            ["tokens"]
+            | ["tokens", _]
+            | ["reload"]
+            | ["stats"]
+            | ["conversations", _, "model"]
+            | ["rules"]
+            | ["rules", _]
+            | ["agents"]
+            | ["agents", _]
+            | ["models"],
+        ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound(format!("no admin route for {path}"))),
     }
 }
@@ -66,11 +90,17 @@ fn ok(v: Value) -> ApiResult {
 }
 
 async fn body(req: &mut Request) -> std::result::Result<Value, ApiError> {
-    let text = req.text().await.map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
+    let text = req
+        .text()
+        .await
+        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
     if text.len() > 256 * 1024 {
-        return Err(ApiError::PayloadTooLarge("admin bodies are limited to 256 KiB".into()));
+        return Err(ApiError::PayloadTooLarge(
+            "admin bodies are limited to 256 KiB".into(),
+        ));
     }
-    let v: Value = crate::protocol::parse_strict(&text).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let v: Value = crate::protocol::parse_strict(&text)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(ApiError::BadRequest("body must be a JSON object".into()));
     }
@@ -78,7 +108,12 @@ async fn body(req: &mut Request) -> std::result::Result<Value, ApiError> {
 }
 
 async fn body_or_empty(req: &mut Request) -> std::result::Result<Value, ApiError> {
-    let text = req.clone().map_err(|e| internal("body", e))?.text().await.unwrap_or_default();
+    let text = req
+        .clone()
+        .map_err(|e| internal("body", e))?
+        .text()
+        .await
+        .unwrap_or_default();
     if text.trim().is_empty() {
         return Ok(json!({}));
     }
@@ -94,37 +129,69 @@ struct MintRequest {
 }
 
 async fn mint_token(body: Value, db: &worker::D1Database) -> ApiResult {
-    let m: MintRequest = serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("expected {{userId, name?, expiresInSeconds?}}: {e}")))?;
+    let m: MintRequest = serde_json::from_value(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{userId, name?, expiresInSeconds?}}: {e}"
+        ))
+    })?;
     if !auth::valid_user_id(&m.user_id) {
-        return Err(ApiError::BadRequest("userId must be 1 to 128 printable characters without spaces".into()));
+        return Err(ApiError::BadRequest(
+            "userId must be 1 to 128 printable characters without spaces".into(),
+        ));
     }
-    let name = m.name.unwrap_or_else(|| format!("{}-{}", m.user_id, &new_id()[..8]));
+    let name = m
+        .name
+        .unwrap_or_else(|| format!("{}-{}", m.user_id, &new_id()[..8]));
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-        return Err(ApiError::BadRequest("name must be 1 to 128 characters".into()));
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 128 characters".into(),
+        ));
     }
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(|e| internal("random", e))?;
     let token = auth::token_from_bytes(&random);
     let now = now_ms();
     let expires = match m.expires_in_seconds {
-        Some(0) => return Err(ApiError::BadRequest("expiresInSeconds must be positive".into())),
-        Some(s) if s > 10 * 365 * 86_400 => return Err(ApiError::BadRequest("expiresInSeconds is more than ten years".into())),
+        Some(0) => {
+            return Err(ApiError::BadRequest(
+                "expiresInSeconds must be positive".into(),
+            ))
+        }
+        Some(s) if s > 10 * 365 * 86_400 => {
+            return Err(ApiError::BadRequest(
+                "expiresInSeconds is more than ten years".into(),
+            ))
+        }
         Some(s) => Some(now + (s as i64) * 1000),
         None => None,
     };
-    let params = [db::text(&auth::token_hash(&token)), db::text(&m.user_id), db::text(&name), db::num(now), db::opt_num(expires)];
+    let params = [
+        db::text(&auth::token_hash(&token)),
+        db::text(&m.user_id),
+        db::text(&name),
+        db::num(now),
+        db::opt_num(expires),
+    ];
     if let Err(e) = db::run(db, sql::INSERT_TOKEN, &params).await {
         let msg = e.to_string();
         if msg.contains("UNIQUE") {
-            return Err(ApiError::Conflict(format!("a token named \"{name}\" exists")));
+            return Err(ApiError::Conflict(format!(
+                "a token named \"{name}\" exists"
+            )));
         }
         return Err(internal("insert token", msg));
     }
-    json_response(201, &json!({ "token": token, "userId": m.user_id, "name": name, "expiresAt": expires })).map_err(|e| internal("response", e))
+    json_response(
+        201,
+        &json!({ "token": token, "userId": m.user_id, "name": name, "expiresAt": expires }),
+    )
+    .map_err(|e| internal("response", e))
 }
 
 async fn list_tokens(db: &worker::D1Database) -> ApiResult {
-    let rows: Vec<TokenRow> = db::all(db, sql::LIST_TOKENS, &[]).await.map_err(|e| internal("list tokens", e))?;
+    let rows: Vec<TokenRow> = db::all(db, sql::LIST_TOKENS, &[])
+        .await
+        .map_err(|e| internal("list tokens", e))?;
     let tokens: Vec<Value> = rows
         .into_iter()
         .map(|t| json!({ "name": t.name, "userId": t.user_id, "hash": t.token_hash, "createdAt": t.created_at, "expiresAt": t.expires_at, "revokedAt": t.revoked_at }))
@@ -133,9 +200,13 @@ async fn list_tokens(db: &worker::D1Database) -> ApiResult {
 }
 
 async fn revoke_token(key: &str, db: &worker::D1Database) -> ApiResult {
-    let changed = db::run(db, sql::REVOKE_TOKEN, &[db::text(key), db::num(now_ms())]).await.map_err(|e| internal("revoke token", e))?;
+    let changed = db::run(db, sql::REVOKE_TOKEN, &[db::text(key), db::num(now_ms())])
+        .await
+        .map_err(|e| internal("revoke token", e))?;
     if changed == 0 {
-        return Err(ApiError::NotFound(format!("no active token named or hashed \"{key}\"")));
+        return Err(ApiError::NotFound(format!(
+            "no active token named or hashed \"{key}\""
+        )));
     }
     ok(json!({ "revoked": key }))
 }
@@ -144,17 +215,39 @@ async fn reload(body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {
     let reason = match body.get("reason") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= 1000 => Some(s.clone()),
-        Some(_) => return Err(ApiError::BadRequest("reason must be a string of at most 1000 bytes".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "reason must be a string of at most 1000 bytes".into(),
+            ))
+        }
     };
     #[derive(Deserialize)]
     struct Live {
         conversation_id: String,
     }
-    let live: Vec<Live> = db::all(db, sql::LIST_LIVE, &[]).await.map_err(|e| internal("live registry", e))?;
+    let live: Vec<Live> = db::all(db, sql::LIST_LIVE, &[])
+        .await
+        .map_err(|e| internal("live registry", e))?;
     let payload = json!({ "reason": reason, "at": super::now_iso() }).to_string();
     let results: Vec<Option<(u64, u64)>> = stream::iter(live.into_iter().map(|l| {
         let payload = payload.clone();
-        async move { call_object(env, &l.conversation_id, "reload", Method::Post, Some(payload)).await.ok().map(|v| (v["sockets"].as_u64().unwrap_or(0), v["failed"].as_u64().unwrap_or(0))) }
+        async move {
+            call_object(
+                env,
+                &l.conversation_id,
+                "reload",
+                Method::Post,
+                Some(payload),
+            )
+            .await
+            .ok()
+            .map(|v| {
+                (
+                    v["sockets"].as_u64().unwrap_or(0),
+                    v["failed"].as_u64().unwrap_or(0),
+                )
+            })
+        }
     }))
     .buffer_unordered(FANOUT_CONCURRENCY)
     .collect()
@@ -178,7 +271,13 @@ async fn reload(body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {
 }
 
 /// Calls a conversation object's internal route and returns its JSON answer.
-pub async fn call_object(env: &Env, conversation: &str, action: &str, method: Method, body: Option<String>) -> std::result::Result<Value, ApiError> {
+pub async fn call_object(
+    env: &Env,
+    conversation: &str,
+    action: &str,
+    method: Method,
+    body: Option<String>,
+) -> std::result::Result<Value, ApiError> {
     let stub = conversation_stub(env, conversation)?;
     let headers = worker::Headers::new();
     let _ = headers.set(super::gateway::H_CONVERSATION, conversation);
@@ -188,12 +287,19 @@ pub async fn call_object(env: &Env, conversation: &str, action: &str, method: Me
     if let Some(b) = body {
         init.with_body(Some(b.into()));
     }
-    let req = Request::new_with_init(&format!("https://conversation/{action}"), &init).map_err(|e| internal("request", e))?;
-    let mut resp = stub.fetch_with_request(req).await.map_err(|e| internal("conversation object", e))?;
+    let req = Request::new_with_init(&format!("https://conversation/{action}"), &init)
+        .map_err(|e| internal("request", e))?;
+    let mut resp = stub
+        .fetch_with_request(req)
+        .await
+        .map_err(|e| internal("conversation object", e))?;
     let status = resp.status_code();
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     if status >= 400 {
-        let msg = v["error"].as_str().unwrap_or("conversation object refused").to_string();
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or("conversation object refused")
+            .to_string();
         return Err(match status {
             400 => ApiError::BadRequest(msg),
             404 => ApiError::NotFound(msg),
@@ -216,10 +322,22 @@ async fn stats(db: &worker::D1Database) -> ApiResult {
         messages: f64,
         tokens: f64,
     }
-    let live: Option<Live> = db::first(db, sql::LIVE_TOTALS, &[]).await.map_err(|e| internal("live totals", e))?;
-    let totals: Option<Totals> = db::first(db, sql::TOTALS, &[]).await.map_err(|e| internal("totals", e))?;
-    let live = live.unwrap_or(Live { conversations: 0.0, sockets: 0.0, turns: 0.0 });
-    let totals = totals.unwrap_or(Totals { conversations: 0.0, messages: 0.0, tokens: 0.0 });
+    let live: Option<Live> = db::first(db, sql::LIVE_TOTALS, &[])
+        .await
+        .map_err(|e| internal("live totals", e))?;
+    let totals: Option<Totals> = db::first(db, sql::TOTALS, &[])
+        .await
+        .map_err(|e| internal("totals", e))?;
+    let live = live.unwrap_or(Live {
+        conversations: 0.0,
+        sockets: 0.0,
+        turns: 0.0,
+    });
+    let totals = totals.unwrap_or(Totals {
+        conversations: 0.0,
+        messages: 0.0,
+        tokens: 0.0,
+    });
     ok(json!({
         "live": { "conversations": live.conversations as u64, "sockets": live.sockets as u64, "turns": live.turns as u64 },
         "totals": { "conversations": totals.conversations as u64, "messages": totals.messages as u64, "tokens": totals.tokens as u64 },
@@ -230,30 +348,61 @@ async fn set_model(id: &str, body: Value, env: &Env, db: &worker::D1Database) ->
     let model = match body.get("model") {
         Some(Value::Null) => None,
         Some(Value::String(s)) if crate::protocol::valid_id(s) && s.len() <= 200 => Some(s.clone()),
-        _ => return Err(ApiError::BadRequest("expected {\"model\": \"<id>\"} or {\"model\": null}".into())),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "expected {\"model\": \"<id>\"} or {\"model\": null}".into(),
+            ))
+        }
     };
-    if db::conversation_owner(db, id).await.map_err(|e| internal("owner lookup", e))?.is_none() {
+    if db::conversation_owner(db, id)
+        .await
+        .map_err(|e| internal("owner lookup", e))?
+        .is_none()
+    {
         return Err(ApiError::NotFound("no such conversation".into()));
     }
-    let v = call_object(env, id, "model", Method::Put, Some(json!({ "model": model }).to_string())).await?;
+    let v = call_object(
+        env,
+        id,
+        "model",
+        Method::Put,
+        Some(json!({ "model": model }).to_string()),
+    )
+    .await?;
     ok(v)
 }
 
 async fn list_rules(db: &worker::D1Database) -> ApiResult {
-    let rules = db::routing_rules(db).await.map_err(|e| internal("rules", e))?;
+    let rules = db::routing_rules(db)
+        .await
+        .map_err(|e| internal("rules", e))?;
     let compiled = crate::routing::CompiledRules::compile(rules.clone());
     let skipped: Vec<String> = compiled.skipped().iter().map(|s| s.to_string()).collect();
     ok(json!({ "rules": rules, "invalid": skipped }))
 }
 
 async fn save_rule(id: Option<&str>, body: Value, db: &worker::D1Database) -> ApiResult {
-    let mut rule: RoutingRule = serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("not a routing rule: {e}")))?;
-    rule.validate().map_err(|e| ApiError::BadRequest(format!("invalid rule: {e}")))?;
-    let id = id.map(str::to_string).or_else(|| rule.id.clone()).unwrap_or_else(new_id);
+    let mut rule: RoutingRule = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("not a routing rule: {e}")))?;
+    rule.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid rule: {e}")))?;
+    let id = id
+        .map(str::to_string)
+        .or_else(|| rule.id.clone())
+        .unwrap_or_else(new_id);
     rule.id = Some(id.clone());
     let text = serde_json::to_string(&rule).map_err(|e| internal("encode rule", e))?;
-    let params = [db::text(&id), db::text(&rule.name), db::num(rule.priority), db::num(rule.enabled as i64), db::text(&text), db::num(now_ms())];
-    db::run(db, sql::UPSERT_RULE, &params).await.map_err(|e| conflict_or_internal(e, "rule"))?;
+    let params = [
+        db::text(&id),
+        db::text(&rule.name),
+        db::num(rule.priority),
+        db::num(rule.enabled as i64),
+        db::text(&text),
+        db::num(now_ms()),
+    ];
+    db::run(db, sql::UPSERT_RULE, &params)
+        .await
+        .map_err(|e| conflict_or_internal(e, "rule"))?;
     json_response(201, &json!({ "rule": rule })).map_err(|e| internal("response", e))
 }
 
@@ -273,28 +422,54 @@ async fn list_agents(db: &worker::D1Database) -> ApiResult {
 }
 
 async fn save_agent(id: Option<&str>, body: Value, db: &worker::D1Database) -> ApiResult {
-    let agent: AgentConfig = serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("not an agent config: {e}")))?;
-    agent.validate().map_err(|e| ApiError::BadRequest(format!("invalid agent: {e}")))?;
+    let agent: AgentConfig = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("not an agent config: {e}")))?;
+    agent
+        .validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid agent: {e}")))?;
     let id = id.map(str::to_string).unwrap_or_else(new_id);
     let text = serde_json::to_string(&agent).map_err(|e| internal("encode agent", e))?;
-    db::run(db, sql::UPSERT_AGENT, &[db::text(&id), db::text(&agent.name), db::text(&text), db::num(now_ms())])
-        .await
-        .map_err(|e| conflict_or_internal(e, "agent"))?;
-    json_response(201, &json!({ "id": id, "name": agent.name })).map_err(|e| internal("response", e))
+    db::run(
+        db,
+        sql::UPSERT_AGENT,
+        &[
+            db::text(&id),
+            db::text(&agent.name),
+            db::text(&text),
+            db::num(now_ms()),
+        ],
+    )
+    .await
+    .map_err(|e| conflict_or_internal(e, "agent"))?;
+    json_response(201, &json!({ "id": id, "name": agent.name }))
+        .map_err(|e| internal("response", e))
 }
 
 async fn save_model(body: Value, db: &worker::D1Database) -> ApiResult {
-    let info: ModelInfo = serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("not a model: {e}")))?;
-    info.validate().map_err(|e| ApiError::BadRequest(format!("invalid model: {e}")))?;
+    let info: ModelInfo = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("not a model: {e}")))?;
+    info.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid model: {e}")))?;
     let text = serde_json::to_string(&info).map_err(|e| internal("encode model", e))?;
-    db::run(db, sql::UPSERT_MODEL, &[db::text(&info.provider), db::text(&info.id), db::text(&text), db::num(now_ms())])
-        .await
-        .map_err(|e| internal("save model", e))?;
+    db::run(
+        db,
+        sql::UPSERT_MODEL,
+        &[
+            db::text(&info.provider),
+            db::text(&info.id),
+            db::text(&text),
+            db::num(now_ms()),
+        ],
+    )
+    .await
+    .map_err(|e| internal("save model", e))?;
     json_response(201, &json!({ "model": info })).map_err(|e| internal("response", e))
 }
 
 async fn delete_row(query: &str, id: &str, what: &str, db: &worker::D1Database) -> ApiResult {
-    let n = db::run(db, query, &[db::text(id)]).await.map_err(|e| internal("delete", e))?;
+    let n = db::run(db, query, &[db::text(id)])
+        .await
+        .map_err(|e| internal("delete", e))?;
     if n == 0 {
         return Err(ApiError::NotFound(format!("no {what} \"{id}\"")));
     }

@@ -35,12 +35,20 @@ pub async fn run(db: &D1Database, query: &str, params: &[JsValue]) -> Result<usi
 }
 
 /// Runs a query and decodes every row.
-pub async fn all<T: for<'de> Deserialize<'de>>(db: &D1Database, query: &str, params: &[JsValue]) -> Result<Vec<T>> {
+pub async fn all<T: for<'de> Deserialize<'de>>(
+    db: &D1Database,
+    query: &str,
+    params: &[JsValue],
+) -> Result<Vec<T>> {
     db.prepare(query).bind(params)?.all().await?.results::<T>()
 }
 
 /// Runs a query and decodes the first row.
-pub async fn first<T: for<'de> Deserialize<'de>>(db: &D1Database, query: &str, params: &[JsValue]) -> Result<Option<T>> {
+pub async fn first<T: for<'de> Deserialize<'de>>(
+    db: &D1Database,
+    query: &str,
+    params: &[JsValue],
+) -> Result<Option<T>> {
     db.prepare(query).bind(params)?.first::<T>(None).await
 }
 
@@ -48,7 +56,15 @@ pub async fn first<T: for<'de> Deserialize<'de>>(db: &D1Database, query: &str, p
 pub async fn user_for_token(db: &D1Database, token: &str, now: i64) -> Result<Option<String>> {
     let hash = crate::auth::token_hash(token);
     let row: Option<TokenRow> = first(db, sql::TOKEN_BY_HASH, &[text(&hash)]).await?;
-    Ok(row.filter(|r| crate::auth::token_usable(r.expires_at.map(|e| e as i64), r.revoked_at.map(|r| r as i64), now)).map(|r| r.user_id))
+    Ok(row
+        .filter(|r| {
+            crate::auth::token_usable(
+                r.expires_at.map(|e| e as i64),
+                r.revoked_at.map(|r| r as i64),
+                now,
+            )
+        })
+        .map(|r| r.user_id))
 }
 
 #[derive(Deserialize)]
@@ -58,7 +74,9 @@ struct OwnerRow {
 
 /// The owner of a conversation, `None` when it does not exist yet.
 pub async fn conversation_owner(db: &D1Database, id: &str) -> Result<Option<String>> {
-    Ok(first::<OwnerRow>(db, sql::CONVERSATION_OWNER, &[text(id)]).await?.map(|r| r.owner_id))
+    Ok(first::<OwnerRow>(db, sql::CONVERSATION_OWNER, &[text(id)])
+        .await?
+        .map(|r| r.owner_id))
 }
 
 /// The caller's conversations, newest first.
@@ -75,7 +93,14 @@ pub async fn list_conversations(db: &D1Database, owner: &str) -> Result<Vec<Conv
     let rows: Vec<Row> = all(db, sql::LIST_CONVERSATIONS, &[text(owner)]).await?;
     Ok(rows
         .into_iter()
-        .map(|r| ConversationRow { id: r.id, owner_id: r.owner_id, title: r.title, session_id: r.session_id, created_at: r.created_at, updated_at: r.updated_at })
+        .map(|r| ConversationRow {
+            id: r.id,
+            owner_id: r.owner_id,
+            title: r.title,
+            session_id: r.session_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
         .collect())
 }
 
@@ -93,7 +118,14 @@ pub async fn list_messages(db: &D1Database, conversation: &str) -> Result<Vec<Me
     let rows: Vec<Row> = all(db, sql::LIST_MESSAGES, &[text(conversation)]).await?;
     Ok(rows
         .into_iter()
-        .map(|r| MessageRow { id: r.id, conversation_id: r.conversation_id, role: r.role, content: r.content, metadata: r.metadata, created_at: r.created_at })
+        .map(|r| MessageRow {
+            id: r.id,
+            conversation_id: r.conversation_id,
+            role: r.role,
+            content: r.content,
+            metadata: r.metadata,
+            created_at: r.created_at,
+        })
         .collect())
 }
 
@@ -135,7 +167,10 @@ pub async fn compiled_rules(db: &D1Database) -> Result<CompiledRules> {
 /// Every agent config with its id.
 pub async fn agents(db: &D1Database) -> Result<Vec<(String, AgentConfig)>> {
     let rows: Vec<JsonRow> = all(db, sql::LIST_AGENTS, &[]).await?;
-    Ok(rows.into_iter().filter_map(|r| serde_json::from_str(&r.body).ok().map(|a| (r.id, a))).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| serde_json::from_str(&r.body).ok().map(|a| (r.id, a)))
+        .collect())
 }
 
 /// One agent by name or id.
@@ -151,6 +186,9 @@ pub async fn catalog(db: &D1Database) -> Result<Catalog> {
         info: String,
     }
     let rows: Vec<Row> = all(db, sql::LIST_MODELS, &[]).await?;
-    let models: Vec<ModelInfo> = rows.into_iter().filter_map(|r| serde_json::from_str(&r.info).ok()).collect();
+    let models: Vec<ModelInfo> = rows
+        .into_iter()
+        .filter_map(|r| serde_json::from_str(&r.info).ok())
+        .collect();
     Ok(Catalog::builtin().with_overrides(models))
 }

@@ -14,7 +14,11 @@ pub const H_CONVERSATION: &str = "x-gateway-conversation";
 pub const H_LAST_SEQ: &str = "x-gateway-last-seq";
 
 /// Dispatches one request.
-pub async fn route(req: Request, env: &Env, config: &Config) -> std::result::Result<Response, ApiError> {
+pub async fn route(
+    req: Request,
+    env: &Env,
+    config: &Config,
+) -> std::result::Result<Response, ApiError> {
     let path = req.path();
     let method = req.method();
     if method == Method::Options && (path.starts_with("/api/") || path.starts_with("/admin/")) {
@@ -34,39 +38,78 @@ pub async fn route(req: Request, env: &Env, config: &Config) -> std::result::Res
 fn preflight(req: &Request, config: &Config) -> Result<Response> {
     let origin = req.headers().get("origin")?.unwrap_or_default();
     if !config.origin_allowed(&origin) {
-        return error_response(&ApiError::Forbidden(format!("origin {origin} is not allowed")));
+        return error_response(&ApiError::Forbidden(format!(
+            "origin {origin} is not allowed"
+        )));
     }
     let headers = Headers::new();
-    headers.set("access-control-allow-methods", "GET, POST, PUT, DELETE, OPTIONS")?;
-    headers.set("access-control-allow-headers", "authorization, content-type")?;
+    headers.set(
+        "access-control-allow-methods",
+        "GET, POST, PUT, DELETE, OPTIONS",
+    )?;
+    headers.set(
+        "access-control-allow-headers",
+        "authorization, content-type",
+    )?;
     headers.set("access-control-max-age", "600")?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))
 }
 
 /// Query parameters as pairs.
 pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
-    req.url().map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()).unwrap_or_default()
+    req.url()
+        .map(|u| {
+            u.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The token a request presents: `Authorization: Bearer`, the `token` cookie, or `?token=`.
 fn presented_token(req: &Request, query: &[(String, String)]) -> Option<String> {
     let headers = req.headers();
-    if let Some(t) = headers.get("authorization").ok().flatten().as_deref().and_then(auth::bearer) {
+    if let Some(t) = headers
+        .get("authorization")
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(auth::bearer)
+    {
         return Some(t.to_string());
     }
-    if let Some(t) = headers.get("cookie").ok().flatten().as_deref().and_then(|c| auth::cookie(c, "token").map(str::to_string)) {
+    if let Some(t) = headers
+        .get("cookie")
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(|c| auth::cookie(c, "token").map(str::to_string))
+    {
         return Some(t);
     }
-    query_get(query, "token").filter(|t| !t.is_empty()).map(str::to_string)
+    query_get(query, "token")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 /// The authenticated user of a request, or 401.
-async fn authenticate(req: &Request, env: &Env, query: &[(String, String)]) -> std::result::Result<String, ApiError> {
-    let token = presented_token(req, query).ok_or_else(|| ApiError::Unauthorized("missing token: send Authorization: Bearer <token> or ?token=".into()))?;
+async fn authenticate(
+    req: &Request,
+    env: &Env,
+    query: &[(String, String)],
+) -> std::result::Result<String, ApiError> {
+    let token = presented_token(req, query).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "missing token: send Authorization: Bearer <token> or ?token=".into(),
+        )
+    })?;
     let db = db::db(env).map_err(|e| super::internal("database binding", e))?;
     db::user_for_token(&db, &token, now_ms())
         .await
@@ -76,13 +119,20 @@ async fn authenticate(req: &Request, env: &Env, query: &[(String, String)]) -> s
 
 fn check_origin(req: &Request, config: &Config) -> std::result::Result<(), ApiError> {
     match req.headers().get("origin").ok().flatten() {
-        Some(origin) if !config.origin_allowed(&origin) => Err(ApiError::Forbidden(format!("origin {origin} is not in ALLOWED_ORIGINS"))),
+        Some(origin) if !config.origin_allowed(&origin) => Err(ApiError::Forbidden(format!(
+            "origin {origin} is not in ALLOWED_ORIGINS"
+        ))),
         _ => Ok(()),
     }
 }
 
 fn require_upgrade(req: &Request) -> std::result::Result<(), ApiError> {
-    let upgrade = req.headers().get("upgrade").ok().flatten().unwrap_or_default();
+    let upgrade = req
+        .headers()
+        .get("upgrade")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     if !upgrade.eq_ignore_ascii_case("websocket") {
         return Err(ApiError::UpgradeRequired);
     }
@@ -93,11 +143,17 @@ fn conversation_param(query: &[(String, String)]) -> std::result::Result<String,
     match query_get(query, "conversationId") {
         None | Some("") => Ok(new_id()),
         Some(id) if valid_id(id) => Ok(id.to_string()),
-        Some(_) => Err(ApiError::BadRequest("conversationId must be 1 to 128 printable characters".into())),
+        Some(_) => Err(ApiError::BadRequest(
+            "conversationId must be 1 to 128 printable characters".into(),
+        )),
     }
 }
 
-async fn chat_upgrade(req: Request, env: &Env, config: &Config) -> std::result::Result<Response, ApiError> {
+async fn chat_upgrade(
+    req: Request,
+    env: &Env,
+    config: &Config,
+) -> std::result::Result<Response, ApiError> {
     let query = query_pairs(&req);
     require_upgrade(&req)?;
     check_origin(&req, config)?;
@@ -105,13 +161,20 @@ async fn chat_upgrade(req: Request, env: &Env, config: &Config) -> std::result::
     let conversation = conversation_param(&query)?;
     let last_seq = match query_get(&query, "lastSeq") {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| ApiError::BadRequest("lastSeq must be a whole number".into()))?),
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("lastSeq must be a whole number".into()))?,
+        ),
     };
     check_owner(env, &conversation, &user).await?;
     forward(req, env, &conversation, "json", Some(&user), last_seq).await
 }
 
-async fn socketio_upgrade(req: Request, env: &Env, config: &Config) -> std::result::Result<Response, ApiError> {
+async fn socketio_upgrade(
+    req: Request,
+    env: &Env,
+    config: &Config,
+) -> std::result::Result<Response, ApiError> {
     let query = query_pairs(&req);
     sio::check_handshake_query(&query).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     require_upgrade(&req)?;
@@ -122,15 +185,31 @@ async fn socketio_upgrade(req: Request, env: &Env, config: &Config) -> std::resu
 }
 
 /// Refuses a conversation that exists and belongs to someone else.
-async fn check_owner(env: &Env, conversation: &str, user: &str) -> std::result::Result<(), ApiError> {
+async fn check_owner(
+    env: &Env,
+    conversation: &str,
+    user: &str,
+) -> std::result::Result<(), ApiError> {
     let db = db::db(env).map_err(|e| super::internal("database binding", e))?;
-    match db::conversation_owner(&db, conversation).await.map_err(|e| super::internal("owner lookup", e))? {
-        Some(owner) if owner != user => Err(ApiError::Forbidden("this conversation belongs to another user".into())),
+    match db::conversation_owner(&db, conversation)
+        .await
+        .map_err(|e| super::internal("owner lookup", e))?
+    {
+        Some(owner) if owner != user => Err(ApiError::Forbidden(
+            "this conversation belongs to another user".into(),
+        )),
         _ => Ok(()),
     }
 }
 
-async fn forward(req: Request, env: &Env, conversation: &str, framing: &str, user: Option<&str>, last_seq: Option<u64>) -> std::result::Result<Response, ApiError> {
+async fn forward(
+    req: Request,
+    env: &Env,
+    conversation: &str,
+    framing: &str,
+    user: Option<&str>,
+    last_seq: Option<u64>,
+) -> std::result::Result<Response, ApiError> {
     let headers = Headers::new();
     for (k, v) in req.headers().entries() {
         if !k.starts_with("x-gateway-") {
@@ -148,13 +227,19 @@ async fn forward(req: Request, env: &Env, conversation: &str, framing: &str, use
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
-    let inner = Request::new_with_init("https://conversation/connect", &init).map_err(|e| super::internal("request", e))?;
+    let inner = Request::new_with_init("https://conversation/connect", &init)
+        .map_err(|e| super::internal("request", e))?;
     let stub = conversation_stub(env, conversation)?;
-    stub.fetch_with_request(inner).await.map_err(|e| super::internal("conversation object", e))
+    stub.fetch_with_request(inner)
+        .await
+        .map_err(|e| super::internal("conversation object", e))
 }
 
 /// The Durable Object stub of a conversation.
-pub fn conversation_stub(env: &Env, conversation: &str) -> std::result::Result<worker::Stub, ApiError> {
+pub fn conversation_stub(
+    env: &Env,
+    conversation: &str,
+) -> std::result::Result<worker::Stub, ApiError> {
     env.durable_object("CONVERSATION")
         .and_then(|ns| ns.id_from_name(conversation)?.get_stub())
         .map_err(|e| super::internal("conversation namespace", e))

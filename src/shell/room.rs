@@ -5,7 +5,9 @@ use crate::agents::AgentConfig;
 use crate::catalog::{self, Catalog};
 use crate::commands::{self, Command};
 use crate::config::{Config, ProviderConfig};
-use crate::conversation::{self, Emit, RateLimiter, SessionState, StepOutcome, StopReason, StreamLog, Turn};
+use crate::conversation::{
+    self, Emit, RateLimiter, SessionState, StepOutcome, StopReason, StreamLog, Turn,
+};
 use crate::llm::{CallSpec, ChatMessage, ThinkingLevel, UpstreamError, UpstreamErrorKind};
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
 use crate::routing::{RoutingContext, RoutingDecision, Target};
@@ -73,8 +75,13 @@ pub struct Conversation {
 
 impl DurableObject for Conversation {
     fn new(state: State, env: Env) -> Self {
-        let config = super::load_config(&env).map(Rc::new).map_err(|e| Error::RustError(e.to_string()));
-        let window = config.as_ref().map(|c| c.replay_window_ms).unwrap_or(120_000);
+        let config = super::load_config(&env)
+            .map(Rc::new)
+            .map_err(|e| Error::RustError(e.to_string()));
+        let window = config
+            .as_ref()
+            .map(|c| c.replay_window_ms)
+            .unwrap_or(120_000);
         Conversation {
             state,
             env,
@@ -98,7 +105,10 @@ impl DurableObject for Conversation {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let conversation = req.headers().get(super::gateway::H_CONVERSATION)?.unwrap_or_default();
+        let conversation = req
+            .headers()
+            .get(super::gateway::H_CONVERSATION)?
+            .unwrap_or_default();
         self.ensure_loaded(Some(&conversation))?;
         let config = self.config()?;
         match req.path().as_str() {
@@ -109,7 +119,10 @@ impl DurableObject for Conversation {
             }
             "/model" => {
                 let body: Value = req.json().await.unwrap_or(Value::Null);
-                let model = body.get("model").and_then(|m| m.as_str()).map(str::to_string);
+                let model = body
+                    .get("model")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string);
                 match self.set_model_override(model).await {
                     Ok(info) => super::json_text(200, info),
                     Err(message) => super::json_response(400, &json!({ "error": message })),
@@ -119,18 +132,29 @@ impl DurableObject for Conversation {
         }
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
         self.ensure_loaded(None)?;
         let config = self.config()?;
         let meta: SocketMeta = ws.deserialize_attachment()?.unwrap_or_default();
-        let limits = Limits { max_content_bytes: config.max_message_bytes };
+        let limits = Limits {
+            max_content_bytes: config.max_message_bytes,
+        };
         let text = match message {
             WebSocketIncomingMessage::String(s) => s,
             WebSocketIncomingMessage::Binary(_) => {
                 if meta.sio {
                     let _ = ws.close(Some(1003), Some("binary packets are not supported"));
                 } else {
-                    self.send_error(&ws, &meta, ErrorCode::InvalidPayload, "binary frames are not supported; send JSON text frames");
+                    self.send_error(
+                        &ws,
+                        &meta,
+                        ErrorCode::InvalidPayload,
+                        "binary frames are not supported; send JSON text frames",
+                    );
                 }
                 return Ok(());
             }
@@ -143,26 +167,47 @@ impl DurableObject for Conversation {
             return Ok(());
         }
         if text.len() > protocol::max_frame_bytes(&limits) {
-            self.send_error(&ws, &meta, ErrorCode::PayloadTooLarge, "packet larger than the gateway accepts");
+            self.send_error(
+                &ws,
+                &meta,
+                ErrorCode::PayloadTooLarge,
+                "packet larger than the gateway accepts",
+            );
             return Ok(());
         }
         match sio::decode(&text) {
             Ok(sio::Inbound::Ping) => {
                 let _ = ws.send_with_str("3");
             }
-            Ok(sio::Inbound::Pong | sio::Inbound::Noop | sio::Inbound::Upgrade | sio::Inbound::Ack { .. }) => {}
+            Ok(
+                sio::Inbound::Pong
+                | sio::Inbound::Noop
+                | sio::Inbound::Upgrade
+                | sio::Inbound::Ack { .. },
+            ) => {}
             Ok(sio::Inbound::Close) => {
                 let _ = ws.close(Some(1000), Some("closed by client"));
             }
-            Ok(sio::Inbound::Connect { nsp, auth }) => self.sio_connect(&ws, meta, &nsp, auth, &config).await?,
+            Ok(sio::Inbound::Connect { nsp, auth }) => {
+                self.sio_connect(&ws, meta, &nsp, auth, &config).await?
+            }
             Ok(sio::Inbound::Disconnect { .. }) => {
                 let mut meta = meta;
                 meta.connected = false;
                 self.set_meta(&ws, &meta)?;
             }
-            Ok(sio::Inbound::Event { nsp, ack_id, name, args }) => {
+            Ok(sio::Inbound::Event {
+                nsp,
+                ack_id,
+                name,
+                args,
+            }) => {
                 if nsp != NSP || !meta.connected {
-                    let _ = ws.send_with_str(sio::connect_error(&nsp, "connect to the /chat namespace first", None));
+                    let _ = ws.send_with_str(sio::connect_error(
+                        &nsp,
+                        "connect to the /chat namespace first",
+                        None,
+                    ));
                     return Ok(());
                 }
                 let data = args.into_iter().next().unwrap_or_else(|| json!({}));
@@ -171,14 +216,23 @@ impl DurableObject for Conversation {
                     Err(e) => {
                         self.send_error(&ws, &meta, e.code, &e.message);
                         if let Some(id) = ack_id {
-                            let _ = ws.send_with_str(sio::ack(NSP, id, &format!("[{}]", protocol::error_payload(None, e.code, &e.message))));
+                            let _ = ws.send_with_str(sio::ack(
+                                NSP,
+                                id,
+                                &format!("[{}]", protocol::error_payload(None, e.code, &e.message)),
+                            ));
                         }
                     }
                 }
             }
             Err(e) => {
                 if meta.connected {
-                    self.send_error(&ws, &meta, ErrorCode::InvalidPayload, &format!("malformed socket.io packet: {e}"));
+                    self.send_error(
+                        &ws,
+                        &meta,
+                        ErrorCode::InvalidPayload,
+                        &format!("malformed socket.io packet: {e}"),
+                    );
                 } else {
                     let reason: String = e.to_string().chars().take(120).collect();
                     let _ = ws.close(Some(1008), Some(reason));
@@ -188,7 +242,13 @@ impl DurableObject for Conversation {
         Ok(())
     }
 
-    async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _was_clean: bool) -> Result<()> {
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
         self.ensure_loaded(None)?;
         // Reciprocate; reserved codes cannot be sent back.
         let code = match code {
@@ -219,7 +279,10 @@ impl DurableObject for Conversation {
         }
         self.room.borrow_mut().log.prune(now_ms());
         if any_sio {
-            self.state.storage().set_alarm(Duration::from_millis(config.sio_ping_interval_ms)).await?;
+            self.state
+                .storage()
+                .set_alarm(Duration::from_millis(config.sio_ping_interval_ms))
+                .await?;
         }
         Response::ok("ok")
     }
@@ -243,7 +306,10 @@ impl Conversation {
             return Ok(());
         }
         let sql = self.sql();
-        sql.exec("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)", None)?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+            None,
+        )?;
         sql.exec("CREATE TABLE IF NOT EXISTS seen (client_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL)", None)?;
         #[derive(Deserialize)]
         struct Kv {
@@ -256,28 +322,44 @@ impl Conversation {
         let id = match (get("id"), id_hint) {
             (Some(id), _) => id,
             (None, Some(hint)) if !hint.is_empty() => {
-                sql.exec("INSERT OR REPLACE INTO kv (k, v) VALUES ('id', ?)", vec![hint.into()])?;
+                sql.exec(
+                    "INSERT OR REPLACE INTO kv (k, v) VALUES ('id', ?)",
+                    vec![hint.into()],
+                )?;
                 hint.to_string()
             }
-            _ => return Err(Error::RustError("conversation object used before its id was known".into())),
+            _ => {
+                return Err(Error::RustError(
+                    "conversation object used before its id was known".into(),
+                ))
+            }
         };
         room.id_json = protocol::json_str(&id);
         room.id = id;
         room.owner = get("owner");
-        room.session = get("session").and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        room.session = get("session")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
         let mut next_seq: u64 = get("seq").and_then(|s| s.parse().ok()).unwrap_or(1);
         if get("turn").as_deref() == Some("running") {
             // The instance died mid-turn: numbers issued since the last save are unknown, so skip past them.
             next_seq += 1_000_000;
         }
-        let window = self.config.as_ref().map(|c| c.replay_window_ms).unwrap_or(120_000);
+        let window = self
+            .config
+            .as_ref()
+            .map(|c| c.replay_window_ms)
+            .unwrap_or(120_000);
         room.log = StreamLog::new(next_seq, window, REPLAY_BYTES);
         room.loaded = true;
         Ok(())
     }
 
     fn kv_put(&self, key: &str, value: &str) {
-        if let Err(e) = self.sql().exec("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", vec![key.into(), value.into()]) {
+        if let Err(e) = self.sql().exec(
+            "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)",
+            vec![key.into(), value.into()],
+        ) {
             console_error!("storing {key}: {e}");
         }
     }
@@ -286,11 +368,20 @@ impl Conversation {
     async fn save_session(&self) {
         let (id, text) = {
             let room = self.room.borrow();
-            (room.id.clone(), serde_json::to_string(&room.session).unwrap_or_default())
+            (
+                room.id.clone(),
+                serde_json::to_string(&room.session).unwrap_or_default(),
+            )
         };
         self.kv_put("session", &text);
         if let Ok(d) = db::db(&self.env) {
-            if let Err(e) = db::run(&d, sql::SAVE_SESSION, &[db::text(&id), db::text(&text), db::num(now_ms())]).await {
+            if let Err(e) = db::run(
+                &d,
+                sql::SAVE_SESSION,
+                &[db::text(&id), db::text(&text), db::num(now_ms())],
+            )
+            .await
+            {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }
@@ -300,7 +391,11 @@ impl Conversation {
         let mut room = self.room.borrow_mut();
         if room.sockets.is_none() {
             let list = self.state.get_websockets().into_iter().map(|ws| {
-                let meta = ws.deserialize_attachment().ok().flatten().unwrap_or_default();
+                let meta = ws
+                    .deserialize_attachment()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
                 (ws, meta)
             });
             room.sockets = Some(list.collect());
@@ -342,7 +437,17 @@ impl Conversation {
         let result = if sockets == 0 && !turning {
             db::run(&d, sql::UNREGISTER_LIVE, &[db::text(&id)]).await
         } else {
-            db::run(&d, sql::REGISTER_LIVE, &[db::text(&id), db::num(now_ms()), db::num(sockets as i64), db::num(turning as i64)]).await
+            db::run(
+                &d,
+                sql::REGISTER_LIVE,
+                &[
+                    db::text(&id),
+                    db::num(now_ms()),
+                    db::num(sockets as i64),
+                    db::num(turning as i64),
+                ],
+            )
+            .await
         };
         if let Err(e) = result {
             console_warn!("live registry: {e}");
@@ -355,7 +460,14 @@ impl Conversation {
     fn frame(event: &OutEvent, meta: &SocketMeta) -> Option<String> {
         if meta.sio {
             // Events reach a socket.io client only in its connected namespace; the offset enables recovery.
-            meta.connected.then(|| sio::event(NSP, event.name, &event.data, event.seq.map(|s| s.to_string()).as_deref()))
+            meta.connected.then(|| {
+                sio::event(
+                    NSP,
+                    event.name,
+                    &event.data,
+                    event.seq.map(|s| s.to_string()).as_deref(),
+                )
+            })
         } else {
             Some(event.json_frame())
         }
@@ -379,7 +491,14 @@ impl Conversation {
                 if !meta.connected {
                     continue;
                 }
-                sio_frame.get_or_insert_with(|| sio::event(NSP, event.name, &event.data, Some(&event.seq.unwrap_or(0).to_string())))
+                sio_frame.get_or_insert_with(|| {
+                    sio::event(
+                        NSP,
+                        event.name,
+                        &event.data,
+                        Some(&event.seq.unwrap_or(0).to_string()),
+                    )
+                })
             } else {
                 json_frame.get_or_insert_with(|| event.json_frame())
             };
@@ -403,7 +522,11 @@ impl Conversation {
 
     fn send_error(&self, ws: &WebSocket, meta: &SocketMeta, code: ErrorCode, message: &str) {
         let id = self.room.borrow().id.clone();
-        self.send_to(ws, meta, &OutEvent::unsequenced("error", protocol::error_payload(Some(&id), code, message)));
+        self.send_to(
+            ws,
+            meta,
+            &OutEvent::unsequenced("error", protocol::error_payload(Some(&id), code, message)),
+        );
     }
 
     fn send_ack(ws: &WebSocket, ack: Option<u64>, payload: &str) {
@@ -414,30 +537,58 @@ impl Conversation {
 
     fn manifest(&self) -> OutEvent {
         let models = Catalog::builtin().model_ids();
-        OutEvent::unsequenced("commands:manifest", json!({ "manifest": commands::manifest(&models) }).to_string())
+        OutEvent::unsequenced(
+            "commands:manifest",
+            json!({ "manifest": commands::manifest(&models) }).to_string(),
+        )
     }
 
     // ---- connecting ----------------------------------------------------------------------
 
     async fn connect(&self, req: &Request, config: &Config) -> Result<Response> {
-        let framing = req.headers().get(super::gateway::H_FRAMING)?.unwrap_or_default();
+        let framing = req
+            .headers()
+            .get(super::gateway::H_FRAMING)?
+            .unwrap_or_default();
         let user = req.headers().get(super::gateway::H_USER)?;
-        let last_seq: Option<u64> = req.headers().get(super::gateway::H_LAST_SEQ)?.and_then(|s| s.parse().ok());
+        let last_seq: Option<u64> = req
+            .headers()
+            .get(super::gateway::H_LAST_SEQ)?
+            .and_then(|s| s.parse().ok());
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
         self.state.accept_web_socket(&ws);
         if framing == "sio" {
-            let meta = SocketMeta { user: None, sio: true, connected: false, sid: new_id(), pid: String::new() };
+            let meta = SocketMeta {
+                user: None,
+                sio: true,
+                connected: false,
+                sid: new_id(),
+                pid: String::new(),
+            };
             self.set_meta(&ws, &meta)?;
             // Pongs ("3") are answered by the runtime with a no-op ("6") so they never wake the object.
             if let Ok(pair) = WebSocketRequestResponsePair::new("3", "6") {
                 self.state.set_websocket_auto_response(&pair);
             }
-            let max_payload = protocol::max_frame_bytes(&Limits { max_content_bytes: config.max_message_bytes }) as u64;
-            let _ = ws.send_with_str(sio::open_packet(&meta.sid, config.sio_ping_interval_ms, config.sio_ping_timeout_ms, max_payload));
+            let max_payload = protocol::max_frame_bytes(&Limits {
+                max_content_bytes: config.max_message_bytes,
+            }) as u64;
+            let _ = ws.send_with_str(sio::open_packet(
+                &meta.sid,
+                config.sio_ping_interval_ms,
+                config.sio_ping_timeout_ms,
+                max_payload,
+            ));
             self.arm_heartbeat(config).await;
         } else {
-            let meta = SocketMeta { user: user.clone(), sio: false, connected: true, sid: String::new(), pid: String::new() };
+            let meta = SocketMeta {
+                user: user.clone(),
+                sio: false,
+                connected: true,
+                sid: String::new(),
+                pid: String::new(),
+            };
             self.set_meta(&ws, &meta)?;
             self.greet(&ws, &meta, last_seq);
         }
@@ -471,31 +622,53 @@ impl Conversation {
     async fn arm_heartbeat(&self, config: &Config) {
         let storage = self.state.storage();
         if let Ok(None) = storage.get_alarm().await {
-            if let Err(e) = storage.set_alarm(Duration::from_millis(config.sio_ping_interval_ms)).await {
+            if let Err(e) = storage
+                .set_alarm(Duration::from_millis(config.sio_ping_interval_ms))
+                .await
+            {
                 console_warn!("arming the heartbeat alarm: {e}");
             }
         }
     }
 
-    async fn sio_connect(&self, ws: &WebSocket, mut meta: SocketMeta, nsp: &str, auth: Option<Value>, config: &Config) -> Result<()> {
+    async fn sio_connect(
+        &self,
+        ws: &WebSocket,
+        mut meta: SocketMeta,
+        nsp: &str,
+        auth: Option<Value>,
+        config: &Config,
+    ) -> Result<()> {
         if nsp != NSP {
             let _ = ws.send_with_str(sio::connect_error(nsp, "Invalid namespace", None));
             return Ok(());
         }
         let Some(token) = sio::connect_auth_token(&auth) else {
-            let _ = ws.send_with_str(sio::connect_error(NSP, "unauthorized: pass auth: { token } to io()", None));
+            let _ = ws.send_with_str(sio::connect_error(
+                NSP,
+                "unauthorized: pass auth: { token } to io()",
+                None,
+            ));
             return Ok(());
         };
         let d = db::db(&self.env)?;
         let user = match db::user_for_token(&d, token, now_ms()).await {
             Ok(Some(u)) => u,
             Ok(None) => {
-                let _ = ws.send_with_str(sio::connect_error(NSP, "unauthorized: invalid, expired or revoked token", None));
+                let _ = ws.send_with_str(sio::connect_error(
+                    NSP,
+                    "unauthorized: invalid, expired or revoked token",
+                    None,
+                ));
                 return Ok(());
             }
             Err(e) => {
                 console_error!("token lookup: {e}");
-                let _ = ws.send_with_str(sio::connect_error(NSP, "the gateway could not check the token; try again", None));
+                let _ = ws.send_with_str(sio::connect_error(
+                    NSP,
+                    "the gateway could not check the token; try again",
+                    None,
+                ));
                 return Ok(());
             }
         };
@@ -503,8 +676,11 @@ impl Conversation {
             let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
             return Ok(());
         }
-        let recovery = sio::recovery(&auth).and_then(|(pid, offset)| offset.parse::<u64>().ok().map(|o| (pid, o)));
-        let recovered = recovery.as_ref().is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
+        let recovery = sio::recovery(&auth)
+            .and_then(|(pid, offset)| offset.parse::<u64>().ok().map(|o| (pid, o)));
+        let recovered = recovery
+            .as_ref()
+            .is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
         meta.user = Some(user);
         meta.connected = true;
         meta.pid = match (&recovery, recovered) {
@@ -538,11 +714,15 @@ impl Conversation {
             Some(o) => Some(o),
             None => {
                 let d = db::db(&self.env).map_err(|e| e.to_string())?;
-                db::conversation_owner(&d, &id).await.map_err(|e| e.to_string())?
+                db::conversation_owner(&d, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
             }
         };
         match owner {
-            Some(o) if o != user => Err("forbidden: this conversation belongs to another user".into()),
+            Some(o) if o != user => {
+                Err("forbidden: this conversation belongs to another user".into())
+            }
             _ => Ok(()),
         }
     }
@@ -561,13 +741,26 @@ impl Conversation {
 
     // ---- events --------------------------------------------------------------------------
 
-    async fn handle_event(&self, ws: &WebSocket, meta: &SocketMeta, event: ClientEvent, ack: Option<u64>, config: &Config) {
+    async fn handle_event(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        event: ClientEvent,
+        ack: Option<u64>,
+        config: &Config,
+    ) {
         let id = self.room.borrow().id.clone();
         if let Some(named) = event.conversation_id() {
             if named != id {
-                let msg = format!("this socket is bound to conversation {id}; open another socket for {named}");
+                let msg = format!(
+                    "this socket is bound to conversation {id}; open another socket for {named}"
+                );
                 self.send_error(ws, meta, ErrorCode::ConversationMismatch, &msg);
-                Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::ConversationMismatch, &msg));
+                Self::send_ack(
+                    ws,
+                    ack,
+                    &protocol::error_payload(Some(&id), ErrorCode::ConversationMismatch, &msg),
+                );
                 return;
             }
         }
@@ -576,14 +769,24 @@ impl Conversation {
             return;
         };
         match event {
-            ClientEvent::Message(message) => self.on_message(ws, meta, &user, message, ack, config).await,
+            ClientEvent::Message(message) => {
+                self.on_message(ws, meta, &user, message, ack, config).await
+            }
             ClientEvent::SetThinking { level, .. } => {
                 let result = self.set_thinking(&level).await;
                 match result {
                     Ok(()) => Self::send_ack(ws, ack, &json!({ "ok": true }).to_string()),
                     Err(msg) => {
                         self.send_error(ws, meta, ErrorCode::InvalidThinkingLevel, &msg);
-                        Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::InvalidThinkingLevel, &msg));
+                        Self::send_ack(
+                            ws,
+                            ack,
+                            &protocol::error_payload(
+                                Some(&id),
+                                ErrorCode::InvalidThinkingLevel,
+                                &msg,
+                            ),
+                        );
                     }
                 }
             }
@@ -592,12 +795,27 @@ impl Conversation {
                     self.abort_turn();
                     Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
                 } else {
-                    self.send_error(ws, meta, ErrorCode::NoActiveTurn, "No active session to abort.");
-                    Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::NoActiveTurn, "No active session to abort."));
+                    self.send_error(
+                        ws,
+                        meta,
+                        ErrorCode::NoActiveTurn,
+                        "No active session to abort.",
+                    );
+                    Self::send_ack(
+                        ws,
+                        ack,
+                        &protocol::error_payload(
+                            Some(&id),
+                            ErrorCode::NoActiveTurn,
+                            "No active session to abort.",
+                        ),
+                    );
                 }
             }
             ClientEvent::CommandExecute { command, args, .. } => {
-                let result = self.execute_command(&command, args.as_ref(), &user, config).await;
+                let result = self
+                    .execute_command(&command, args.as_ref(), &user, config)
+                    .await;
                 let event = OutEvent::unsequenced("command:result", result.to_string());
                 self.send_to(ws, meta, &event);
                 Self::send_ack(ws, ack, &event.data);
@@ -612,23 +830,54 @@ impl Conversation {
         }
     }
 
-    async fn on_message(&self, ws: &WebSocket, meta: &SocketMeta, user: &str, message: MessageEvent, ack: Option<u64>, config: &Config) {
+    async fn on_message(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        user: &str,
+        message: MessageEvent,
+        ack: Option<u64>,
+        config: &Config,
+    ) {
         let id = self.room.borrow().id.clone();
-        if let Err(wait) = self.room.borrow_mut().rate.admit(user, now_ms(), config.rate_limit_per_minute) {
-            let msg = format!("rate limit of {} messages per minute reached; retry in {} s", config.rate_limit_per_minute, (wait + 999) / 1000);
+        if let Err(wait) =
+            self.room
+                .borrow_mut()
+                .rate
+                .admit(user, now_ms(), config.rate_limit_per_minute)
+        {
+            let msg = format!(
+                "rate limit of {} messages per minute reached; retry in {} s",
+                config.rate_limit_per_minute,
+                (wait + 999) / 1000
+            );
             self.send_error(ws, meta, ErrorCode::RateLimited, &msg);
-            Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::RateLimited, &msg));
+            Self::send_ack(
+                ws,
+                ack,
+                &protocol::error_payload(Some(&id), ErrorCode::RateLimited, &msg),
+            );
             return;
         }
         if let Some(client_id) = &message.client_message_id {
             if let Some(message_id) = self.seen_message(client_id) {
                 // A resend of a stored message: same ack, no second turn.
                 let payload = json!({ "conversationId": id, "messageId": message_id, "clientMessageId": client_id, "duplicate": true }).to_string();
-                self.send_to(ws, meta, &OutEvent::unsequenced("message:ack", payload.clone()));
+                self.send_to(
+                    ws,
+                    meta,
+                    &OutEvent::unsequenced("message:ack", payload.clone()),
+                );
                 Self::send_ack(ws, ack, &payload);
                 return;
             }
-            if self.room.borrow().queue.iter().any(|p| p.message.client_message_id.as_deref() == Some(client_id)) {
+            if self
+                .room
+                .borrow()
+                .queue
+                .iter()
+                .any(|p| p.message.client_message_id.as_deref() == Some(client_id))
+            {
                 return; // already queued; its ack comes when it runs
             }
         }
@@ -637,18 +886,35 @@ impl Conversation {
             if room.turn_running {
                 if room.queue.len() >= config.max_queued_messages {
                     drop(room);
-                    let msg = format!("a turn is running and {} messages are already queued; wait for agent:end", config.max_queued_messages);
+                    let msg = format!(
+                        "a turn is running and {} messages are already queued; wait for agent:end",
+                        config.max_queued_messages
+                    );
                     self.send_error(ws, meta, ErrorCode::QueueFull, &msg);
-                    Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), ErrorCode::QueueFull, &msg));
+                    Self::send_ack(
+                        ws,
+                        ack,
+                        &protocol::error_payload(Some(&id), ErrorCode::QueueFull, &msg),
+                    );
                     return;
                 }
-                room.queue.push_back(Pending { ws: ws.clone(), meta: meta.clone(), message, ack });
+                room.queue.push_back(Pending {
+                    ws: ws.clone(),
+                    meta: meta.clone(),
+                    message,
+                    ack,
+                });
                 return;
             }
             room.turn_running = true;
         }
         self.kv_put("turn", "running");
-        let mut next = Some(Pending { ws: ws.clone(), meta: meta.clone(), message, ack });
+        let mut next = Some(Pending {
+            ws: ws.clone(),
+            meta: meta.clone(),
+            message,
+            ack,
+        });
         while let Some(p) = next {
             self.run_turn(p, config).await;
             next = self.room.borrow_mut().queue.pop_front();
@@ -669,13 +935,26 @@ impl Conversation {
         struct Row {
             message_id: String,
         }
-        let rows: Vec<Row> = self.sql().exec("SELECT message_id FROM seen WHERE client_id = ?", vec![client_id.into()]).ok()?.to_array().ok()?;
+        let rows: Vec<Row> = self
+            .sql()
+            .exec(
+                "SELECT message_id FROM seen WHERE client_id = ?",
+                vec![client_id.into()],
+            )
+            .ok()?
+            .to_array()
+            .ok()?;
         rows.into_iter().next().map(|r| r.message_id)
     }
 
     /// Stores the user message, then runs the model (and tools) to the end of the turn.
     async fn run_turn(&self, p: Pending, config: &Config) {
-        let Pending { ws, meta, message, ack } = p;
+        let Pending {
+            ws,
+            meta,
+            message,
+            ack,
+        } = p;
         let user = meta.user.clone().unwrap_or_default();
         let (id, id_json) = {
             let room = self.room.borrow();
@@ -689,7 +968,12 @@ impl Conversation {
             Ok(d) => d,
             Err(e) => {
                 console_error!("database binding: {e}");
-                self.send_error(&ws, &meta, ErrorCode::Internal, "storage is unavailable; nothing was sent to the model");
+                self.send_error(
+                    &ws,
+                    &meta,
+                    ErrorCode::Internal,
+                    "storage is unavailable; nothing was sent to the model",
+                );
                 return;
             }
         };
@@ -697,7 +981,16 @@ impl Conversation {
         if self.room.borrow().history.is_none() {
             match db::list_messages(&d, &id).await {
                 Ok(rows) => {
-                    let rows: Vec<(String, String, Value)> = rows.into_iter().map(|m| (m.role, m.content, serde_json::from_str(&m.metadata).unwrap_or_default())).collect();
+                    let rows: Vec<(String, String, Value)> = rows
+                        .into_iter()
+                        .map(|m| {
+                            (
+                                m.role,
+                                m.content,
+                                serde_json::from_str(&m.metadata).unwrap_or_default(),
+                            )
+                        })
+                        .collect();
                     self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
                 }
                 Err(e) => {
@@ -714,17 +1007,40 @@ impl Conversation {
             user_meta["clientMessageId"] = Value::String(c.clone());
         }
         let stored = async {
-            let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[db::text(&id), db::text(&user), db::text(&store::title_from(&message.content)), db::num(now)])?;
-            let insert = d.prepare(sql::INSERT_MESSAGE).bind(&[db::text(&message_id), db::text(&id), db::text("user"), db::text(&message.content), db::text(&user_meta.to_string()), db::num(now)])?;
-            let touch = d.prepare(sql::TOUCH_CONVERSATION).bind(&[db::text(&id), db::num(now)])?;
+            let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[
+                db::text(&id),
+                db::text(&user),
+                db::text(&store::title_from(&message.content)),
+                db::num(now),
+            ])?;
+            let insert = d.prepare(sql::INSERT_MESSAGE).bind(&[
+                db::text(&message_id),
+                db::text(&id),
+                db::text("user"),
+                db::text(&message.content),
+                db::text(&user_meta.to_string()),
+                db::num(now),
+            ])?;
+            let touch = d
+                .prepare(sql::TOUCH_CONVERSATION)
+                .bind(&[db::text(&id), db::num(now)])?;
             d.batch(vec![ensure, insert, touch]).await
         }
         .await;
         if let Err(e) = stored {
             // Unlike the seed, no ack without storage: the client may resend safely.
             console_error!("storing the user message: {e}");
-            self.send_error(&ws, &meta, ErrorCode::Internal, "your message could not be stored; nothing was sent to the model");
-            Self::send_ack(&ws, ack, &protocol::error_payload(Some(&id), ErrorCode::Internal, "message not stored"));
+            self.send_error(
+                &ws,
+                &meta,
+                ErrorCode::Internal,
+                "your message could not be stored; nothing was sent to the model",
+            );
+            Self::send_ack(
+                &ws,
+                ack,
+                &protocol::error_payload(Some(&id), ErrorCode::Internal, "message not stored"),
+            );
             return;
         }
         {
@@ -736,13 +1052,22 @@ impl Conversation {
             }
         }
         if let Some(c) = &message.client_message_id {
-            let _ = self.sql().exec("INSERT OR IGNORE INTO seen (client_id, message_id, at) VALUES (?, ?, ?)", vec![c.as_str().into(), message_id.as_str().into(), (now as f64).into()]);
+            let _ = self.sql().exec(
+                "INSERT OR IGNORE INTO seen (client_id, message_id, at) VALUES (?, ?, ?)",
+                vec![
+                    c.as_str().into(),
+                    message_id.as_str().into(),
+                    (now as f64).into(),
+                ],
+            );
         }
         {
             let mut room = self.room.borrow_mut();
             room.session.metrics.messages += 1;
             if let Some(h) = room.history.as_mut() {
-                h.push(ChatMessage::User { content: message.content.clone() });
+                h.push(ChatMessage::User {
+                    content: message.content.clone(),
+                });
             }
         }
         let count = self.sockets().len();
@@ -767,14 +1092,29 @@ impl Conversation {
             None => None,
         };
         if let (Some(name), None) = (&agent_name, &agent) {
-            self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::InvalidPayload, &format!("agent \"{name}\" is not configured; answering without it")));
+            self.broadcast(
+                "error",
+                protocol::error_payload(
+                    Some(&id),
+                    ErrorCode::InvalidPayload,
+                    &format!("agent \"{name}\" is not configured; answering without it"),
+                ),
+            );
             self.room.borrow_mut().session.agent = None;
         }
-        let candidates = self.candidates(&message, &user, agent.as_ref(), &catalog, config, &d).await;
-        let candidates: Vec<RoutingDecision> = candidates.into_iter().filter(|c| config.provider(&c.provider).is_some()).collect();
+        let candidates = self
+            .candidates(&message, &user, agent.as_ref(), &catalog, config, &d)
+            .await;
+        let candidates: Vec<RoutingDecision> = candidates
+            .into_iter()
+            .filter(|c| config.provider(&c.provider).is_some())
+            .collect();
         let Some(first) = candidates.first().cloned() else {
             let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model".to_string();
-            self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::ProviderNotConfigured, &msg));
+            self.broadcast(
+                "error",
+                protocol::error_payload(Some(&id), ErrorCode::ProviderNotConfigured, &msg),
+            );
             self.save_session().await;
             return;
         };
@@ -784,7 +1124,8 @@ impl Conversation {
             if room.session.thinking_level.is_none() {
                 room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
             }
-            let levels = catalog::thinking_levels_for(catalog.lookup(Some(&first.provider), &first.model));
+            let levels =
+                catalog::thinking_levels_for(catalog.lookup(Some(&first.provider), &first.model));
             if !levels.contains(&room.session.thinking()) {
                 room.session.thinking_level = Some(ThinkingLevel::Off);
             }
@@ -796,7 +1137,9 @@ impl Conversation {
         let mut base: Vec<ChatMessage> = Vec::new();
         if let Some(a) = &agent {
             if !a.system_prompt.is_empty() {
-                base.push(ChatMessage::System { content: a.system_prompt.clone() });
+                base.push(ChatMessage::System {
+                    content: a.system_prompt.clone(),
+                });
             }
         }
         base.extend(self.room.borrow().history.clone().unwrap_or_default());
@@ -815,7 +1158,18 @@ impl Conversation {
             let thinking = self.room.borrow().session.thinking();
             let mut messages = base.clone();
             messages.extend(turn.new_context.iter().cloned());
-            let outcome = self.call_model(&mut turn, provider, &target.model, &messages, &tools, thinking, config, &id_json).await;
+            let outcome = self
+                .call_model(
+                    &mut turn,
+                    provider,
+                    &target.model,
+                    &messages,
+                    &tools,
+                    thinking,
+                    config,
+                    &id_json,
+                )
+                .await;
             if self.aborted.get() {
                 break StopReason::Aborted;
             }
@@ -824,16 +1178,25 @@ impl Conversation {
                 StepOutcome::RunTools(calls) => {
                     for call in calls {
                         self.broadcast("agent:tool:start", json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name }).to_string());
-                        let (result, is_error) = match agent.as_ref().and_then(|a| a.tool(&call.name)) {
-                            Some(tool) => {
-                                let signal = self.abort.borrow().as_ref().map(|c| c.signal());
-                                match signal {
-                                    Some(signal) => tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await,
-                                    None => ("aborted".to_string(), true),
+                        let (result, is_error) =
+                            match agent.as_ref().and_then(|a| a.tool(&call.name)) {
+                                Some(tool) => {
+                                    let signal = self.abort.borrow().as_ref().map(|c| c.signal());
+                                    match signal {
+                                        Some(signal) => {
+                                            tools::run(
+                                                tool,
+                                                &call.arguments,
+                                                &signal,
+                                                config.tool_timeout_ms,
+                                            )
+                                            .await
+                                        }
+                                        None => ("aborted".to_string(), true),
+                                    }
                                 }
-                            }
-                            None => (format!("unknown tool \"{}\"", call.name), true),
-                        };
+                                None => (format!("unknown tool \"{}\"", call.name), true),
+                            };
                         if self.aborted.get() {
                             break;
                         }
@@ -844,12 +1207,18 @@ impl Conversation {
                         break StopReason::Aborted;
                     }
                 }
-                StepOutcome::Failed { error, before_output } => {
+                StepOutcome::Failed {
+                    error,
+                    before_output,
+                } => {
                     if before_output && error.kind.retryable() {
                         turn.forget_failed_step();
                         if attempts < config.upstream_retries {
                             attempts += 1;
-                            let backoff = error.retry_after_ms.unwrap_or(250u64 << attempts).min(10_000);
+                            let backoff = error
+                                .retry_after_ms
+                                .unwrap_or(250u64 << attempts)
+                                .min(10_000);
                             Delay::from(Duration::from_millis(backoff)).await;
                             continue;
                         }
@@ -857,56 +1226,117 @@ impl Conversation {
                             candidate += 1;
                             attempts = 0;
                             let next = candidates[candidate].clone();
-                            console_log!("falling over from {}/{} to {}/{}: {}", target.provider, target.model, next.provider, next.model, error.message);
+                            console_log!(
+                                "falling over from {}/{} to {}/{}: {}",
+                                target.provider,
+                                target.model,
+                                next.provider,
+                                next.model,
+                                error.message
+                            );
                             {
                                 let mut room = self.room.borrow_mut();
                                 room.session.use_model(&next.provider, &next.model);
-                                room.session.routing_decision = Some(RoutingDecision { reason: format!("fallover: {}", error.message), ..next });
+                                room.session.routing_decision = Some(RoutingDecision {
+                                    reason: format!("fallover: {}", error.message),
+                                    ..next
+                                });
                             }
                             self.broadcast("session:info", self.session_info(&catalog));
                             continue;
                         }
                     }
-                    let stop = if !turn.text.is_empty() && matches!(error.kind, UpstreamErrorKind::Malformed | UpstreamErrorKind::Network | UpstreamErrorKind::Timeout) {
+                    let stop = if !turn.text.is_empty()
+                        && matches!(
+                            error.kind,
+                            UpstreamErrorKind::Malformed
+                                | UpstreamErrorKind::Network
+                                | UpstreamErrorKind::Timeout
+                        ) {
                         StopReason::Truncated
                     } else {
                         StopReason::Error
                     };
-                    self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::Upstream(error.kind.code()), &error.message));
+                    self.broadcast(
+                        "error",
+                        protocol::error_payload(
+                            Some(&id),
+                            ErrorCode::Upstream(error.kind.code()),
+                            &error.message,
+                        ),
+                    );
                     last_error = Some(error);
                     break stop;
                 }
             }
         };
         self.abort.borrow_mut().take();
-        self.finish_turn(turn, stop, last_error.as_ref(), &catalog, &d).await;
+        self.finish_turn(turn, stop, last_error.as_ref(), &catalog, &d)
+            .await;
     }
 
     /// Candidates in order: override, client choice, agent model, then routing rules and the default.
-    async fn candidates(&self, message: &MessageEvent, user: &str, agent: Option<&AgentConfig>, catalog: &Catalog, config: &Config, d: &D1Database) -> Vec<RoutingDecision> {
+    async fn candidates(
+        &self,
+        message: &MessageEvent,
+        user: &str,
+        agent: Option<&AgentConfig>,
+        catalog: &Catalog,
+        config: &Config,
+        d: &D1Database,
+    ) -> Vec<RoutingDecision> {
         let over = self.room.borrow().session.model_override.clone();
         let pick = |spec: &str, provider: Option<&str>, rule: &str, reason: &str| {
             let (p, m) = resolve_model(spec, provider, catalog, config);
-            RoutingDecision { provider: p, model: m, rule_name: rule.into(), reason: reason.into() }
+            RoutingDecision {
+                provider: p,
+                model: m,
+                rule_name: rule.into(),
+                reason: reason.into(),
+            }
         };
         if let Some(o) = over {
-            return vec![pick(&o, None, "override", "/model override for this conversation")];
+            return vec![pick(
+                &o,
+                None,
+                "override",
+                "/model override for this conversation",
+            )];
         }
         if message.provider.is_some() || message.model_id.is_some() {
-            let spec = message.model_id.clone().unwrap_or_else(|| default_model_for(message.provider.as_deref().unwrap_or(""), config));
-            return vec![pick(&spec, message.provider.as_deref(), "client", "provider/model chosen by the client")];
+            let spec = message.model_id.clone().unwrap_or_else(|| {
+                default_model_for(message.provider.as_deref().unwrap_or(""), config)
+            });
+            return vec![pick(
+                &spec,
+                message.provider.as_deref(),
+                "client",
+                "provider/model chosen by the client",
+            )];
         }
         if let Some(a) = agent {
             if let Some(model) = &a.model {
-                return vec![pick(model, a.provider.as_deref(), "agent", &format!("model of agent {}", a.name))];
+                return vec![pick(
+                    model,
+                    a.provider.as_deref(),
+                    "agent",
+                    &format!("model of agent {}", a.name),
+                )];
             }
         }
-        let default = Target { provider: config.default_provider.clone(), model: config.default_model.clone() };
+        let default = Target {
+            provider: config.default_provider.clone(),
+            model: config.default_model.clone(),
+        };
         let rules = db::compiled_rules(d).await.unwrap_or_else(|e| {
             console_warn!("routing rules unavailable, using the default: {e}");
             crate::routing::CompiledRules::compile(Vec::new())
         });
-        let ctx = RoutingContext { content: &message.content, user_id: user, agent: agent.map(|a| a.name.as_str()) };
+        let ctx = RoutingContext {
+            content: &message.content,
+            user_id: user,
+            agent: agent.map(|a| a.name.as_str()),
+        };
         let candidates = rules.candidates(&ctx, &default);
         if let Some(first) = candidates.first() {
             self.room.borrow_mut().session.routing_decision = Some(first.clone());
@@ -916,14 +1346,32 @@ impl Conversation {
 
     /// One model call: stream its deltas to every socket as they arrive.
     #[allow(clippy::too_many_arguments)]
-    async fn call_model(&self, turn: &mut Turn, provider: &ProviderConfig, model: &str, messages: &[ChatMessage], tools: &[crate::llm::ToolSpec], thinking: ThinkingLevel, config: &Config, id_json: &str) -> StepOutcome {
+    async fn call_model(
+        &self,
+        turn: &mut Turn,
+        provider: &ProviderConfig,
+        model: &str,
+        messages: &[ChatMessage],
+        tools: &[crate::llm::ToolSpec],
+        thinking: ThinkingLevel,
+        config: &Config,
+        id_json: &str,
+    ) -> StepOutcome {
         let ctrl = AbortController::default();
         let signal = ctrl.signal();
         *self.abort.borrow_mut() = Some(ctrl);
         if self.aborted.get() {
             return StepOutcome::Done(StopReason::Aborted);
         }
-        let spec = CallSpec { base_url: &provider.base_url, api_key: provider.api_key.as_deref(), model, messages, tools, thinking, max_tokens: config.max_output_tokens };
+        let spec = CallSpec {
+            base_url: &provider.base_url,
+            api_key: provider.api_key.as_deref(),
+            model,
+            messages,
+            tools,
+            thinking,
+            max_tokens: config.max_output_tokens,
+        };
         match upstream::open(provider, &spec, &signal, config.upstream_stall_ms).await {
             Err(e) => turn.fail_step(e),
             Ok(mut stream) => {
@@ -932,8 +1380,12 @@ impl Conversation {
                         break;
                     }
                     match turn.on_stream_event(event) {
-                        Some(Emit::Text(t)) => self.broadcast("agent:text", protocol::delta_payload(id_json, &t)),
-                        Some(Emit::Thinking(t)) => self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t)),
+                        Some(Emit::Text(t)) => {
+                            self.broadcast("agent:text", protocol::delta_payload(id_json, &t))
+                        }
+                        Some(Emit::Thinking(t)) => {
+                            self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t))
+                        }
                         None => {}
                     }
                 }
@@ -943,21 +1395,51 @@ impl Conversation {
     }
 
     /// Stores the assistant message (also when aborted or failed), updates metrics and ends the turn for every socket.
-    async fn finish_turn(&self, turn: Turn, stop: StopReason, error: Option<&UpstreamError>, catalog: &Catalog, d: &D1Database) {
+    async fn finish_turn(
+        &self,
+        turn: Turn,
+        stop: StopReason,
+        error: Option<&UpstreamError>,
+        catalog: &Catalog,
+        d: &D1Database,
+    ) {
         let (id, provider, model, thinking) = {
             let room = self.room.borrow();
             let s = &room.session;
-            (room.id.clone(), s.provider.clone().unwrap_or_default(), s.model_id.clone().unwrap_or_default(), s.thinking())
+            (
+                room.id.clone(),
+                s.provider.clone().unwrap_or_default(),
+                s.model_id.clone().unwrap_or_default(),
+                s.thinking(),
+            )
         };
-        let usage = conversation::turn_usage(catalog, &provider, &model, thinking, &turn.usage, turn.last_prompt_tokens);
+        let usage = conversation::turn_usage(
+            catalog,
+            &provider,
+            &model,
+            thinking,
+            &turn.usage,
+            turn.last_prompt_tokens,
+        );
         let mut metadata = conversation::assistant_metadata(&now_iso(), &usage, &turn, stop, error);
-        if turn.new_context.len() > 1 || turn.new_context.iter().any(|m| matches!(m, ChatMessage::Assistant { thinking: Some(_), .. })) {
+        if turn.new_context.len() > 1
+            || turn.new_context.iter().any(|m| {
+                matches!(
+                    m,
+                    ChatMessage::Assistant {
+                        thinking: Some(_),
+                        ..
+                    }
+                )
+            })
+        {
             // Tool steps and signed thinking replay to the model on resume.
             metadata["context"] = serde_json::to_value(&turn.new_context).unwrap_or(Value::Null);
         }
         let (content, cut) = store::fit_content(&turn.text);
         if cut {
-            metadata["truncatedForStorage"] = json!({ "storedBytes": content.len(), "totalBytes": turn.text.len() });
+            metadata["truncatedForStorage"] =
+                json!({ "storedBytes": content.len(), "totalBytes": turn.text.len() });
         }
         let mut metadata_text = metadata.to_string();
         if metadata_text.len() > 400_000 {
@@ -966,13 +1448,37 @@ impl Conversation {
             metadata["contextDropped"] = Value::Bool(true);
             metadata_text = metadata.to_string();
         }
-        let store_it = !turn.text.is_empty() || !turn.tool_records.is_empty() || matches!(stop, StopReason::Aborted | StopReason::Error | StopReason::Truncated);
+        let store_it = !turn.text.is_empty()
+            || !turn.tool_records.is_empty()
+            || matches!(
+                stop,
+                StopReason::Aborted | StopReason::Error | StopReason::Truncated
+            );
         if store_it {
             let now = now_ms();
-            let result = db::run(d, sql::INSERT_MESSAGE, &[db::text(&new_id()), db::text(&id), db::text("assistant"), db::text(&content), db::text(&metadata_text), db::num(now)]).await;
+            let result = db::run(
+                d,
+                sql::INSERT_MESSAGE,
+                &[
+                    db::text(&new_id()),
+                    db::text(&id),
+                    db::text("assistant"),
+                    db::text(&content),
+                    db::text(&metadata_text),
+                    db::num(now),
+                ],
+            )
+            .await;
             if let Err(e) = result {
                 console_error!("storing the assistant message: {e}");
-                self.broadcast("error", protocol::error_payload(Some(&id), ErrorCode::Internal, "the reply could not be stored"));
+                self.broadcast(
+                    "error",
+                    protocol::error_payload(
+                        Some(&id),
+                        ErrorCode::Internal,
+                        "the reply could not be stored",
+                    ),
+                );
             }
         }
         {
@@ -995,12 +1501,15 @@ impl Conversation {
 
     fn session_info(&self, catalog: &Catalog) -> String {
         let config = self.config.as_ref().ok();
-        let default = config.map(|c| (c.default_provider.clone(), c.default_model.clone())).unwrap_or_else(|| ("echo".into(), "echo".into()));
+        let default = config
+            .map(|c| (c.default_provider.clone(), c.default_model.clone()))
+            .unwrap_or_else(|| ("echo".into(), "echo".into()));
         let room = self.room.borrow();
         let provider = room.session.provider.clone().unwrap_or(default.0.clone());
         let model = room.session.model_id.clone().unwrap_or(default.1.clone());
         let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model));
-        room.session.info_payload(&room.id, (&default.0, &default.1), &levels)
+        room.session
+            .info_payload(&room.id, (&default.0, &default.1), &levels)
     }
 
     async fn current_catalog(&self) -> Catalog {
@@ -1017,7 +1526,10 @@ impl Conversation {
         let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
         let parsed = ThinkingLevel::parse(level).filter(|l| levels.contains(l));
         let Some(parsed) = parsed else {
-            return Err(format!("Invalid thinking level \"{level}\". Available: {}", names.join(", ")));
+            return Err(format!(
+                "Invalid thinking level \"{level}\". Available: {}",
+                names.join(", ")
+            ));
         };
         self.room.borrow_mut().session.thinking_level = Some(parsed);
         self.save_session().await;
@@ -1028,20 +1540,41 @@ impl Conversation {
     fn current_model(&self) -> (String, String) {
         let room = self.room.borrow();
         let config = self.config.as_ref().ok();
-        let provider = room.session.provider.clone().or_else(|| config.map(|c| c.default_provider.clone())).unwrap_or_else(|| "echo".into());
-        let model = room.session.model_id.clone().or_else(|| config.map(|c| c.default_model.clone())).unwrap_or_else(|| "echo".into());
+        let provider = room
+            .session
+            .provider
+            .clone()
+            .or_else(|| config.map(|c| c.default_provider.clone()))
+            .unwrap_or_else(|| "echo".into());
+        let model = room
+            .session
+            .model_id
+            .clone()
+            .or_else(|| config.map(|c| c.default_model.clone()))
+            .unwrap_or_else(|| "echo".into());
         (provider, model)
     }
 
     /// Sets (`Some`) or clears (`None`) the `/model` override; every socket gets `session:info`.
-    async fn set_model_override(&self, model: Option<String>) -> std::result::Result<String, String> {
+    async fn set_model_override(
+        &self,
+        model: Option<String>,
+    ) -> std::result::Result<String, String> {
         let config = self.config().map_err(|e| e.to_string())?;
         let catalog = self.current_catalog().await;
         match &model {
             Some(spec) => {
                 let (provider, id) = resolve_model(spec, None, &catalog, &config);
                 if config.provider(&provider).is_none() {
-                    return Err(format!("provider \"{provider}\" is not configured; configured: {}", config.providers.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")));
+                    return Err(format!(
+                        "provider \"{provider}\" is not configured; configured: {}",
+                        config
+                            .providers
+                            .iter()
+                            .map(|p| p.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
                 }
                 let mut room = self.room.borrow_mut();
                 room.session.model_override = Some(format!("{provider}/{id}"));
@@ -1062,18 +1595,30 @@ impl Conversation {
         Ok(info)
     }
 
-    async fn execute_command(&self, command: &str, args: Option<&Value>, _user: &str, config: &Config) -> Value {
+    async fn execute_command(
+        &self,
+        command: &str,
+        args: Option<&Value>,
+        _user: &str,
+        config: &Config,
+    ) -> Value {
         let id = self.room.borrow().id.clone();
         let parsed = match commands::parse(command, args) {
             Ok(c) => c,
-            Err(e) => return json!({ "conversationId": id, "command": command, "success": false, "message": e.to_string() }),
+            Err(e) => {
+                return json!({ "conversationId": id, "command": command, "success": false, "message": e.to_string() })
+            }
         };
         let name = parsed.name();
         let (success, message, data) = match parsed {
             Command::Help => (true, commands::help_text(), Value::Null),
             Command::New => {
                 let fresh = new_id();
-                (true, format!("New conversation {fresh}: open a socket with conversationId={fresh}"), json!({ "conversationId": fresh }))
+                (
+                    true,
+                    format!("New conversation {fresh}: open a socket with conversationId={fresh}"),
+                    json!({ "conversationId": fresh }),
+                )
             }
             Command::ShowModel => {
                 let (p, m) = self.current_model();
@@ -1082,7 +1627,11 @@ impl Conversation {
                     Some(o) => format!("override {o}"),
                     None => "routing decides".into(),
                 };
-                (true, format!("Model: {p}/{m} ({how})"), json!({ "provider": p, "modelId": m, "override": over }))
+                (
+                    true,
+                    format!("Model: {p}/{m} ({how})"),
+                    json!({ "provider": p, "modelId": m, "override": over }),
+                )
             }
             Command::SetModel(spec) => match self.set_model_override(Some(spec)).await {
                 Ok(info) => {
@@ -1092,16 +1641,27 @@ impl Conversation {
                 Err(e) => (false, e, Value::Null),
             },
             Command::ClearModel => match self.set_model_override(None).await {
-                Ok(info) => (true, "Model override cleared; routing decides again".into(), serde_json::from_str(&info).unwrap_or(Value::Null)),
+                Ok(info) => (
+                    true,
+                    "Model override cleared; routing decides again".into(),
+                    serde_json::from_str(&info).unwrap_or(Value::Null),
+                ),
                 Err(e) => (false, e, Value::Null),
             },
             Command::SetThinking(level) => match self.set_thinking(level.as_str()).await {
-                Ok(()) => (true, format!("Thinking level set to {}", level.as_str()), json!({ "thinkingLevel": level.as_str() })),
+                Ok(()) => (
+                    true,
+                    format!("Thinking level set to {}", level.as_str()),
+                    json!({ "thinkingLevel": level.as_str() }),
+                ),
                 Err(e) => (false, e, Value::Null),
             },
             Command::ShowAgent => {
                 let agent = self.room.borrow().session.agent.clone();
-                let msg = agent.as_ref().map(|a| format!("Agent: {a}")).unwrap_or_else(|| "No agent is active".into());
+                let msg = agent
+                    .as_ref()
+                    .map(|a| format!("Agent: {a}"))
+                    .unwrap_or_else(|| "No agent is active".into());
                 (true, msg, json!({ "agentName": agent }))
             }
             Command::SetAgent(name) => {
@@ -1115,12 +1675,24 @@ impl Conversation {
                         self.save_session().await;
                         let catalog = self.current_catalog().await;
                         self.broadcast("session:info", self.session_info(&catalog));
-                        (true, format!("Agent set to {}", a.name), json!({ "agentName": a.name }))
+                        (
+                            true,
+                            format!("Agent set to {}", a.name),
+                            json!({ "agentName": a.name }),
+                        )
                     }
                     None => {
                         let names: Vec<&str> = found.iter().map(|(_, a)| a.name.as_str()).collect();
-                        let list = if names.is_empty() { "none are configured".to_string() } else { names.join(", ") };
-                        (false, format!("Unknown agent \"{name}\". Available: {list}"), Value::Null)
+                        let list = if names.is_empty() {
+                            "none are configured".to_string()
+                        } else {
+                            names.join(", ")
+                        };
+                        (
+                            false,
+                            format!("Unknown agent \"{name}\". Available: {list}"),
+                            Value::Null,
+                        )
                     }
                 }
             }
@@ -1142,8 +1714,21 @@ impl Conversation {
                     "provider": s.provider, "modelId": s.model_id, "thinkingLevel": s.thinking().as_str(),
                     "modelOverride": s.model_override, "agentName": s.agent, "routingDecision": s.routing_decision,
                 });
-                let cost = if m.unpriced_turns > 0 { format!("${:.6} (+{} turns of unknown cost)", m.cost_usd, m.unpriced_turns) } else { format!("${:.6}", m.cost_usd) };
-                let msg = format!("{} messages, {} turns, {} tokens, cost {cost}, {} model switches", m.messages, m.turns, m.tokens.total(), m.model_switches);
+                let cost = if m.unpriced_turns > 0 {
+                    format!(
+                        "${:.6} (+{} turns of unknown cost)",
+                        m.cost_usd, m.unpriced_turns
+                    )
+                } else {
+                    format!("${:.6}", m.cost_usd)
+                };
+                let msg = format!(
+                    "{} messages, {} turns, {} tokens, cost {cost}, {} model switches",
+                    m.messages,
+                    m.turns,
+                    m.tokens.total(),
+                    m.model_switches
+                );
                 (true, msg, data)
             }
         };
@@ -1164,7 +1749,12 @@ fn same(a: &WebSocket, b: &WebSocket) -> bool {
 }
 
 /// Splits `provider/model`, or finds the provider in the catalog, else uses the default provider.
-fn resolve_model(spec: &str, provider: Option<&str>, catalog: &Catalog, config: &Config) -> (String, String) {
+fn resolve_model(
+    spec: &str,
+    provider: Option<&str>,
+    catalog: &Catalog,
+    config: &Config,
+) -> (String, String) {
     if let Some(p) = provider {
         let model = spec.strip_prefix(&format!("{p}/")).unwrap_or(spec);
         return (p.to_string(), model.to_string());

@@ -9,10 +9,22 @@ use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit};
 const MAX_RESULT_BYTES: usize = 256 * 1024;
 
 /// The tool's answer as text, and whether it is an error the model should see as one.
-pub async fn run(tool: &HttpTool, arguments: &str, signal: &AbortSignal, timeout_ms: u64) -> (String, bool) {
-    let args = if arguments.trim().is_empty() { "{}" } else { arguments };
+pub async fn run(
+    tool: &HttpTool,
+    arguments: &str,
+    signal: &AbortSignal,
+    timeout_ms: u64,
+) -> (String, bool) {
+    let args = if arguments.trim().is_empty() {
+        "{}"
+    } else {
+        arguments
+    };
     if serde_json::from_str::<serde_json::Value>(args).is_err() {
-        return (format!("tool {}: the arguments are not valid JSON", tool.name), true);
+        return (
+            format!("tool {}: the arguments are not valid JSON", tool.name),
+            true,
+        );
     }
     let headers = Headers::new();
     let _ = headers.set("content-type", "application/json");
@@ -20,7 +32,9 @@ pub async fn run(tool: &HttpTool, arguments: &str, signal: &AbortSignal, timeout
         let _ = headers.set("authorization", &format!("Bearer {secret}"));
     }
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(args.into()));
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(args.into()));
     let req = match Request::new_with_init(&tool.url, &init) {
         Ok(r) => r,
         Err(e) => return (format!("tool {}: bad request: {e}", tool.name), true),
@@ -31,17 +45,28 @@ pub async fn run(tool: &HttpTool, arguments: &str, signal: &AbortSignal, timeout
         let text = resp.text().await?;
         Ok::<_, worker::Error>((status, text))
     };
-    match select(Box::pin(call), Delay::from(Duration::from_millis(timeout_ms))).await {
+    match select(
+        Box::pin(call),
+        Delay::from(Duration::from_millis(timeout_ms)),
+    )
+    .await
+    {
         Either::Left((Ok((status, text)), _)) => {
             let text = cut(text);
             if (200..300).contains(&status) {
                 (text, false)
             } else {
-                (format!("tool {} answered HTTP {status}: {text}", tool.name), true)
+                (
+                    format!("tool {} answered HTTP {status}: {text}", tool.name),
+                    true,
+                )
             }
         }
         Either::Left((Err(e), _)) => (format!("tool {} failed: {e}", tool.name), true),
-        Either::Right(_) => (format!("tool {} timed out after {timeout_ms} ms", tool.name), true),
+        Either::Right(_) => (
+            format!("tool {} timed out after {timeout_ms} ms", tool.name),
+            true,
+        ),
     }
 }
 
@@ -53,7 +78,9 @@ fn cut(mut text: String) -> String {
         }
         let total = text.len();
         text.truncate(end);
-        text.push_str(&format!("\n[truncated by the gateway: {end} of {total} bytes]"));
+        text.push_str(&format!(
+            "\n[truncated by the gateway: {end} of {total} bytes]"
+        ));
     }
     text
 }

@@ -2,7 +2,10 @@
 
 use crate::config::ProviderConfig;
 use crate::llm::sse::{SseDecoder, SseEvent};
-use crate::llm::{anthropic, openai, CallSpec, ChatMessage, FinishReason, ProviderKind, StreamDecoder, StreamEvent, UpstreamError, UpstreamErrorKind, Usage};
+use crate::llm::{
+    anthropic, openai, CallSpec, ChatMessage, FinishReason, ProviderKind, StreamDecoder,
+    StreamEvent, UpstreamError, UpstreamErrorKind, Usage,
+};
 use futures::future::{select, Either};
 use futures::StreamExt;
 use std::collections::VecDeque;
@@ -27,10 +30,21 @@ pub struct HttpStream {
 }
 
 /// Starts a call; errors before the first byte are classified for retry and fallover.
-pub async fn open(provider: &ProviderConfig, spec: &CallSpec<'_>, signal: &AbortSignal, stall_ms: u64) -> Result<ModelStream, UpstreamError> {
+pub async fn open(
+    provider: &ProviderConfig,
+    spec: &CallSpec<'_>,
+    signal: &AbortSignal,
+    stall_ms: u64,
+) -> Result<ModelStream, UpstreamError> {
     let (request, decoder): (_, Box<dyn StreamDecoder>) = match provider.kind {
-        ProviderKind::OpenAi => (openai::build_request(spec), Box::new(openai::OpenAiDecoder::new())),
-        ProviderKind::Anthropic => (anthropic::build_request(spec), Box::new(anthropic::AnthropicDecoder::new())),
+        ProviderKind::OpenAi => (
+            openai::build_request(spec),
+            Box::new(openai::OpenAiDecoder::new()),
+        ),
+        ProviderKind::Anthropic => (
+            anthropic::build_request(spec),
+            Box::new(anthropic::AnthropicDecoder::new()),
+        ),
         ProviderKind::Echo => return Ok(ModelStream::Echo(EchoStream::new(spec.messages))),
     };
     let headers = Headers::new();
@@ -38,14 +52,20 @@ pub async fn open(provider: &ProviderConfig, spec: &CallSpec<'_>, signal: &Abort
         headers.set(k, v).map_err(|e| network(provider, e))?;
     }
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(request.body.into()));
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(request.body.into()));
     let req = Request::new_with_init(&request.url, &init).map_err(|e| network(provider, e))?;
     let fetch = Fetch::Request(req);
     let send = fetch.send_with_signal(signal);
-    let mut resp = match select(Box::pin(send), Delay::from(Duration::from_millis(stall_ms))).await {
+    let mut resp = match select(Box::pin(send), Delay::from(Duration::from_millis(stall_ms))).await
+    {
         Either::Left((r, _)) => r.map_err(|e| network(provider, e))?,
         Either::Right(_) => {
-            return Err(UpstreamError::new(UpstreamErrorKind::Timeout, format!("{}: no response within {stall_ms} ms", provider.name)));
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!("{}: no response within {stall_ms} ms", provider.name),
+            ));
         }
     };
     let status = resp.status_code();
@@ -53,18 +73,31 @@ pub async fn open(provider: &ProviderConfig, spec: &CallSpec<'_>, signal: &Abort
         let retry_after = resp.headers().get("retry-after").ok().flatten();
         let body = resp.text().await.unwrap_or_default();
         let mut e = match provider.kind {
-            ProviderKind::Anthropic => anthropic::classify_error(status, retry_after.as_deref(), &body),
+            ProviderKind::Anthropic => {
+                anthropic::classify_error(status, retry_after.as_deref(), &body)
+            }
             _ => openai::classify_error(status, retry_after.as_deref(), &body),
         };
         e.message = format!("{} answered {status}: {}", provider.name, e.message);
         return Err(e);
     }
     let body = resp.stream().map_err(|e| network(provider, e))?;
-    Ok(ModelStream::Http(Box::new(HttpStream { body, sse: SseDecoder::new(), decoder, events: Vec::new(), pending: VecDeque::new(), ended: false, stall_ms })))
+    Ok(ModelStream::Http(Box::new(HttpStream {
+        body,
+        sse: SseDecoder::new(),
+        decoder,
+        events: Vec::new(),
+        pending: VecDeque::new(),
+        ended: false,
+        stall_ms,
+    })))
 }
 
 fn network(provider: &ProviderConfig, e: impl std::fmt::Display) -> UpstreamError {
-    UpstreamError::new(UpstreamErrorKind::Network, format!("{}: {e}", provider.name))
+    UpstreamError::new(
+        UpstreamErrorKind::Network,
+        format!("{}: {e}", provider.name),
+    )
 }
 
 impl ModelStream {
@@ -86,11 +119,19 @@ impl HttpStream {
             if self.ended {
                 return None;
             }
-            let chunk = match select(self.body.next(), Delay::from(Duration::from_millis(self.stall_ms))).await {
+            let chunk = match select(
+                self.body.next(),
+                Delay::from(Duration::from_millis(self.stall_ms)),
+            )
+            .await
+            {
                 Either::Left((c, _)) => c,
                 Either::Right(_) => {
                     self.ended = true;
-                    return Some(StreamEvent::Error(UpstreamError::new(UpstreamErrorKind::Timeout, format!("the stream stalled: no bytes for {} ms", self.stall_ms))));
+                    return Some(StreamEvent::Error(UpstreamError::new(
+                        UpstreamErrorKind::Timeout,
+                        format!("the stream stalled: no bytes for {} ms", self.stall_ms),
+                    )));
                 }
             };
             let mut out = Vec::new();
@@ -98,7 +139,10 @@ impl HttpStream {
                 Some(Ok(bytes)) => {
                     if let Err(e) = self.sse.push(&bytes, &mut self.events) {
                         self.ended = true;
-                        out.push(StreamEvent::Error(UpstreamError::new(UpstreamErrorKind::Malformed, format!("bad event stream: {e}"))));
+                        out.push(StreamEvent::Error(UpstreamError::new(
+                            UpstreamErrorKind::Malformed,
+                            format!("bad event stream: {e}"),
+                        )));
                     }
                     for ev in self.events.drain(..) {
                         self.decoder.on_event(&ev, &mut out);
@@ -106,7 +150,10 @@ impl HttpStream {
                 }
                 Some(Err(e)) => {
                     self.ended = true;
-                    out.push(StreamEvent::Error(UpstreamError::new(UpstreamErrorKind::Network, format!("the stream broke: {e}"))));
+                    out.push(StreamEvent::Error(UpstreamError::new(
+                        UpstreamErrorKind::Network,
+                        format!("the stream broke: {e}"),
+                    )));
                 }
                 None => {
                     self.ended = true;
@@ -141,18 +188,31 @@ impl EchoStream {
         let reply = format!("Echo: {last}");
         let words: Vec<&str> = reply.split_inclusive(' ').collect();
         let per = words.len().div_ceil(6).max(1);
-        let mut pending: VecDeque<StreamEvent> = words.chunks(per).map(|c| StreamEvent::Text(c.concat())).collect();
+        let mut pending: VecDeque<StreamEvent> = words
+            .chunks(per)
+            .map(|c| StreamEvent::Text(c.concat()))
+            .collect();
         let input: usize = messages
             .iter()
             .map(|m| match m {
-                ChatMessage::System { content } | ChatMessage::User { content } | ChatMessage::Tool { content, .. } => content.split_whitespace().count(),
+                ChatMessage::System { content }
+                | ChatMessage::User { content }
+                | ChatMessage::Tool { content, .. } => content.split_whitespace().count(),
                 ChatMessage::Assistant { content, .. } => content.split_whitespace().count(),
             })
             .sum();
         let output = pending.len() as u64;
-        pending.push_back(StreamEvent::Usage(Usage { input: input as u64, output, cache_read: 0, cache_write: 0 }));
+        pending.push_back(StreamEvent::Usage(Usage {
+            input: input as u64,
+            output,
+            cache_read: 0,
+            cache_write: 0,
+        }));
         pending.push_back(StreamEvent::Finish(FinishReason::Stop));
-        EchoStream { pending, first: true }
+        EchoStream {
+            pending,
+            first: true,
+        }
     }
 
     async fn next(&mut self) -> Option<StreamEvent> {
