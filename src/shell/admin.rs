@@ -27,11 +27,11 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
         ));
     };
     let presented = req.headers().get("authorization").ok().flatten();
-    let ok = presented
+    let authorized = presented
         .as_deref()
         .and_then(auth::bearer)
         .is_some_and(|t| auth::admin_token_matches(t, admin_token));
-    if !ok {
+    if !authorized {
         return Err(ApiError::Unauthorized(
             "admin routes need Authorization: Bearer <ADMIN_TOKEN>".into(),
         ));

@@ -11,8 +11,6 @@ use crate::config::Config;
 use crate::error::ApiError;
 use worker::{event, Context, Env, Headers, Request, Response, Result};
 
-pub use room::Conversation;
-
 /// Reads the configuration from vars and secrets.
 pub fn load_config(env: &Env) -> std::result::Result<Config, crate::config::ConfigError> {
     Config::from_lookup(|name| {

@@ -112,7 +112,7 @@ impl DurableObject for Conversation {
         self.ensure_loaded(Some(&conversation))?;
         let config = self.config()?;
         match req.path().as_str() {
-            "/connect" => self.connect(&req, &config).await,
+            "/connect" => self.attach(&req, &config).await,
             "/reload" => {
                 let body: Value = req.json().await.unwrap_or(Value::Null);
                 self.reload(body).await
@@ -545,7 +545,7 @@ impl Conversation {
 
     // ---- connecting ----------------------------------------------------------------------
 
-    async fn connect(&self, req: &Request, config: &Config) -> Result<Response> {
+    async fn attach(&self, req: &Request, config: &Config) -> Result<Response> {
         let framing = req
             .headers()
             .get(super::gateway::H_FRAMING)?
@@ -601,22 +601,26 @@ impl Conversation {
     fn greet(&self, ws: &WebSocket, meta: &SocketMeta, last_seq: Option<u64>) {
         self.send_to(ws, meta, &self.manifest());
         let Some(last) = last_seq else { return };
-        let room = self.room.borrow();
-        match room.log.after(last) {
-            Ok(events) => {
-                for e in events {
-                    if let Some(frame) = Self::frame(e, meta) {
-                        let _ = ws.send_with_str(frame);
-                    }
+        match self.replay_frames(last, meta) {
+            Ok(frames) => {
+                for frame in frames {
+                    let _ = ws.send_with_str(frame);
                 }
             }
             Err(gap) => {
+                let id = self.room.borrow().id.clone();
                 let msg = format!("cannot resume after seq {last}: events before {} are no longer held; reload the history over HTTP", gap.oldest);
-                let payload = json!({ "conversationId": room.id, "error": msg, "code": "resume_gap", "oldestSeq": gap.oldest }).to_string();
-                drop(room);
+                let payload = json!({ "conversationId": id, "error": msg, "code": "resume_gap", "oldestSeq": gap.oldest }).to_string();
                 self.send_to(ws, meta, &OutEvent::unsequenced("error", payload));
             }
         }
+    }
+
+    /// The frames a socket missed after `last`, in order.
+    fn replay_frames(&self, last: u64, meta: &SocketMeta) -> std::result::Result<Vec<String>, conversation::ReplayGap> {
+        let room = self.room.borrow();
+        let frames = room.log.after(last)?.filter_map(|e| Self::frame(e, meta)).collect();
+        Ok(frames)
     }
 
     async fn arm_heartbeat(&self, config: &Config) {
@@ -691,13 +695,8 @@ impl Conversation {
         let _ = ws.send_with_str(sio::connect_ok(NSP, &meta.sid, Some(&meta.pid)));
         self.send_to(ws, &meta, &self.manifest());
         if let (Some((_, offset)), true) = (recovery, recovered) {
-            let room = self.room.borrow();
-            if let Ok(events) = room.log.after(offset) {
-                for e in events {
-                    if let Some(frame) = Self::frame(e, &meta) {
-                        let _ = ws.send_with_str(frame);
-                    }
-                }
+            for frame in self.replay_frames(offset, &meta).unwrap_or_default() {
+                let _ = ws.send_with_str(frame);
             }
         }
         let _ = config;
