@@ -373,7 +373,11 @@ pub fn truncate_chars(s: &str, max_chars: usize) -> String {
     }
 }
 
-/// Parses a `retry-after` header value in seconds (integer or decimal) into milliseconds.
+/// Longest retry delay reported, in milliseconds (a day): keeps `now + delay` far from overflow.
+pub const MAX_RETRY_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Parses a `retry-after` header value in seconds (integer or decimal) into milliseconds,
+/// at most [`MAX_RETRY_AFTER_MS`].
 ///
 /// An HTTP-date is ignored (`None`): turning it into a delay needs a clock, which this pure
 /// core does not read; the caller falls back to its own backoff.
@@ -383,15 +387,16 @@ pub fn parse_retry_after(value: &str) -> Option<u64> {
         return None;
     }
     let secs: f64 = v.parse().ok()?;
-    if !secs.is_finite() || secs < 0.0 {
+    // Digits only, so never negative; too many digits parse as infinity, which the clamp bounds.
+    if secs.is_nan() {
         return None;
     }
-    // `as` saturates, so an absurd value becomes u64::MAX rather than wrapping.
-    Some((secs * 1000.0).round() as u64)
+    // `as` saturates, so an absurd value cannot wrap before the clamp.
+    Some(((secs * 1000.0).round() as u64).min(MAX_RETRY_AFTER_MS))
 }
 
 /// Finds a delay hint in an error message ("Please try again in 1.5s", "try again in 6ms",
-/// "retry after 20 seconds", "try again in 7m12s"), in milliseconds.
+/// "retry after 20 seconds", "try again in 7m12s"), in milliseconds, at most [`MAX_RETRY_AFTER_MS`].
 pub fn retry_hint_from_text(text: &str) -> Option<u64> {
     let lower = scan_prefix(text).to_ascii_lowercase();
     for marker in ["try again in ", "retry after ", "retry in "] {
@@ -442,7 +447,7 @@ fn parse_duration_prefix(s: &str) -> Option<u64> {
         rest = tail;
     }
     if any && total.is_finite() {
-        Some(total.round() as u64)
+        Some((total.round() as u64).min(MAX_RETRY_AFTER_MS))
     } else {
         None
     }
@@ -569,27 +574,23 @@ pub fn status_kind(status: u16) -> UpstreamErrorKind {
 pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> UpstreamError {
     let fields = parse_error_body(body);
     let by_fields = kind_from_error_fields(&fields);
-    let mut kind = status_kind(status);
-    match kind {
-        UpstreamErrorKind::BadRequest => {
-            if by_fields == Some(UpstreamErrorKind::ContextTooLong) || mentions_context_length(body)
-            {
-                kind = UpstreamErrorKind::ContextTooLong;
-            } else if by_fields == Some(UpstreamErrorKind::Overloaded) {
-                kind = UpstreamErrorKind::Overloaded;
-            }
+    let kind = match status_kind(status) {
+        UpstreamErrorKind::BadRequest
+            if by_fields == Some(UpstreamErrorKind::ContextTooLong)
+                || mentions_context_length(body) =>
+        {
+            UpstreamErrorKind::ContextTooLong
         }
-        UpstreamErrorKind::Server => {
+        UpstreamErrorKind::Server
             if by_fields == Some(UpstreamErrorKind::Overloaded)
                 || scan_prefix(body)
                     .to_ascii_lowercase()
-                    .contains("overloaded")
-            {
-                kind = UpstreamErrorKind::Overloaded;
-            }
+                    .contains("overloaded") =>
+        {
+            UpstreamErrorKind::Overloaded
         }
-        _ => {}
-    }
+        kind => kind,
+    };
     let message = match &fields.message {
         Some(m) => truncate_chars(m, MAX_ERROR_MESSAGE_CHARS),
         None => truncate_chars(body, MAX_ERROR_MESSAGE_CHARS),
@@ -642,15 +643,21 @@ pub fn classify_stream_error(fields: &ErrorBody) -> UpstreamError {
     }
 }
 
-/// Reads a JSON token count: a non-negative integer, or a float some servers send; anything else is 0.
+/// Largest token count read from a provider: far above any real call, yet low enough that
+/// summing many calls' [`Usage`] (which adds without overflow checks) cannot overflow.
+pub const MAX_TOKEN_COUNT: u64 = u32::MAX as u64;
+
+/// Reads a JSON token count: a non-negative integer (or a float, which some servers send),
+/// clamped to [`MAX_TOKEN_COUNT`]; anything else is 0.
 pub fn json_count(v: Option<&serde_json::Value>) -> u64 {
-    match v {
+    let n = match v {
         Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or_else(|| match n.as_f64() {
             Some(f) if f.is_finite() && f > 0.0 => f as u64,
             _ => 0,
         }),
         _ => 0,
-    }
+    };
+    n.min(MAX_TOKEN_COUNT)
 }
 
 /// Helpers shared by the provider modules' tests.
@@ -708,6 +715,49 @@ pub(crate) mod test_support {
         Ok(())
     }
 
+    /// An object of the fields that are present (`Some`).
+    pub fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
+        Value::Object(
+            fields
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                .collect(),
+        )
+    }
+
+    /// A field value: usually absent or of the expected shape `usual`, sometimes any JSON.
+    pub fn field(
+        usual: impl Strategy<Value = Value> + 'static,
+        words: &'static [&'static str],
+    ) -> BoxedStrategy<Option<Value>> {
+        prop_oneof![
+            2 => Just(None),
+            4 => usual.prop_map(Some),
+            1 => arb_json(words).prop_map(Some),
+        ]
+        .boxed()
+    }
+
+    /// A token count as servers send it, or a strange number.
+    pub fn count() -> BoxedStrategy<Value> {
+        prop_oneof![
+            4 => (0u64..5000).prop_map(Value::from),
+            1 => any::<u64>().prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(Value::from),
+        ]
+        .boxed()
+    }
+
+    /// A string from `words` or any string.
+    pub fn text(words: &'static [&'static str]) -> BoxedStrategy<Value> {
+        prop_oneof![
+            2 => prop::sample::select(words).prop_map(Value::from),
+            1 => any::<String>().prop_map(Value::from),
+        ]
+        .boxed()
+    }
+
     /// Arbitrary JSON whose keys and strings are drawn mostly from `words`, so that random
     /// values reach the decoders' deeper paths.
     pub fn arb_json(words: &'static [&'static str]) -> BoxedStrategy<Value> {
@@ -729,5 +779,123 @@ pub(crate) mod test_support {
             ]
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_header() {
+        assert_eq!(parse_retry_after("2"), Some(2000));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(500));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after(""), None);
+        assert_eq!(parse_retry_after("1."), Some(1000));
+        assert_eq!(parse_retry_after("1.2.3"), None);
+        assert_eq!(
+            parse_retry_after(&"9".repeat(400)),
+            Some(MAX_RETRY_AFTER_MS)
+        );
+    }
+
+    #[test]
+    fn retry_hints_in_messages() {
+        assert_eq!(
+            retry_hint_from_text("Please try again in 1.5s."),
+            Some(1500)
+        );
+        assert_eq!(retry_hint_from_text("Please try again in 20ms"), Some(20));
+        assert_eq!(retry_hint_from_text("Try again in 7m12s."), Some(432_000));
+        assert_eq!(
+            retry_hint_from_text("Please retry after 20 seconds"),
+            Some(20_000)
+        );
+        assert_eq!(retry_hint_from_text("try again in 1h"), Some(3_600_000));
+        assert_eq!(
+            retry_hint_from_text("try again in 90000h"),
+            Some(MAX_RETRY_AFTER_MS)
+        );
+        assert_eq!(retry_hint_from_text("try again in a moment"), None);
+        assert_eq!(retry_hint_from_text("try again in 5 parsecs"), None);
+        assert_eq!(retry_hint_from_text("slow down"), None);
+    }
+
+    #[test]
+    fn error_body_shapes() {
+        let openai = parse_error_body(
+            r#"{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(openai.message.as_deref(), Some("m"));
+        assert_eq!(openai.error_type.as_deref(), Some("invalid_request_error"));
+        assert_eq!(openai.code.as_deref(), Some("context_length_exceeded"));
+
+        let anthropic = parse_error_body(
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(anthropic.error_type.as_deref(), Some("overloaded_error"));
+        assert_eq!(anthropic.message.as_deref(), Some("Overloaded"));
+
+        let numeric = parse_error_body(r#"{"error":{"code":429,"message":"Rate limited"}}"#);
+        assert_eq!(numeric.code.as_deref(), Some("429"));
+        assert_eq!(
+            kind_from_error_fields(&numeric),
+            Some(UpstreamErrorKind::RateLimited)
+        );
+
+        let wrapped =
+            parse_error_body(r#"[{"error":{"code":503,"message":"busy","status":"UNAVAILABLE"}}]"#);
+        assert_eq!(wrapped.message.as_deref(), Some("busy"));
+
+        assert_eq!(
+            parse_error_body(r#"{"error":"model not found"}"#)
+                .message
+                .as_deref(),
+            Some("model not found")
+        );
+        assert_eq!(
+            parse_error_body(r#"{"message":"Forbidden"}"#)
+                .message
+                .as_deref(),
+            Some("Forbidden")
+        );
+        assert_eq!(parse_error_body("<html>"), ErrorBody::default());
+        assert_eq!(parse_error_body("[]"), ErrorBody::default());
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate_chars("  abc  ", 300), "abc");
+        assert_eq!(
+            truncate_chars("\u{1F30D}\u{1F30D}\u{1F30D}", 2),
+            "\u{1F30D}\u{1F30D}"
+        );
+        assert_eq!(truncate_chars("", 3), "");
+    }
+
+    #[test]
+    fn token_counts_are_clamped() {
+        use serde_json::json;
+        assert_eq!(json_count(Some(&json!(12))), 12);
+        assert_eq!(json_count(Some(&json!(12.7))), 12);
+        assert_eq!(json_count(Some(&json!(-3))), 0);
+        assert_eq!(json_count(Some(&json!("12"))), 0);
+        assert_eq!(json_count(None), 0);
+        assert_eq!(json_count(Some(&json!(u64::MAX))), MAX_TOKEN_COUNT);
+        assert_eq!(json_count(Some(&json!(1e300))), MAX_TOKEN_COUNT);
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_kind(401), UpstreamErrorKind::Auth);
+        assert_eq!(status_kind(403), UpstreamErrorKind::Auth);
+        assert_eq!(status_kind(408), UpstreamErrorKind::Timeout);
+        assert_eq!(status_kind(429), UpstreamErrorKind::RateLimited);
+        assert_eq!(status_kind(529), UpstreamErrorKind::Overloaded);
+        assert_eq!(status_kind(404), UpstreamErrorKind::BadRequest);
+        assert_eq!(status_kind(500), UpstreamErrorKind::Server);
+        assert_eq!(status_kind(302), UpstreamErrorKind::Server);
     }
 }

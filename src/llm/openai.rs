@@ -384,7 +384,9 @@ fn non_empty_str(v: Option<&Value>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::test_support::{arb_json, check_invariants, run, run_all_chunkings};
+    use crate::llm::test_support::{
+        arb_json, check_invariants, count, field, object, run, run_all_chunkings, text as word,
+    };
     use crate::llm::{ThinkingLevel, ToolSpec};
     use proptest::prelude::*;
 
@@ -875,7 +877,7 @@ mod tests {
 
         #[test]
         fn arbitrary_chunks_never_panic(
-            chunks in prop::collection::vec(arb_json(WORDS), 0..12),
+            chunks in prop::collection::vec(prop_oneof![4 => arb_chunk(), 1 => arb_json(WORDS)], 0..12),
             done in any::<bool>(),
         ) {
             let mut stream = String::new();
@@ -889,6 +891,15 @@ mod tests {
             }
             let events = run(&mut OpenAiDecoder::new(), stream.as_bytes(), stream.len());
             prop_assert!(check_invariants(&events).is_ok(), "{:?}", events);
+            let errored = events.iter().any(|e| matches!(e, StreamEvent::Error(_)));
+            if done && !errored {
+                prop_assert!(matches!(events.last(), Some(StreamEvent::Finish(_))), "{:?}", events);
+            }
+            for e in &events {
+                if let StreamEvent::ToolCall(call) = e {
+                    prop_assert!(!call.id.is_empty() && !call.arguments.trim().is_empty());
+                }
+            }
         }
 
         #[test]
@@ -896,6 +907,79 @@ mod tests {
             let e = classify_error(status, retry.as_deref(), &body);
             prop_assert!(e.message.chars().count() <= 300);
         }
+    }
+
+    /// A `tool_calls[]` piece with each field present, absent or odd.
+    fn arb_tool_delta() -> impl Strategy<Value = Value> {
+        (
+            field((0u64..4).prop_map(Value::from), WORDS),
+            field(word(WORDS), WORDS),
+            field(word(WORDS), WORDS),
+            field(word(WORDS), WORDS),
+        )
+            .prop_map(|(index, id, name, arguments)| {
+                let function = object(vec![("name", name), ("arguments", arguments)]);
+                object(vec![
+                    ("index", index),
+                    ("id", id),
+                    ("type", Some(json!("function"))),
+                    ("function", Some(function)),
+                ])
+            })
+    }
+
+    /// A chunk shaped like the real ones, its fields present, absent or odd.
+    fn arb_chunk() -> impl Strategy<Value = Value> {
+        let delta = (
+            field(word(WORDS), WORDS),
+            field(word(WORDS), WORDS),
+            field(word(WORDS), WORDS),
+            field(
+                prop::collection::vec(arb_tool_delta(), 0..3).prop_map(Value::Array),
+                WORDS,
+            ),
+        )
+            .prop_map(|(content, reasoning, reasoning_content, tool_calls)| {
+                object(vec![
+                    ("content", content),
+                    ("reasoning", reasoning),
+                    ("reasoning_content", reasoning_content),
+                    ("tool_calls", tool_calls),
+                ])
+            });
+        let choice = (delta, field(word(WORDS), WORDS)).prop_map(|(delta, finish)| {
+            object(vec![("delta", Some(delta)), ("finish_reason", finish)])
+        });
+        let usage = (
+            field(count(), WORDS),
+            field(count(), WORDS),
+            field(count(), WORDS),
+        )
+            .prop_map(|(prompt, completion, cached)| {
+                object(vec![
+                    ("prompt_tokens", prompt),
+                    ("completion_tokens", completion),
+                    (
+                        "prompt_tokens_details",
+                        Some(object(vec![("cached_tokens", cached)])),
+                    ),
+                ])
+            });
+        (
+            field(
+                prop::collection::vec(choice, 0..2).prop_map(Value::Array),
+                WORDS,
+            ),
+            field(usage, WORDS),
+            prop::option::weighted(0.05, arb_json(WORDS)),
+        )
+            .prop_map(|(choices, usage, error)| {
+                object(vec![
+                    ("choices", choices),
+                    ("usage", usage),
+                    ("error", error),
+                ])
+            })
     }
 
     /// Keys and values the decoder looks at, for [`arb_json`].

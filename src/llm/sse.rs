@@ -25,7 +25,9 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SseEvent {
+    /// The `event:` name; `None` for the default (`message`) type.
     pub event: Option<String>,
+    /// The `data:` lines, joined with `\n`.
     pub data: String,
 }
 
@@ -50,7 +52,7 @@ impl fmt::Display for SseError {
 impl std::error::Error for SseError {}
 
 /// Incremental SSE parser: feed byte chunks with [`push`](Self::push), then call [`finish`](Self::finish) at EOF.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseDecoder {
     /// Bytes of the current, not yet terminated line (consumed lines are drained once per push).
     buf: Vec<u8>,
@@ -70,12 +72,24 @@ pub struct SseDecoder {
     failed: Option<SseError>,
 }
 
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder::new()
+    }
+}
+
 impl SseDecoder {
     /// A decoder at the start of a stream.
     pub fn new() -> Self {
         SseDecoder {
+            buf: Vec::new(),
+            scan: 0,
+            pending_cr: false,
             at_start: true,
-            ..SseDecoder::default()
+            event: None,
+            data: String::new(),
+            has_data: false,
+            failed: None,
         }
     }
 
