@@ -617,9 +617,17 @@ impl Conversation {
     }
 
     /// The frames a socket missed after `last`, in order.
-    fn replay_frames(&self, last: u64, meta: &SocketMeta) -> std::result::Result<Vec<String>, conversation::ReplayGap> {
+    fn replay_frames(
+        &self,
+        last: u64,
+        meta: &SocketMeta,
+    ) -> std::result::Result<Vec<String>, conversation::ReplayGap> {
         let room = self.room.borrow();
-        let frames = room.log.after(last)?.filter_map(|e| Self::frame(e, meta)).collect();
+        let frames = room
+            .log
+            .after(last)?
+            .filter_map(|e| Self::frame(e, meta))
+            .collect();
         Ok(frames)
     }
 
