@@ -387,7 +387,8 @@ impl Conversation {
         }
     }
 
-    fn sockets(&self) -> Vec<(WebSocket, SocketMeta)> {
+    /// Fills the socket cache from the runtime after a wake-up; a no-op when it is warm.
+    fn ensure_sockets(&self) {
         let mut room = self.room.borrow_mut();
         if room.sockets.is_none() {
             let list = self.state.get_websockets().into_iter().map(|ws| {
@@ -400,12 +401,22 @@ impl Conversation {
             });
             room.sockets = Some(list.collect());
         }
-        room.sockets.clone().unwrap_or_default()
+    }
+
+    /// A copy of the attached sockets, for loops that may await.
+    fn sockets(&self) -> Vec<(WebSocket, SocketMeta)> {
+        self.ensure_sockets();
+        self.room.borrow().sockets.clone().unwrap_or_default()
+    }
+
+    fn socket_count(&self) -> usize {
+        self.ensure_sockets();
+        self.room.borrow().sockets.as_ref().map_or(0, |l| l.len())
     }
 
     fn set_meta(&self, ws: &WebSocket, meta: &SocketMeta) -> Result<()> {
         ws.serialize_attachment(meta)?;
-        let _ = self.sockets();
+        self.ensure_sockets();
         if let Some(list) = self.room.borrow_mut().sockets.as_mut() {
             match list.iter_mut().find(|(w, _)| same(w, ws)) {
                 Some(entry) => entry.1 = meta.clone(),
@@ -416,7 +427,7 @@ impl Conversation {
     }
 
     async fn forget_socket(&self, ws: &WebSocket) {
-        let _ = self.sockets();
+        self.ensure_sockets();
         let remaining = {
             let mut room = self.room.borrow_mut();
             if let Some(list) = room.sockets.as_mut() {
@@ -481,9 +492,10 @@ impl Conversation {
 
     /// Numbers a stream event, keeps it for resume and sends it to every socket; each framing is built once.
     fn broadcast(&self, name: &'static str, data: String) {
-        let _ = self.sockets();
-        let mut room = self.room.borrow_mut();
-        let event = room.log.push(name, data, now_ms()).clone();
+        self.ensure_sockets();
+        let mut guard = self.room.borrow_mut();
+        let room = &mut *guard; // split borrows: the logged event and the socket list
+        let event = room.log.push(name, data, now_ms());
         let mut json_frame: Option<String> = None;
         let mut sio_frame: Option<String> = None;
         for (ws, meta) in room.sockets.iter().flatten() {
@@ -592,7 +604,7 @@ impl Conversation {
             self.set_meta(&ws, &meta)?;
             self.greet(&ws, &meta, last_seq);
         }
-        let count = self.sockets().len();
+        let count = self.socket_count();
         self.update_live(count).await;
         Response::from_websocket(pair.client)
     }
@@ -933,7 +945,7 @@ impl Conversation {
         };
         self.kv_put("seq", &seq.to_string());
         self.kv_put("turn", "idle");
-        let count = self.sockets().len();
+        let count = self.socket_count();
         self.update_live(count).await;
     }
 
@@ -1077,7 +1089,7 @@ impl Conversation {
                 });
             }
         }
-        let count = self.sockets().len();
+        let count = self.socket_count();
         self.update_live(count).await;
 
         let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
