@@ -105,6 +105,8 @@ pub enum ClientEvent {
         command: String,
         args: Option<Value>,
     },
+    /// Keepalive from a JSON-framing client; normally answered by the runtime without waking the object.
+    Ping,
 }
 
 impl ClientEvent {
@@ -119,6 +121,7 @@ impl ClientEvent {
             | ClientEvent::CommandExecute {
                 conversation_id, ..
             } => conversation_id.as_deref(),
+            ClientEvent::Ping => None,
         }
     }
 }
@@ -274,6 +277,7 @@ pub fn decode_event(
                 args,
             })
         }
+        "ping" => Ok(ClientEvent::Ping),
         other => Err(ProtocolError::new(
             ErrorCode::UnknownEvent,
             format!(
@@ -335,6 +339,11 @@ impl OutEvent {
 pub fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
+
+/// The keepalive a JSON client sends, byte for byte, and the answer the runtime gives without waking the object.
+pub const KEEPALIVE_PING: &str = r#"{"event":"ping"}"#;
+/// See [`KEEPALIVE_PING`].
+pub const KEEPALIVE_PONG: &str = r#"{"event":"pong"}"#;
 
 /// Payload of `agent:text` / `agent:thinking`, built by hand: it is the per-delta hot path.
 pub fn delta_payload(conversation_id_json: &str, text: &str) -> String {

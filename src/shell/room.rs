@@ -570,6 +570,13 @@ impl Conversation {
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
         self.state.accept_web_socket(&ws);
+        // JSON clients' keepalives are answered by the runtime, so an idle socket never wakes the object.
+        // (socket.io pongs arrive right after the alarm's ping, while the object is awake anyway.)
+        if let Ok(keepalive) =
+            WebSocketRequestResponsePair::new(protocol::KEEPALIVE_PING, protocol::KEEPALIVE_PONG)
+        {
+            self.state.set_websocket_auto_response(&keepalive);
+        }
         if framing == "sio" {
             let meta = SocketMeta {
                 user: None,
@@ -579,10 +586,6 @@ impl Conversation {
                 pid: String::new(),
             };
             self.set_meta(&ws, &meta)?;
-            // Pongs ("3") are answered by the runtime with a no-op ("6") so they never wake the object.
-            if let Ok(pair) = WebSocketRequestResponsePair::new("3", "6") {
-                self.state.set_websocket_auto_response(&pair);
-            }
             let max_payload = protocol::max_frame_bytes(&Limits {
                 max_content_bytes: config.max_message_bytes,
             }) as u64;
@@ -830,6 +833,9 @@ impl Conversation {
                         ),
                     );
                 }
+            }
+            ClientEvent::Ping => {
+                let _ = ws.send_with_str(protocol::KEEPALIVE_PONG);
             }
             ClientEvent::CommandExecute { command, args, .. } => {
                 let result = self
