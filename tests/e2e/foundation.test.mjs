@@ -2,7 +2,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -81,6 +80,13 @@ describe('upgrade', () => {
   test('the token may come as Authorization: Bearer', async () => {
     const client = await open(alice, { useHeaderAuth: true });
     await client.close();
+  });
+
+  test('a client close frame is answered promptly', async () => {
+    const client = await open(alice);
+    const info = await client.close(1000, 'done');
+    assert.ok(!info.timedOut, 'the gateway sent its close frame within 3 s');
+    assert.equal(info.code, 1000);
   });
 
   test('a plain GET without Upgrade: websocket gets 426', async () => {
@@ -358,7 +364,8 @@ describe('deploy', () => {
       const { code, output } = await run(path.join(ROOT, 'node_modules', '.bin', 'wrangler'), ['deploy', '--dry-run', '--outdir', outdir], { timeoutMs: 180_000 });
       assert.equal(code, 0, output);
       const files = await readdir(outdir);
-      assert.ok(files.includes('index.js') && existsSync(path.join(outdir, 'index.js')), `bundle written: ${files.join(', ')}`);
+      assert.ok(files.includes('index.js'), `the bundle is written: ${files.join(', ')}`);
+      assert.ok(files.some((f) => f.endsWith('.wasm')), `the Wasm module ships with it: ${files.join(', ')}`);
     } finally {
       await rm(outdir, { recursive: true, force: true });
     }

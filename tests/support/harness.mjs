@@ -45,6 +45,7 @@ export function run(command, args, { cwd = ROOT, env = BASE_ENV, timeoutMs = 600
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     liveGroups.add(child.pid);
+    reapWithParent(child.pid);
     let output = '';
     child.stdout.on('data', (d) => (output += d));
     child.stderr.on('data', (d) => (output += d));
@@ -59,6 +60,15 @@ export function run(command, args, { cwd = ROOT, env = BASE_ENV, timeoutMs = 600
       resolve({ code: code ?? (signal ? 128 : 1), output });
     });
   });
+}
+
+/**
+ * Starts a detached watchdog that kills process group `pgid` once this process is gone, however it died
+ * (a SIGKILL or a killed test runner skips 'exit' handlers); it ends by itself when the group does.
+ */
+function reapWithParent(pgid) {
+  const script = `while kill -0 ${process.pid} 2>/dev/null && kill -0 -${pgid} 2>/dev/null; do sleep 1; done; kill -KILL -${pgid} 2>/dev/null`;
+  spawn('sh', ['-c', script], { detached: true, stdio: 'ignore' }).unref();
 }
 
 function killGroup(pid, signal) {
@@ -153,6 +163,7 @@ export async function startGateway({ vars = {}, upstream, persistDir, root = ROO
     const started = Date.now();
     const child = spawn(WRANGLER, args, { cwd: root, env: BASE_ENV, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     liveGroups.add(child.pid);
+    reapWithParent(child.pid);
     const current = { child, output: '', exited: null };
     const keep = (d) => {
       current.output = (current.output + d).slice(-64_000);
@@ -461,9 +472,21 @@ export class JsonClient extends EventClient {
     this.ws.send(payload, { binary: typeof payload !== 'string' });
   }
 
-  async close(code = 1000, reason = '') {
+  /**
+   * Sends a close frame and resolves with the gateway's answer `{code, reason}`. A gateway that does not answer within
+   * `timeout` ms gets the TCP connection dropped and `timedOut: true` in the result (ws alone would wait 30 s).
+   */
+  async close(code = 1000, reason = '', { timeout = 3000 } = {}) {
     if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(code, reason);
-    return this.closed;
+    let timer;
+    const late = new Promise((resolve) => {
+      timer = setTimeout(() => resolve(null), timeout);
+    });
+    const answered = await Promise.race([this.closed, late]);
+    clearTimeout(timer);
+    if (answered) return answered;
+    this.ws.terminate();
+    return { ...(await this.closed), timedOut: true };
   }
 }
 
