@@ -393,6 +393,17 @@ fn client_args(args: Option<&Value>) -> Result<Vec<String>, CommandError> {
     }
 }
 
+/// The canonical name (`model`, `thinking`, ...) of a command line, when its first word names a command.
+pub fn canonical_name(command: &str) -> Option<&'static str> {
+    let line = command.trim();
+    let word = line
+        .strip_prefix('/')
+        .unwrap_or(line)
+        .split_whitespace()
+        .next()?;
+    find(word).map(|spec| spec.name)
+}
+
 /// Parses `command:execute` input.
 ///
 /// `command` may start with `/` or not, is matched ignoring ASCII case, may be an alias, and may
@@ -543,6 +554,14 @@ pub fn help_text() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_resolve_aliases() {
+        assert_eq!(canonical_name("/think ultra"), Some("thinking"));
+        assert_eq!(canonical_name("S"), Some("status"));
+        assert_eq!(canonical_name("/nope"), None);
+        assert_eq!(canonical_name(""), None);
+    }
 
     fn p(command: &str) -> Result<Command, CommandError> {
         parse(command, None)

@@ -8,7 +8,9 @@ use crate::config::{Config, ProviderConfig};
 use crate::conversation::{
     self, Emit, RateLimiter, SessionState, StepOutcome, StopReason, StreamLog, Turn,
 };
-use crate::llm::{CallSpec, ChatMessage, ThinkingLevel, UpstreamError, UpstreamErrorKind};
+use crate::llm::{
+    CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
+};
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
 use crate::routing::{RoutingContext, RoutingDecision, Target};
 use crate::store::{self, sql};
@@ -1140,6 +1142,13 @@ impl Conversation {
                 "error",
                 protocol::error_payload(Some(&id), ErrorCode::ProviderNotConfigured, &msg),
             );
+            // Clients wait for agent:end to leave the busy state; the turn is over.
+            let code = ErrorCode::ProviderNotConfigured.as_str();
+            self.broadcast(
+                "agent:end",
+                json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code, "message": msg } })
+                    .to_string(),
+            );
             self.save_session().await;
             return;
         };
@@ -1196,38 +1205,18 @@ impl Conversation {
                 )
                 .await;
             if self.aborted.get() {
+                if let StepOutcome::RunTools(calls) = outcome {
+                    // Calls the model made before the abort still need results, or the history is invalid.
+                    self.run_tools(&mut turn, calls, agent.as_ref(), config, &id)
+                        .await;
+                }
                 break StopReason::Aborted;
             }
             match outcome {
                 StepOutcome::Done(reason) => break reason,
                 StepOutcome::RunTools(calls) => {
-                    for call in calls {
-                        self.broadcast("agent:tool:start", json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name }).to_string());
-                        let (result, is_error) =
-                            match agent.as_ref().and_then(|a| a.tool(&call.name)) {
-                                Some(tool) => {
-                                    let signal = self.abort.borrow().as_ref().map(|c| c.signal());
-                                    match signal {
-                                        Some(signal) => {
-                                            tools::run(
-                                                tool,
-                                                &call.arguments,
-                                                &signal,
-                                                config.tool_timeout_ms,
-                                            )
-                                            .await
-                                        }
-                                        None => ("aborted".to_string(), true),
-                                    }
-                                }
-                                None => (format!("unknown tool \"{}\"", call.name), true),
-                            };
-                        if self.aborted.get() {
-                            break;
-                        }
-                        turn.record_tool_result(&call, result, is_error);
-                        self.broadcast("agent:tool:end", json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name, "isError": is_error }).to_string());
-                    }
+                    self.run_tools(&mut turn, calls, agent.as_ref(), config, &id)
+                        .await;
                     if self.aborted.get() {
                         break StopReason::Aborted;
                     }
@@ -1298,6 +1287,48 @@ impl Conversation {
         self.abort.borrow_mut().take();
         self.finish_turn(turn, stop, last_error.as_ref(), &catalog, &d)
             .await;
+    }
+
+    /// Runs the model's tool calls in order. After an abort every call still owed gets an error
+    /// result, so the stored history stays valid for both providers.
+    async fn run_tools(
+        &self,
+        turn: &mut Turn,
+        calls: Vec<ToolCall>,
+        agent: Option<&AgentConfig>,
+        config: &Config,
+        id: &str,
+    ) {
+        for call in calls {
+            if self.aborted.get() {
+                turn.record_tool_result(&call, "not run: the turn was aborted".into(), true);
+                continue;
+            }
+            self.broadcast(
+                "agent:tool:start",
+                json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name })
+                    .to_string(),
+            );
+            let signal = self.abort.borrow().as_ref().map(|c| c.signal());
+            let (result, is_error) = match (agent.and_then(|a| a.tool(&call.name)), signal) {
+                (Some(tool), Some(signal)) => {
+                    tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await
+                }
+                (Some(_), None) => ("not run: the turn was aborted".to_string(), true),
+                (None, _) => (format!("unknown tool \"{}\"", call.name), true),
+            };
+            let (result, is_error) = if self.aborted.get() {
+                ("aborted while running".to_string(), true)
+            } else {
+                (result, is_error)
+            };
+            turn.record_tool_result(&call, result, is_error);
+            self.broadcast(
+                "agent:tool:end",
+                json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name, "isError": is_error })
+                    .to_string(),
+            );
+        }
     }
 
     /// Candidates in order: override, client choice, agent model, then routing rules and the default.
@@ -1544,17 +1575,27 @@ impl Conversation {
         }
     }
 
+    /// The thinking levels the session's current model takes.
+    fn available_levels(&self, catalog: &Catalog) -> Vec<ThinkingLevel> {
+        let (provider, model) = self.current_model();
+        catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model))
+    }
+
+    /// The seed's error text for a level the session does not take.
+    async fn thinking_levels_error(&self, level: &str) -> String {
+        let levels = self.available_levels(&self.current_catalog().await);
+        let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
+        format!(
+            "Invalid thinking level \"{level}\". Available: {}",
+            names.join(", ")
+        )
+    }
+
     async fn set_thinking(&self, level: &str) -> std::result::Result<(), String> {
         let catalog = self.current_catalog().await;
-        let (provider, model) = self.current_model();
-        let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model));
-        let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
-        let parsed = ThinkingLevel::parse(level).filter(|l| levels.contains(l));
-        let Some(parsed) = parsed else {
-            return Err(format!(
-                "Invalid thinking level \"{level}\". Available: {}",
-                names.join(", ")
-            ));
+        let levels = self.available_levels(&catalog);
+        let Some(parsed) = ThinkingLevel::parse(level).filter(|l| levels.contains(l)) else {
+            return Err(self.thinking_levels_error(level).await);
         };
         self.room.borrow_mut().session.thinking_level = Some(parsed);
         self.save_session().await;
@@ -1631,7 +1672,15 @@ impl Conversation {
         let parsed = match commands::parse(command, args) {
             Ok(c) => c,
             Err(e) => {
-                return json!({ "conversationId": id, "command": command, "success": false, "message": e.to_string() })
+                let message = match e {
+                    // The levels this session's model takes, as set:thinking says them.
+                    commands::CommandError::InvalidThinkingLevel { value } => {
+                        self.thinking_levels_error(&value).await
+                    }
+                    e => e.to_string(),
+                };
+                let name = commands::canonical_name(command).unwrap_or(command);
+                return json!({ "conversationId": id, "command": name, "success": false, "message": message });
             }
         };
         let name = parsed.name();
