@@ -867,12 +867,13 @@ impl Conversation {
         config: &Config,
     ) {
         let id = self.room.borrow().id.clone();
-        if let Err(wait) =
+        // Bound first: a guard in the `if let` scrutinee would live through the block below.
+        let admitted =
             self.room
                 .borrow_mut()
                 .rate
-                .admit(user, now_ms(), config.rate_limit_per_minute)
-        {
+                .admit(user, now_ms(), config.rate_limit_per_minute);
+        if let Err(wait) = admitted {
             let msg = format!(
                 "rate limit of {} messages per minute reached; retry in {} s",
                 config.rate_limit_per_minute,
