@@ -84,6 +84,37 @@ impl SessionState {
     }
 }
 
+impl SessionState {
+    /// The `/status` answer: a one-line summary and the figures as data.
+    pub fn status_report(&self) -> (String, Value) {
+        let m = &self.metrics;
+        let data = json!({
+            "messages": m.messages, "turns": m.turns,
+            "tokens": { "input": m.tokens.input, "output": m.tokens.output, "cacheRead": m.tokens.cache_read, "cacheWrite": m.tokens.cache_write, "total": m.tokens.total() },
+            "costUsd": m.cost_usd, "unpricedTurns": m.unpriced_turns, "modelSwitches": m.model_switches,
+            "provider": self.provider, "modelId": self.model_id, "thinkingLevel": self.thinking().as_str(),
+            "modelOverride": self.model_override, "agentName": self.agent, "routingDecision": self.routing_decision,
+        });
+        // Turns of unpriced models are unknown cost, not free: say so next to the sum.
+        let cost = if m.unpriced_turns > 0 {
+            format!(
+                "${:.6} (+{} turns of unknown cost)",
+                m.cost_usd, m.unpriced_turns
+            )
+        } else {
+            format!("${:.6}", m.cost_usd)
+        };
+        let line = format!(
+            "{} messages, {} turns, {} tokens, cost {cost}, {} model switches",
+            m.messages,
+            m.turns,
+            m.tokens.total(),
+            m.model_switches
+        );
+        (line, data)
+    }
+}
+
 /// Why a turn ended (PROTOCOL.md `stopReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -778,6 +809,25 @@ mod tests {
                 tool_calls: vec![]
             }
         );
+    }
+
+    #[test]
+    fn status_reports_unknown_cost_apart() {
+        let mut s = SessionState::default();
+        s.metrics.messages = 2;
+        s.metrics.turns = 2;
+        s.metrics.cost_usd = 0.0015;
+        s.metrics.unpriced_turns = 1;
+        s.metrics.tokens = Usage {
+            input: 10,
+            output: 5,
+            cache_read: 3,
+            cache_write: 0,
+        };
+        let (line, data) = s.status_report();
+        assert_eq!(line, "2 messages, 2 turns, 18 tokens, cost $0.001500 (+1 turns of unknown cost), 0 model switches");
+        assert_eq!(data["tokens"]["total"], 18);
+        assert_eq!(data["unpricedTurns"], 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod llm;
 pub mod protocol;
 pub mod routing;
+pub mod selection;
 pub mod store;
 
 #[cfg(target_arch = "wasm32")]

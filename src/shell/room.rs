@@ -13,6 +13,7 @@ use crate::llm::{
 };
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
 use crate::routing::{RoutingContext, RoutingDecision, Target};
+use crate::selection;
 use crate::store::{self, sql};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -191,7 +192,7 @@ impl DurableObject for Conversation {
                 let _ = ws.close(Some(1000), Some("closed by client"));
             }
             Ok(sio::Inbound::Connect { nsp, auth }) => {
-                self.sio_connect(&ws, meta, &nsp, auth, &config).await?
+                self.sio_connect(&ws, meta, &nsp, auth).await?
             }
             Ok(sio::Inbound::Disconnect { .. }) => {
                 let mut meta = meta;
@@ -666,7 +667,6 @@ impl Conversation {
         mut meta: SocketMeta,
         nsp: &str,
         auth: Option<Value>,
-        config: &Config,
     ) -> Result<()> {
         if nsp != NSP {
             let _ = ws.send_with_str(sio::connect_error(nsp, "Invalid namespace", None));
@@ -724,7 +724,6 @@ impl Conversation {
                 let _ = ws.send_with_str(frame);
             }
         }
-        let _ = config;
         Ok(())
     }
 
@@ -840,9 +839,7 @@ impl Conversation {
                 let _ = ws.send_with_str(protocol::KEEPALIVE_PONG);
             }
             ClientEvent::CommandExecute { command, args, .. } => {
-                let result = self
-                    .execute_command(&command, args.as_ref(), &user, config)
-                    .await;
+                let result = self.execute_command(&command, args.as_ref()).await;
                 let event = OutEvent::unsequenced("command:result", result.to_string());
                 self.send_to(ws, meta, &event);
                 Self::send_ack(ws, ack, &event.data);
@@ -1343,43 +1340,14 @@ impl Conversation {
         d: &D1Database,
     ) -> Vec<RoutingDecision> {
         let over = self.room.borrow().session.model_override.clone();
-        let pick = |spec: &str, provider: Option<&str>, rule: &str, reason: &str| {
-            let (p, m) = resolve_model(spec, provider, catalog, config);
-            RoutingDecision {
-                provider: p,
-                model: m,
-                rule_name: rule.into(),
-                reason: reason.into(),
-            }
+        let choice = selection::Choice {
+            model_override: over.as_deref(),
+            client_provider: message.provider.as_deref(),
+            client_model: message.model_id.as_deref(),
+            agent,
         };
-        if let Some(o) = over {
-            return vec![pick(
-                &o,
-                None,
-                "override",
-                "/model override for this conversation",
-            )];
-        }
-        if message.provider.is_some() || message.model_id.is_some() {
-            let spec = message.model_id.clone().unwrap_or_else(|| {
-                default_model_for(message.provider.as_deref().unwrap_or(""), config)
-            });
-            return vec![pick(
-                &spec,
-                message.provider.as_deref(),
-                "client",
-                "provider/model chosen by the client",
-            )];
-        }
-        if let Some(a) = agent {
-            if let Some(model) = &a.model {
-                return vec![pick(
-                    model,
-                    a.provider.as_deref(),
-                    "agent",
-                    &format!("model of agent {}", a.name),
-                )];
-            }
+        if let Some(only) = selection::explicit_candidate(&choice, catalog, config) {
+            return vec![only];
         }
         let default = Target {
             provider: config.default_provider.clone(),
@@ -1631,7 +1599,7 @@ impl Conversation {
         let catalog = self.current_catalog().await;
         match &model {
             Some(spec) => {
-                let (provider, id) = resolve_model(spec, None, &catalog, &config);
+                let (provider, id) = selection::resolve_model(spec, None, &catalog, &config);
                 if config.provider(&provider).is_none() {
                     return Err(format!(
                         "provider \"{provider}\" is not configured; configured: {}",
@@ -1662,13 +1630,7 @@ impl Conversation {
         Ok(info)
     }
 
-    async fn execute_command(
-        &self,
-        command: &str,
-        args: Option<&Value>,
-        _user: &str,
-        config: &Config,
-    ) -> Value {
+    async fn execute_command(&self, command: &str, args: Option<&Value>) -> Value {
         let id = self.room.borrow().id.clone();
         let parsed = match commands::parse(command, args) {
             Ok(c) => c,
@@ -1779,35 +1741,10 @@ impl Conversation {
                 (true, "Agent cleared".into(), Value::Null)
             }
             Command::Status => {
-                let room = self.room.borrow();
-                let s = &room.session;
-                let m = &s.metrics;
-                let data = json!({
-                    "messages": m.messages, "turns": m.turns,
-                    "tokens": { "input": m.tokens.input, "output": m.tokens.output, "cacheRead": m.tokens.cache_read, "cacheWrite": m.tokens.cache_write, "total": m.tokens.total() },
-                    "costUsd": m.cost_usd, "unpricedTurns": m.unpriced_turns, "modelSwitches": m.model_switches,
-                    "provider": s.provider, "modelId": s.model_id, "thinkingLevel": s.thinking().as_str(),
-                    "modelOverride": s.model_override, "agentName": s.agent, "routingDecision": s.routing_decision,
-                });
-                let cost = if m.unpriced_turns > 0 {
-                    format!(
-                        "${:.6} (+{} turns of unknown cost)",
-                        m.cost_usd, m.unpriced_turns
-                    )
-                } else {
-                    format!("${:.6}", m.cost_usd)
-                };
-                let msg = format!(
-                    "{} messages, {} turns, {} tokens, cost {cost}, {} model switches",
-                    m.messages,
-                    m.turns,
-                    m.tokens.total(),
-                    m.model_switches
-                );
+                let (msg, data) = self.room.borrow().session.status_report();
                 (true, msg, data)
             }
         };
-        let _ = config;
         let mut result = json!({ "conversationId": id, "command": name, "success": success, "message": message });
         if !data.is_null() {
             result["data"] = data;
@@ -1821,37 +1758,4 @@ fn same(a: &WebSocket, b: &WebSocket) -> bool {
     let a: &wasm_bindgen::JsValue = a.as_ref().as_ref();
     let b: &wasm_bindgen::JsValue = b.as_ref().as_ref();
     js_sys::Object::is(a, b)
-}
-
-/// Splits `provider/model`, or finds the provider in the catalog, else uses the default provider.
-fn resolve_model(
-    spec: &str,
-    provider: Option<&str>,
-    catalog: &Catalog,
-    config: &Config,
-) -> (String, String) {
-    if let Some(p) = provider {
-        let model = spec.strip_prefix(&format!("{p}/")).unwrap_or(spec);
-        return (p.to_string(), model.to_string());
-    }
-    if let Some((p, m)) = spec.split_once('/') {
-        if config.provider(p).is_some() || matches!(p, "openai" | "anthropic" | "echo") {
-            return (p.to_string(), m.to_string());
-        }
-    }
-    if let Some(info) = catalog.lookup(None, spec) {
-        return (info.provider.clone(), info.id.clone());
-    }
-    (config.default_provider.clone(), spec.to_string())
-}
-
-fn default_model_for(provider: &str, config: &Config) -> String {
-    if provider == config.default_provider {
-        return config.default_model.clone();
-    }
-    match provider {
-        "anthropic" => "claude-sonnet-4-5".into(),
-        "echo" => "echo".into(),
-        _ => "gpt-4o-mini".into(),
-    }
 }
