@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 
 use super::sse::SseEvent;
 use super::{
-    classify_http, classify_stream_error, error_fields, json_count, truncate_chars, CallSpec,
-    ChatMessage, FinishReason, StreamDecoder, StreamEvent, ToolCall, UpstreamError,
+    classify_http, classify_stream_error, error_fields, json_count, non_empty_str, truncate_chars,
+    CallSpec, ChatMessage, FinishReason, StreamDecoder, StreamEvent, ToolCall, UpstreamError,
     UpstreamErrorKind, UpstreamRequest, Usage, MAX_ERROR_MESSAGE_CHARS,
 };
 
@@ -537,11 +537,6 @@ fn stop_reason(reason: &str) -> FinishReason {
         // refusal, pause_turn and anything newer.
         _ => FinishReason::Other,
     }
-}
-
-/// The string at `v` when it is a non-empty string.
-fn non_empty_str(v: Option<&Value>) -> Option<&str> {
-    v.and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

@@ -364,6 +364,12 @@ pub fn error_fields(v: &serde_json::Value) -> ErrorBody {
     }
 }
 
+/// The string at `v` when it is a non-empty string.
+pub fn non_empty_str(v: Option<&serde_json::Value>) -> Option<&str> {
+    v.and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 /// `s` cut to at most `max_chars` characters (never inside a character), surrounding whitespace trimmed.
 pub fn truncate_chars(s: &str, max_chars: usize) -> String {
     let s = s.trim();
