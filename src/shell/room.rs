@@ -443,28 +443,37 @@ impl Conversation {
 
     /// Keeps this conversation's row in the live registry in step with its sockets and turn.
     async fn update_live(&self, sockets: usize) {
+        self.live_write(sockets).await;
+    }
+
+    /// The same registry write off the turn's path: the turn need not wait for bookkeeping.
+    fn update_live_later(&self, sockets: usize) {
+        let write = self.live_write(sockets);
+        wasm_bindgen_futures::spawn_local(write);
+    }
+
+    fn live_write(&self, sockets: usize) -> impl std::future::Future<Output = ()> + 'static {
         let (id, turning) = {
             let room = self.room.borrow();
             (room.id.clone(), room.turn_running)
         };
-        let Ok(d) = db::db(&self.env) else { return };
-        let result = if sockets == 0 && !turning {
-            db::run(&d, sql::UNREGISTER_LIVE, &[db::text(&id)]).await
-        } else {
-            db::run(
-                &d,
-                sql::REGISTER_LIVE,
-                &[
+        let env = self.env.clone();
+        async move {
+            let Ok(d) = db::db(&env) else { return };
+            let result = if sockets == 0 && !turning {
+                db::run(&d, sql::UNREGISTER_LIVE, &[db::text(&id)]).await
+            } else {
+                let params = [
                     db::text(&id),
                     db::num(now_ms()),
                     db::num(sockets as i64),
                     db::num(turning as i64),
-                ],
-            )
-            .await
-        };
-        if let Err(e) = result {
-            console_warn!("live registry: {e}");
+                ];
+                db::run(&d, sql::REGISTER_LIVE, &params).await
+            };
+            if let Err(e) = result {
+                console_warn!("live registry: {e}");
+            }
         }
     }
 
@@ -1002,29 +1011,6 @@ impl Conversation {
                 return;
             }
         };
-        // The history is read before this message is stored, so it is not read twice.
-        if self.room.borrow().history.is_none() {
-            match db::list_messages(&d, &id).await {
-                Ok(rows) => {
-                    let rows: Vec<(String, String, Value)> = rows
-                        .into_iter()
-                        .map(|m| {
-                            (
-                                m.role,
-                                m.content,
-                                serde_json::from_str(&m.metadata).unwrap_or_default(),
-                            )
-                        })
-                        .collect();
-                    self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
-                }
-                Err(e) => {
-                    console_error!("loading history: {e}");
-                    self.send_error(&ws, &meta, ErrorCode::Internal, "the conversation history could not be loaded; nothing was sent to the model");
-                    return;
-                }
-            }
-        }
         let message_id = new_id();
         let now = now_ms();
         let mut user_meta = json!({ "timestamp": now_iso() });
@@ -1050,8 +1036,34 @@ impl Conversation {
                 .prepare(sql::TOUCH_CONVERSATION)
                 .bind(&[db::text(&id), db::num(now)])?;
             d.batch(vec![ensure, insert, touch]).await
+        };
+        // Everything else the turn reads from D1 is read while the message is stored:
+        // one round trip before the model call instead of five.
+        let need_history = self.room.borrow().history.is_none();
+        let history = async {
+            if need_history {
+                db::list_messages(&d, &id).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        if let Some(agent) = &message.agent_id {
+            self.room.borrow_mut().session.agent = Some(agent.clone());
         }
-        .await;
+        let agent_name = self.room.borrow().session.agent.clone();
+        let agent = async {
+            match &agent_name {
+                Some(name) => db::agent(&d, name).await,
+                None => Ok(None),
+            }
+        };
+        let (stored, history, catalog, rules, agent) = futures::join!(
+            stored,
+            history,
+            db::catalog(&d),
+            db::compiled_rules(&d),
+            agent
+        );
         if let Err(e) = stored {
             // Unlike the seed, no ack without storage: the client may resend safely.
             console_error!("storing the user message: {e}");
@@ -1068,6 +1080,46 @@ impl Conversation {
             );
             return;
         }
+        match history {
+            Ok(Some(rows)) => {
+                // The read raced the insert: leave this message out, it is appended below.
+                let rows: Vec<(String, String, Value)> = rows
+                    .into_iter()
+                    .filter(|m| m.id != message_id)
+                    .map(|m| {
+                        (
+                            m.role,
+                            m.content,
+                            serde_json::from_str(&m.metadata).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                console_error!("loading history: {e}");
+                self.send_error(
+                    &ws,
+                    &meta,
+                    ErrorCode::Internal,
+                    "the conversation history could not be loaded; nothing was sent to the model",
+                );
+                return;
+            }
+        }
+        let catalog = catalog.unwrap_or_else(|e| {
+            console_warn!("catalog rows unavailable, using the built-in catalog: {e}");
+            Catalog::builtin()
+        });
+        let rules = rules.unwrap_or_else(|e| {
+            console_warn!("routing rules unavailable, using the default: {e}");
+            crate::routing::CompiledRules::compile(Vec::new())
+        });
+        let agent: Option<AgentConfig> = agent.unwrap_or_else(|e| {
+            console_warn!("agent lookup failed: {e}");
+            None
+        });
         {
             let mut room = self.room.borrow_mut();
             if room.owner.is_none() {
@@ -1095,8 +1147,7 @@ impl Conversation {
                 });
             }
         }
-        let count = self.socket_count();
-        self.update_live(count).await;
+        self.update_live_later(self.socket_count());
 
         let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
         if let Some(c) = &message.client_message_id {
@@ -1107,15 +1158,6 @@ impl Conversation {
         Self::send_ack(&ws, ack, &ack_payload);
 
         // Which model: /model override, then the client's choice, then the agent's, then routing.
-        let catalog = db::catalog(&d).await.unwrap_or_else(|_| Catalog::builtin());
-        if let Some(agent) = &message.agent_id {
-            self.room.borrow_mut().session.agent = Some(agent.clone());
-        }
-        let agent_name = self.room.borrow().session.agent.clone();
-        let agent: Option<AgentConfig> = match &agent_name {
-            Some(name) => db::agent(&d, name).await.ok().flatten(),
-            None => None,
-        };
         if let (Some(name), None) = (&agent_name, &agent) {
             self.broadcast(
                 "error",
@@ -1127,9 +1169,7 @@ impl Conversation {
             );
             self.room.borrow_mut().session.agent = None;
         }
-        let candidates = self
-            .candidates(&message, &user, agent.as_ref(), &catalog, config, &d)
-            .await;
+        let candidates = self.candidates(&message, &user, agent.as_ref(), &catalog, config, &rules);
         let candidates: Vec<RoutingDecision> = candidates
             .into_iter()
             .filter(|c| config.provider(&c.provider).is_some())
@@ -1330,14 +1370,14 @@ impl Conversation {
     }
 
     /// Candidates in order: override, client choice, agent model, then routing rules and the default.
-    async fn candidates(
+    fn candidates(
         &self,
         message: &MessageEvent,
         user: &str,
         agent: Option<&AgentConfig>,
         catalog: &Catalog,
         config: &Config,
-        d: &D1Database,
+        rules: &crate::routing::CompiledRules,
     ) -> Vec<RoutingDecision> {
         let over = self.room.borrow().session.model_override.clone();
         let choice = selection::Choice {
@@ -1353,10 +1393,6 @@ impl Conversation {
             provider: config.default_provider.clone(),
             model: config.default_model.clone(),
         };
-        let rules = db::compiled_rules(d).await.unwrap_or_else(|e| {
-            console_warn!("routing rules unavailable, using the default: {e}");
-            crate::routing::CompiledRules::compile(Vec::new())
-        });
         let ctx = RoutingContext {
             content: &message.content,
             user_id: user,

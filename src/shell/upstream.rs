@@ -9,6 +9,7 @@ use crate::llm::{
 use futures::future::{select, Either};
 use futures::StreamExt;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::time::Duration;
 use worker::{AbortSignal, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit};
 
@@ -27,6 +28,10 @@ pub struct HttpStream {
     pending: VecDeque<StreamEvent>,
     ended: bool,
     stall_ms: u64,
+    /// One stall timer for many chunks: re-armed only when it fires early, not per chunk
+    /// (a timer per chunk cost an eighth of the Worker's CPU per delta).
+    stall_timer: Option<Pin<Box<Delay>>>,
+    last_byte_ms: f64,
 }
 
 /// Starts a call; errors before the first byte are classified for retry and fallover.
@@ -90,6 +95,8 @@ pub async fn open(
         pending: VecDeque::new(),
         ended: false,
         stall_ms,
+        stall_timer: None,
+        last_byte_ms: worker::Date::now().as_millis() as f64,
     })))
 }
 
@@ -119,14 +126,24 @@ impl HttpStream {
             if self.ended {
                 return None;
             }
-            let chunk = match select(
-                self.body.next(),
-                Delay::from(Duration::from_millis(self.stall_ms)),
-            )
-            .await
-            {
-                Either::Left((c, _)) => c,
+            let timer = self
+                .stall_timer
+                .get_or_insert_with(|| Box::pin(Delay::from(Duration::from_millis(self.stall_ms))));
+            let chunk = match select(self.body.next(), timer).await {
+                Either::Left((c, _)) => {
+                    self.last_byte_ms = worker::Date::now().as_millis() as f64;
+                    c
+                }
                 Either::Right(_) => {
+                    let idle = worker::Date::now().as_millis() as f64 - self.last_byte_ms;
+                    let left = self.stall_ms as f64 - idle;
+                    if left > 0.0 {
+                        // Bytes came since the timer was armed: wait only for the rest of the window.
+                        self.stall_timer = Some(Box::pin(Delay::from(Duration::from_millis(
+                            left.ceil() as u64,
+                        ))));
+                        continue;
+                    }
                     self.ended = true;
                     return Some(StreamEvent::Error(UpstreamError::new(
                         UpstreamErrorKind::Timeout,
