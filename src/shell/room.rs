@@ -25,6 +25,8 @@ use worker::*;
 
 /// The socket.io namespace the gateway serves.
 const NSP: &str = "/chat";
+/// What a user hears about someone else's conversation.
+const FORBIDDEN: &str = "forbidden: this conversation belongs to another user";
 /// Bytes of stream events kept for resume.
 const REPLAY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -752,9 +754,7 @@ impl Conversation {
             }
         };
         match owner {
-            Some(o) if o != user => {
-                Err("forbidden: this conversation belongs to another user".into())
-            }
+            Some(o) if o != user => Err(FORBIDDEN.into()),
             _ => Ok(()),
         }
     }
@@ -994,8 +994,15 @@ impl Conversation {
             let room = self.room.borrow();
             (room.id.clone(), room.id_json.clone())
         };
-        if let Err(msg) = self.check_owner(&user).await {
-            self.send_error(&ws, &meta, ErrorCode::Unauthorized, &msg);
+        // A known owner is checked here; an unknown one is checked by the insert itself (below).
+        if self
+            .room
+            .borrow()
+            .owner
+            .as_deref()
+            .is_some_and(|o| o != user)
+        {
+            self.send_error(&ws, &meta, ErrorCode::Unauthorized, FORBIDDEN);
             return;
         }
         let d = match db::db(&self.env) {
@@ -1024,10 +1031,10 @@ impl Conversation {
                 db::text(&store::title_from(&message.content)),
                 db::num(now),
             ])?;
-            let insert = d.prepare(sql::INSERT_MESSAGE).bind(&[
+            let insert = d.prepare(sql::INSERT_USER_MESSAGE).bind(&[
                 db::text(&message_id),
                 db::text(&id),
-                db::text("user"),
+                db::text(&user),
                 db::text(&message.content),
                 db::text(&user_meta.to_string()),
                 db::num(now),
@@ -1035,7 +1042,12 @@ impl Conversation {
             let touch = d
                 .prepare(sql::TOUCH_CONVERSATION)
                 .bind(&[db::text(&id), db::num(now)])?;
-            d.batch(vec![ensure, insert, touch]).await
+            let results = d.batch(vec![ensure, insert, touch]).await?;
+            let inserted = results
+                .get(1)
+                .and_then(|r| r.meta().ok().flatten())
+                .and_then(|m| m.changes);
+            Ok::<bool, Error>(inserted == Some(1))
         };
         // Everything else the turn reads from D1 is read while the message is stored:
         // one round trip before the model call instead of five.
@@ -1064,6 +1076,15 @@ impl Conversation {
             db::compiled_rules(&d),
             agent
         );
+        if let Ok(false) = stored {
+            self.send_error(&ws, &meta, ErrorCode::Unauthorized, FORBIDDEN);
+            Self::send_ack(
+                &ws,
+                ack,
+                &protocol::error_payload(Some(&id), ErrorCode::Unauthorized, FORBIDDEN),
+            );
+            return;
+        }
         if let Err(e) = stored {
             // Unlike the seed, no ack without storage: the client may resend safely.
             console_error!("storing the user message: {e}");
