@@ -46,7 +46,10 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
     let parts: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
     let method = req.method();
     let db = db::db(env).map_err(|e| internal("database binding", e))?;
-    match (method, parts.as_slice()) {
+    // Live conversations cache rules, agents and catalog rows; a change is pushed to them at once.
+    let changes_operator_config =
+        method != Method::Get && matches!(parts.first(), Some(&("rules" | "agents" | "models")));
+    let result = match (method, parts.as_slice()) {
         (Method::Post, ["tokens"]) => mint_token(body(&mut req).await?, &db).await,
         (Method::Get, ["tokens"]) => list_tokens(&db).await,
         (Method::Delete, ["tokens", key]) => revoke_token(key, &db).await,
@@ -82,7 +85,13 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
             | ["models"],
         ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound(format!("no admin route for {path}"))),
+    };
+    if changes_operator_config && result.is_ok() {
+        if let Err(e) = fan_out(env, &db, "invalidate", None).await {
+            worker::console_warn!("pushing a configuration change to live conversations: {e}");
+        }
     }
+    result
 }
 
 fn ok(v: Value) -> ApiResult {
@@ -221,6 +230,19 @@ async fn reload(body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {
             ))
         }
     };
+    let payload = json!({ "reason": reason, "at": super::now_iso() }).to_string();
+    let (conversations, sockets, failed) = fan_out(env, db, "reload", Some(payload)).await?;
+    ok(json!({ "conversations": conversations, "sockets": sockets, "failed": failed }))
+}
+
+/// Calls `action` on every live conversation, at most `FANOUT_CONCURRENCY` at once; returns
+/// (conversations with sockets, sockets reached, failures). A stale registry row costs one call.
+async fn fan_out(
+    env: &Env,
+    db: &worker::D1Database,
+    action: &str,
+    body: Option<String>,
+) -> std::result::Result<(u64, u64, u64), ApiError> {
     #[derive(Deserialize)]
     struct Live {
         conversation_id: String,
@@ -228,46 +250,35 @@ async fn reload(body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {
     let live: Vec<Live> = db::all(db, sql::LIST_LIVE, &[])
         .await
         .map_err(|e| internal("live registry", e))?;
-    let payload = json!({ "reason": reason, "at": super::now_iso() }).to_string();
     let results: Vec<Option<(u64, u64)>> = stream::iter(live.into_iter().map(|l| {
-        let payload = payload.clone();
+        let body = body.clone();
         async move {
-            call_object(
-                env,
-                &l.conversation_id,
-                "reload",
-                Method::Post,
-                Some(payload),
-            )
-            .await
-            .ok()
-            .map(|v| {
-                (
-                    v["sockets"].as_u64().unwrap_or(0),
-                    v["failed"].as_u64().unwrap_or(0),
-                )
-            })
+            call_object(env, &l.conversation_id, action, Method::Post, body)
+                .await
+                .ok()
+                .map(|v| {
+                    (
+                        v["sockets"].as_u64().unwrap_or(0),
+                        v["failed"].as_u64().unwrap_or(0),
+                    )
+                })
         }
     }))
     .buffer_unordered(FANOUT_CONCURRENCY)
     .collect()
     .await;
-    let mut conversations = 0;
-    let mut sockets = 0;
-    let mut failed = 0;
+    let (mut conversations, mut sockets, mut failed) = (0, 0, 0);
     for r in results {
         match r {
             Some((s, f)) => {
-                if s > 0 {
-                    conversations += 1;
-                }
+                conversations += u64::from(s > 0);
                 sockets += s;
                 failed += f;
             }
             None => failed += 1,
         }
     }
-    ok(json!({ "conversations": conversations, "sockets": sockets, "failed": failed }))
+    Ok((conversations, sockets, failed))
 }
 
 /// Calls a conversation object's internal route and returns its JSON answer.

@@ -173,12 +173,6 @@ pub async fn agents(db: &D1Database) -> Result<Vec<(String, AgentConfig)>> {
         .collect())
 }
 
-/// One agent by name or id.
-pub async fn agent(db: &D1Database, name: &str) -> Result<Option<AgentConfig>> {
-    let row: Option<JsonRow> = first(db, sql::AGENT_BY_NAME, &[text(name)]).await?;
-    Ok(row.and_then(|r| serde_json::from_str(&r.body).ok()))
-}
-
 /// The built-in catalog with the operator's rows from D1 on top.
 pub async fn catalog(db: &D1Database) -> Result<Catalog> {
     #[derive(Deserialize)]

@@ -27,6 +27,8 @@ use worker::*;
 const NSP: &str = "/chat";
 /// What a user hears about someone else's conversation.
 const FORBIDDEN: &str = "forbidden: this conversation belongs to another user";
+/// How long operator configuration read from D1 is reused by a conversation.
+const OPERATOR_CACHE_MS: i64 = 60_000;
 /// Bytes of stream events kept for resume.
 const REPLAY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -68,12 +70,34 @@ struct Room {
     sockets: Option<Vec<(WebSocket, SocketMeta)>>,
 }
 
+/// Operator configuration from D1, cached per object.
+struct Operator {
+    fetched_ms: i64,
+    catalog: Catalog,
+    rules: crate::routing::CompiledRules,
+    agents: Vec<(String, AgentConfig)>,
+}
+
+/// What every model call of a turn shares.
+struct Steps<'a> {
+    candidates: &'a [RoutingDecision],
+    /// The context before this turn's own steps: system prompt, history, the user message.
+    base: &'a [ChatMessage],
+    tools: &'a [crate::llm::ToolSpec],
+    agent: Option<&'a AgentConfig>,
+    config: &'a Config,
+    id: &'a str,
+    id_json: &'a str,
+    catalog: &'a Catalog,
+}
+
 #[durable_object]
 pub struct Conversation {
     state: State,
     env: Env,
     config: Result<Rc<Config>>,
     room: RefCell<Room>,
+    operator: RefCell<Option<Rc<Operator>>>,
     abort: RefCell<Option<AbortController>>,
     aborted: Cell<bool>,
 }
@@ -104,6 +128,7 @@ impl DurableObject for Conversation {
                 rate: RateLimiter::default(),
                 sockets: None,
             }),
+            operator: RefCell::new(None),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
         }
@@ -121,6 +146,11 @@ impl DurableObject for Conversation {
             "/reload" => {
                 let body: Value = req.json().await.unwrap_or(Value::Null);
                 self.reload(body).await
+            }
+            "/invalidate" => {
+                // An admin changed rules, agents or catalog rows: read them again at the next turn.
+                self.operator.borrow_mut().take();
+                super::json_response(200, &json!({ "sockets": self.socket_count(), "failed": 0 }))
             }
             "/model" => {
                 let body: Value = req.json().await.unwrap_or(Value::Null);
@@ -1018,158 +1048,116 @@ impl Conversation {
                 return;
             }
         };
-        let message_id = new_id();
-        let now = now_ms();
-        let mut user_meta = json!({ "timestamp": now_iso() });
-        if let Some(c) = &message.client_message_id {
-            user_meta["clientMessageId"] = Value::String(c.clone());
-        }
-        let stored = async {
-            let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[
-                db::text(&id),
-                db::text(&user),
-                db::text(&store::title_from(&message.content)),
-                db::num(now),
-            ])?;
-            let insert = d.prepare(sql::INSERT_USER_MESSAGE).bind(&[
-                db::text(&message_id),
-                db::text(&id),
-                db::text(&user),
-                db::text(&message.content),
-                db::text(&user_meta.to_string()),
-                db::num(now),
-            ])?;
-            let touch = d
-                .prepare(sql::TOUCH_CONVERSATION)
-                .bind(&[db::text(&id), db::num(now)])?;
-            let results = d.batch(vec![ensure, insert, touch]).await?;
-            let inserted = results
-                .get(1)
-                .and_then(|r| r.meta().ok().flatten())
-                .and_then(|m| m.changes);
-            Ok::<bool, Error>(inserted == Some(1))
-        };
-        // Everything else the turn reads from D1 is read while the message is stored:
-        // one round trip before the model call instead of five.
-        let need_history = self.room.borrow().history.is_none();
-        let history = async {
-            if need_history {
-                db::list_messages(&d, &id).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        if let Some(agent) = &message.agent_id {
-            self.room.borrow_mut().session.agent = Some(agent.clone());
-        }
-        let agent_name = self.room.borrow().session.agent.clone();
-        let agent = async {
-            match &agent_name {
-                Some(name) => db::agent(&d, name).await,
-                None => Ok(None),
-            }
-        };
-        let (stored, history, catalog, rules, agent) = futures::join!(
-            stored,
-            history,
-            db::catalog(&d),
-            db::compiled_rules(&d),
-            agent
-        );
-        if let Ok(false) = stored {
-            self.send_error(&ws, &meta, ErrorCode::Unauthorized, FORBIDDEN);
-            Self::send_ack(
-                &ws,
-                ack,
-                &protocol::error_payload(Some(&id), ErrorCode::Unauthorized, FORBIDDEN),
-            );
-            return;
-        }
-        if let Err(e) = stored {
-            // Unlike the seed, no ack without storage: the client may resend safely.
-            console_error!("storing the user message: {e}");
+        let (operator, history) = futures::join!(self.operator(&d), self.load_history(&d, &id));
+        if let Err(e) = history {
+            console_error!("loading history: {e}");
             self.send_error(
                 &ws,
                 &meta,
                 ErrorCode::Internal,
-                "your message could not be stored; nothing was sent to the model",
-            );
-            Self::send_ack(
-                &ws,
-                ack,
-                &protocol::error_payload(Some(&id), ErrorCode::Internal, "message not stored"),
+                "the conversation history could not be loaded; nothing was sent to the model",
             );
             return;
         }
-        match history {
-            Ok(Some(rows)) => {
-                // The read raced the insert: leave this message out, it is appended below.
-                let rows: Vec<(String, String, Value)> = rows
-                    .into_iter()
-                    .filter(|m| m.id != message_id)
-                    .map(|m| {
-                        (
-                            m.role,
-                            m.content,
-                            serde_json::from_str(&m.metadata).unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
+
+        // Which model: /model override, then the client's choice, then the agent's, then routing.
+        if let Some(agent) = &message.agent_id {
+            self.room.borrow_mut().session.agent = Some(agent.clone());
+        }
+        let agent_name = self.room.borrow().session.agent.clone();
+        let agent: Option<AgentConfig> = agent_name.as_ref().and_then(|n| {
+            operator
+                .agents
+                .iter()
+                .find(|(aid, a)| &a.name == n || aid == n)
+                .map(|(_, a)| a.clone())
+        });
+        if agent_name.is_some() && agent.is_none() {
+            self.room.borrow_mut().session.agent = None;
+        }
+        let candidates: Vec<RoutingDecision> = self
+            .candidates(
+                &message,
+                &user,
+                agent.as_ref(),
+                &operator.catalog,
+                config,
+                &operator.rules,
+            )
+            .into_iter()
+            .filter(|c| config.provider(&c.provider).is_some())
+            .collect();
+        if let Some(first) = candidates.first() {
+            let mut room = self.room.borrow_mut();
+            room.session.use_model(&first.provider, &first.model);
+            if room.session.thinking_level.is_none() {
+                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
             }
-            Ok(None) => {}
-            Err(e) => {
-                console_error!("loading history: {e}");
-                self.send_error(
-                    &ws,
-                    &meta,
-                    ErrorCode::Internal,
-                    "the conversation history could not be loaded; nothing was sent to the model",
-                );
+            let levels = catalog::thinking_levels_for(
+                operator.catalog.lookup(Some(&first.provider), &first.model),
+            );
+            if !levels.contains(&room.session.thinking()) {
+                room.session.thinking_level = Some(ThinkingLevel::Off);
+            }
+        }
+        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
+        let mut base: Vec<ChatMessage> = Vec::new();
+        if let Some(a) = agent.as_ref().filter(|a| !a.system_prompt.is_empty()) {
+            base.push(ChatMessage::System {
+                content: a.system_prompt.clone(),
+            });
+        }
+        base.extend(self.room.borrow().history.clone().unwrap_or_default());
+        base.push(ChatMessage::User {
+            content: message.content.clone(),
+        });
+
+        // The model call starts while the message is being stored: time to first token is
+        // max(storage, provider) rather than their sum. Nothing reaches a client before the
+        // store succeeds, and a failed store cancels the call.
+        self.aborted.set(false);
+        let message_id = new_id();
+        let thinking = self.room.borrow().session.thinking();
+        let first_call = async {
+            match candidates
+                .first()
+                .and_then(|c| config.provider(&c.provider).map(|p| (p, c)))
+            {
+                Some((provider, target)) => Some(
+                    self.open_call(provider, &target.model, &base, &tools, thinking, config)
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        let (stored, first_call) = futures::join!(
+            self.store_user_message(&d, &id, &user, &message, &message_id),
+            first_call
+        );
+        match stored {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                if let Some(ctrl) = self.abort.borrow_mut().take() {
+                    ctrl.abort();
+                }
+                let (code, text) = match stored {
+                    Ok(_) => (ErrorCode::Unauthorized, FORBIDDEN),
+                    Err(e) => {
+                        // Unlike the seed, no ack without storage: the client may resend safely.
+                        console_error!("storing the user message: {e}");
+                        (
+                            ErrorCode::Internal,
+                            "your message could not be stored; nothing was sent to the model",
+                        )
+                    }
+                };
+                self.send_error(&ws, &meta, code, text);
+                Self::send_ack(&ws, ack, &protocol::error_payload(Some(&id), code, text));
                 return;
             }
         }
-        let catalog = catalog.unwrap_or_else(|e| {
-            console_warn!("catalog rows unavailable, using the built-in catalog: {e}");
-            Catalog::builtin()
-        });
-        let rules = rules.unwrap_or_else(|e| {
-            console_warn!("routing rules unavailable, using the default: {e}");
-            crate::routing::CompiledRules::compile(Vec::new())
-        });
-        let agent: Option<AgentConfig> = agent.unwrap_or_else(|e| {
-            console_warn!("agent lookup failed: {e}");
-            None
-        });
-        {
-            let mut room = self.room.borrow_mut();
-            if room.owner.is_none() {
-                room.owner = Some(user.clone());
-                drop(room);
-                self.kv_put("owner", &user);
-            }
-        }
-        if let Some(c) = &message.client_message_id {
-            let _ = self.sql().exec(
-                "INSERT OR IGNORE INTO seen (client_id, message_id, at) VALUES (?, ?, ?)",
-                vec![
-                    c.as_str().into(),
-                    message_id.as_str().into(),
-                    (now as f64).into(),
-                ],
-            );
-        }
-        {
-            let mut room = self.room.borrow_mut();
-            room.session.metrics.messages += 1;
-            if let Some(h) = room.history.as_mut() {
-                h.push(ChatMessage::User {
-                    content: message.content.clone(),
-                });
-            }
-        }
+        self.after_user_message_stored(&user, &message, &message_id);
         self.update_live_later(self.socket_count());
-
         let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
         if let Some(c) = &message.client_message_id {
             ack_payload["clientMessageId"] = Value::String(c.clone());
@@ -1178,106 +1166,222 @@ impl Conversation {
         self.broadcast("message:ack", ack_payload.clone());
         Self::send_ack(&ws, ack, &ack_payload);
 
-        // Which model: /model override, then the client's choice, then the agent's, then routing.
         if let (Some(name), None) = (&agent_name, &agent) {
+            let text = format!("agent \"{name}\" is not configured; answering without it");
             self.broadcast(
                 "error",
-                protocol::error_payload(
-                    Some(&id),
-                    ErrorCode::InvalidPayload,
-                    &format!("agent \"{name}\" is not configured; answering without it"),
-                ),
+                protocol::error_payload(Some(&id), ErrorCode::InvalidPayload, &text),
             );
-            self.room.borrow_mut().session.agent = None;
         }
-        let candidates = self.candidates(&message, &user, agent.as_ref(), &catalog, config, &rules);
-        let candidates: Vec<RoutingDecision> = candidates
-            .into_iter()
-            .filter(|c| config.provider(&c.provider).is_some())
-            .collect();
-        let Some(first) = candidates.first().cloned() else {
-            let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model".to_string();
-            self.broadcast(
-                "error",
-                protocol::error_payload(Some(&id), ErrorCode::ProviderNotConfigured, &msg),
-            );
+        let Some(first_call) = first_call else {
+            let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
+            let code = ErrorCode::ProviderNotConfigured;
+            self.broadcast("error", protocol::error_payload(Some(&id), code, msg));
             // Clients wait for agent:end to leave the busy state; the turn is over.
-            let code = ErrorCode::ProviderNotConfigured.as_str();
-            self.broadcast(
-                "agent:end",
-                json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code, "message": msg } })
-                    .to_string(),
-            );
+            let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
+            self.broadcast("agent:end", end.to_string());
             self.save_session().await;
             return;
         };
-        {
-            let mut room = self.room.borrow_mut();
-            room.session.use_model(&first.provider, &first.model);
-            if room.session.thinking_level.is_none() {
-                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
-            }
-            let levels =
-                catalog::thinking_levels_for(catalog.lookup(Some(&first.provider), &first.model));
-            if !levels.contains(&room.session.thinking()) {
-                room.session.thinking_level = Some(ThinkingLevel::Off);
-            }
-        }
-        self.broadcast("session:info", self.session_info(&catalog));
+        self.broadcast("session:info", self.session_info(&operator.catalog));
         self.broadcast("agent:start", format!("{{\"conversationId\":{id_json}}}"));
 
-        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
-        let mut base: Vec<ChatMessage> = Vec::new();
-        if let Some(a) = &agent {
-            if !a.system_prompt.is_empty() {
-                base.push(ChatMessage::System {
-                    content: a.system_prompt.clone(),
-                });
+        let base = &base[..base.len() - 1];
+        let steps = Steps {
+            candidates: &candidates,
+            base,
+            tools: &tools,
+            agent: agent.as_ref(),
+            config,
+            id: &id,
+            id_json: &id_json,
+            catalog: &operator.catalog,
+        };
+        let (turn, stop, last_error) = self.run_steps(&steps, first_call).await;
+        self.abort.borrow_mut().take();
+        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
+            .await;
+    }
+
+    /// Stores the user message with its conversation row; `Ok(false)` when the user does not own it.
+    async fn store_user_message(
+        &self,
+        d: &D1Database,
+        id: &str,
+        user: &str,
+        message: &MessageEvent,
+        message_id: &str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut user_meta = json!({ "timestamp": now_iso() });
+        if let Some(c) = &message.client_message_id {
+            user_meta["clientMessageId"] = Value::String(c.clone());
+        }
+        let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[
+            db::text(id),
+            db::text(user),
+            db::text(&store::title_from(&message.content)),
+            db::num(now),
+        ])?;
+        let insert = d.prepare(sql::INSERT_USER_MESSAGE).bind(&[
+            db::text(message_id),
+            db::text(id),
+            db::text(user),
+            db::text(&message.content),
+            db::text(&user_meta.to_string()),
+            db::num(now),
+        ])?;
+        let touch = d
+            .prepare(sql::TOUCH_CONVERSATION)
+            .bind(&[db::text(id), db::num(now)])?;
+        let results = d.batch(vec![ensure, insert, touch]).await?;
+        let inserted = results
+            .get(1)
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes);
+        Ok(inserted == Some(1))
+    }
+
+    /// Bookkeeping once the user message is durable: owner, dedupe id, counts, history.
+    fn after_user_message_stored(&self, user: &str, message: &MessageEvent, message_id: &str) {
+        if self.room.borrow().owner.is_none() {
+            self.room.borrow_mut().owner = Some(user.to_string());
+            self.kv_put("owner", user);
+        }
+        if let Some(c) = &message.client_message_id {
+            let row = vec![
+                c.as_str().into(),
+                message_id.into(),
+                (now_ms() as f64).into(),
+            ];
+            if let Err(e) = self.sql().exec(
+                "INSERT OR IGNORE INTO seen (client_id, message_id, at) VALUES (?, ?, ?)",
+                row,
+            ) {
+                console_warn!("remembering clientMessageId: {e}");
             }
         }
-        base.extend(self.room.borrow().history.clone().unwrap_or_default());
+        let mut room = self.room.borrow_mut();
+        room.session.metrics.messages += 1;
+        if let Some(h) = room.history.as_mut() {
+            h.push(ChatMessage::User {
+                content: message.content.clone(),
+            });
+        }
+    }
 
-        self.aborted.set(false);
+    /// Loads the model context from D1 once per instance. A conversation this object never stored
+    /// a message for (no owner yet) has no history, so its first turn skips the read.
+    async fn load_history(&self, d: &D1Database, id: &str) -> Result<()> {
+        let (loaded, known) = {
+            let room = self.room.borrow();
+            (room.history.is_some(), room.owner.is_some())
+        };
+        if loaded {
+            return Ok(());
+        }
+        if !known {
+            self.room.borrow_mut().history = Some(Vec::new());
+            return Ok(());
+        }
+        let rows = db::list_messages(d, id).await?;
+        let rows: Vec<(String, String, Value)> = rows
+            .into_iter()
+            .map(|m| {
+                (
+                    m.role,
+                    m.content,
+                    serde_json::from_str(&m.metadata).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
+        Ok(())
+    }
+
+    /// Operator configuration (catalog rows, routing rules, agents), read together and reused for
+    /// `OPERATOR_CACHE_MS`; admin changes push an invalidation to live conversations at once.
+    async fn operator(&self, d: &D1Database) -> Rc<Operator> {
+        if let Some(o) = self
+            .operator
+            .borrow()
+            .as_ref()
+            .filter(|o| now_ms() - o.fetched_ms < OPERATOR_CACHE_MS)
+        {
+            return o.clone();
+        }
+        let (catalog, rules, agents) =
+            futures::join!(db::catalog(d), db::compiled_rules(d), db::agents(d));
+        let operator = Rc::new(Operator {
+            fetched_ms: now_ms(),
+            catalog: catalog.unwrap_or_else(|e| {
+                console_warn!("catalog rows unavailable, using the built-in catalog: {e}");
+                Catalog::builtin()
+            }),
+            rules: rules.unwrap_or_else(|e| {
+                console_warn!("routing rules unavailable, using the default: {e}");
+                crate::routing::CompiledRules::compile(Vec::new())
+            }),
+            agents: agents.unwrap_or_else(|e| {
+                console_warn!("agents unavailable: {e}");
+                Vec::new()
+            }),
+        });
+        *self.operator.borrow_mut() = Some(operator.clone());
+        operator
+    }
+
+    /// The model calls of one turn: tools between calls, retries and fallover before the first byte.
+    async fn run_steps(
+        &self,
+        s: &Steps<'_>,
+        first_call: std::result::Result<upstream::ModelStream, UpstreamError>,
+    ) -> (Turn, StopReason, Option<UpstreamError>) {
         let mut turn = Turn::default();
+        let mut pending_call = Some(first_call);
         let mut candidate = 0usize;
         let mut attempts = 0u32;
-        let mut last_error: Option<UpstreamError> = None;
         let stop = loop {
-            let target = &candidates[candidate];
-            let Some(provider) = config.provider(&target.provider) else {
-                break StopReason::Error;
+            let target = &s.candidates[candidate];
+            let Some(provider) = s.config.provider(&target.provider) else {
+                break (StopReason::Error, None);
             };
             turn.begin_step();
-            let thinking = self.room.borrow().session.thinking();
-            let mut messages = base.clone();
-            messages.extend(turn.new_context.iter().cloned());
+            let opened = match pending_call.take() {
+                Some(opened) => opened,
+                None => {
+                    let thinking = self.room.borrow().session.thinking();
+                    let mut messages = s.base.to_vec();
+                    messages.extend(turn.new_context.iter().cloned());
+                    self.open_call(
+                        provider,
+                        &target.model,
+                        &messages,
+                        s.tools,
+                        thinking,
+                        s.config,
+                    )
+                    .await
+                }
+            };
             let outcome = self
-                .call_model(
-                    &mut turn,
-                    provider,
-                    &target.model,
-                    &messages,
-                    &tools,
-                    thinking,
-                    config,
-                    &id_json,
-                )
+                .stream_call(&mut turn, opened, s.id_json, s.config.max_tool_steps)
                 .await;
             if self.aborted.get() {
                 if let StepOutcome::RunTools(calls) = outcome {
                     // Calls the model made before the abort still need results, or the history is invalid.
-                    self.run_tools(&mut turn, calls, agent.as_ref(), config, &id)
+                    self.run_tools(&mut turn, calls, s.agent, s.config, s.id)
                         .await;
                 }
-                break StopReason::Aborted;
+                break (StopReason::Aborted, None);
             }
             match outcome {
-                StepOutcome::Done(reason) => break reason,
+                StepOutcome::Done(reason) => break (reason, None),
                 StepOutcome::RunTools(calls) => {
-                    self.run_tools(&mut turn, calls, agent.as_ref(), config, &id)
+                    self.run_tools(&mut turn, calls, s.agent, s.config, s.id)
                         .await;
                     if self.aborted.get() {
-                        break StopReason::Aborted;
+                        break (StopReason::Aborted, None);
                     }
                 }
                 StepOutcome::Failed {
@@ -1286,7 +1390,7 @@ impl Conversation {
                 } => {
                     if before_output && error.kind.retryable() {
                         turn.forget_failed_step();
-                        if attempts < config.upstream_retries {
+                        if attempts < s.config.upstream_retries {
                             attempts += 1;
                             let backoff = error
                                 .retry_after_ms
@@ -1295,10 +1399,10 @@ impl Conversation {
                             Delay::from(Duration::from_millis(backoff)).await;
                             continue;
                         }
-                        if candidate + 1 < candidates.len() {
+                        if candidate + 1 < s.candidates.len() {
                             candidate += 1;
                             attempts = 0;
-                            let next = candidates[candidate].clone();
+                            let next = s.candidates[candidate].clone();
                             console_log!(
                                 "falling over from {}/{} to {}/{}: {}",
                                 target.provider,
@@ -1315,17 +1419,18 @@ impl Conversation {
                                     ..next
                                 });
                             }
-                            self.broadcast("session:info", self.session_info(&catalog));
+                            self.broadcast("session:info", self.session_info(s.catalog));
                             continue;
                         }
                     }
-                    let stop = if !turn.text.is_empty()
-                        && matches!(
-                            error.kind,
-                            UpstreamErrorKind::Malformed
-                                | UpstreamErrorKind::Network
-                                | UpstreamErrorKind::Timeout
-                        ) {
+                    // The stream broke after text went out: say it was cut, not that the model failed.
+                    let broke = matches!(
+                        error.kind,
+                        UpstreamErrorKind::Malformed
+                            | UpstreamErrorKind::Network
+                            | UpstreamErrorKind::Timeout
+                    );
+                    let stop = if !turn.text.is_empty() && broke {
                         StopReason::Truncated
                     } else {
                         StopReason::Error
@@ -1333,19 +1438,74 @@ impl Conversation {
                     self.broadcast(
                         "error",
                         protocol::error_payload(
-                            Some(&id),
+                            Some(s.id),
                             ErrorCode::Upstream(error.kind.code()),
                             &error.message,
                         ),
                     );
-                    last_error = Some(error);
-                    break stop;
+                    break (stop, Some(error));
                 }
             }
         };
-        self.abort.borrow_mut().take();
-        self.finish_turn(turn, stop, last_error.as_ref(), &catalog, &d)
-            .await;
+        (turn, stop.0, stop.1)
+    }
+
+    /// Starts one model call under a fresh abort controller.
+    async fn open_call(
+        &self,
+        provider: &ProviderConfig,
+        model: &str,
+        messages: &[ChatMessage],
+        tools: &[crate::llm::ToolSpec],
+        thinking: ThinkingLevel,
+        config: &Config,
+    ) -> std::result::Result<upstream::ModelStream, UpstreamError> {
+        let ctrl = AbortController::default();
+        let signal = ctrl.signal();
+        *self.abort.borrow_mut() = Some(ctrl);
+        if self.aborted.get() {
+            return Err(UpstreamError::new(UpstreamErrorKind::Network, "aborted"));
+        }
+        let spec = CallSpec {
+            base_url: &provider.base_url,
+            api_key: provider.api_key.as_deref(),
+            model,
+            messages,
+            tools,
+            thinking,
+            max_tokens: config.max_output_tokens,
+        };
+        upstream::open(provider, &spec, &signal, config.upstream_stall_ms).await
+    }
+
+    /// Streams one model call's deltas to every socket as they arrive.
+    async fn stream_call(
+        &self,
+        turn: &mut Turn,
+        opened: std::result::Result<upstream::ModelStream, UpstreamError>,
+        id_json: &str,
+        max_steps: u32,
+    ) -> StepOutcome {
+        match opened {
+            Err(e) => turn.fail_step(e),
+            Ok(mut stream) => {
+                while let Some(event) = stream.next().await {
+                    if self.aborted.get() {
+                        break;
+                    }
+                    match turn.on_stream_event(event) {
+                        Some(Emit::Text(t)) => {
+                            self.broadcast("agent:text", protocol::delta_payload(id_json, &t))
+                        }
+                        Some(Emit::Thinking(t)) => {
+                            self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t))
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        turn.end_step(max_steps)
     }
 
     /// Runs the model's tool calls in order. After an abort every call still owed gets an error
@@ -1424,56 +1584,6 @@ impl Conversation {
             self.room.borrow_mut().session.routing_decision = Some(first.clone());
         }
         candidates
-    }
-
-    /// One model call: stream its deltas to every socket as they arrive.
-    #[allow(clippy::too_many_arguments)]
-    async fn call_model(
-        &self,
-        turn: &mut Turn,
-        provider: &ProviderConfig,
-        model: &str,
-        messages: &[ChatMessage],
-        tools: &[crate::llm::ToolSpec],
-        thinking: ThinkingLevel,
-        config: &Config,
-        id_json: &str,
-    ) -> StepOutcome {
-        let ctrl = AbortController::default();
-        let signal = ctrl.signal();
-        *self.abort.borrow_mut() = Some(ctrl);
-        if self.aborted.get() {
-            return StepOutcome::Done(StopReason::Aborted);
-        }
-        let spec = CallSpec {
-            base_url: &provider.base_url,
-            api_key: provider.api_key.as_deref(),
-            model,
-            messages,
-            tools,
-            thinking,
-            max_tokens: config.max_output_tokens,
-        };
-        match upstream::open(provider, &spec, &signal, config.upstream_stall_ms).await {
-            Err(e) => turn.fail_step(e),
-            Ok(mut stream) => {
-                while let Some(event) = stream.next().await {
-                    if self.aborted.get() {
-                        break;
-                    }
-                    match turn.on_stream_event(event) {
-                        Some(Emit::Text(t)) => {
-                            self.broadcast("agent:text", protocol::delta_payload(id_json, &t))
-                        }
-                        Some(Emit::Thinking(t)) => {
-                            self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t))
-                        }
-                        None => {}
-                    }
-                }
-            }
-        }
-        turn.end_step(config.max_tool_steps)
     }
 
     /// Stores the assistant message (also when aborted or failed), updates metrics and ends the turn for every socket.
@@ -1594,10 +1704,16 @@ impl Conversation {
             .info_payload(&room.id, (&default.0, &default.1), &levels)
     }
 
-    async fn current_catalog(&self) -> Catalog {
+    /// Operator configuration for commands; the built-in catalog alone when D1 is unreachable.
+    async fn current_operator(&self) -> Rc<Operator> {
         match db::db(&self.env) {
-            Ok(d) => db::catalog(&d).await.unwrap_or_else(|_| Catalog::builtin()),
-            Err(_) => Catalog::builtin(),
+            Ok(d) => self.operator(&d).await,
+            Err(_) => Rc::new(Operator {
+                fetched_ms: 0,
+                catalog: Catalog::builtin(),
+                rules: crate::routing::CompiledRules::compile(Vec::new()),
+                agents: Vec::new(),
+            }),
         }
     }
 
@@ -1609,7 +1725,7 @@ impl Conversation {
 
     /// The seed's error text for a level the session does not take.
     async fn thinking_levels_error(&self, level: &str) -> String {
-        let levels = self.available_levels(&self.current_catalog().await);
+        let levels = self.available_levels(&self.current_operator().await.catalog);
         let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
         format!(
             "Invalid thinking level \"{level}\". Available: {}",
@@ -1618,8 +1734,9 @@ impl Conversation {
     }
 
     async fn set_thinking(&self, level: &str) -> std::result::Result<(), String> {
-        let catalog = self.current_catalog().await;
-        let levels = self.available_levels(&catalog);
+        let operator = self.current_operator().await;
+        let catalog = &operator.catalog;
+        let levels = self.available_levels(catalog);
         let Some(parsed) = ThinkingLevel::parse(level).filter(|l| levels.contains(l)) else {
             return Err(self.thinking_levels_error(level).await);
         };
@@ -1653,7 +1770,8 @@ impl Conversation {
         model: Option<String>,
     ) -> std::result::Result<String, String> {
         let config = self.config().map_err(|e| e.to_string())?;
-        let catalog = self.current_catalog().await;
+        let operator = self.current_operator().await;
+        let catalog = &operator.catalog;
         match &model {
             Some(spec) => {
                 let (provider, id) = selection::resolve_model(spec, None, &catalog, &config);
@@ -1759,16 +1877,13 @@ impl Conversation {
                 (true, msg, json!({ "agentName": agent }))
             }
             Command::SetAgent(name) => {
-                let found = match db::db(&self.env) {
-                    Ok(d) => db::agents(&d).await.unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                };
+                let operator = self.current_operator().await;
+                let found = &operator.agents;
                 match found.iter().find(|(aid, a)| a.name == name || *aid == name) {
                     Some((_, a)) => {
                         self.room.borrow_mut().session.agent = Some(a.name.clone());
                         self.save_session().await;
-                        let catalog = self.current_catalog().await;
-                        self.broadcast("session:info", self.session_info(&catalog));
+                        self.broadcast("session:info", self.session_info(&operator.catalog));
                         (
                             true,
                             format!("Agent set to {}", a.name),
@@ -1793,8 +1908,8 @@ impl Conversation {
             Command::ClearAgent => {
                 self.room.borrow_mut().session.agent = None;
                 self.save_session().await;
-                let catalog = self.current_catalog().await;
-                self.broadcast("session:info", self.session_info(&catalog));
+                let catalog = &self.current_operator().await.catalog;
+                self.broadcast("session:info", self.session_info(catalog));
                 (true, "Agent cleared".into(), Value::Null)
             }
             Command::Status => {
