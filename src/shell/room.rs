@@ -1742,7 +1742,7 @@ impl Conversation {
         };
         self.room.borrow_mut().session.thinking_level = Some(parsed);
         self.save_session().await;
-        self.broadcast("session:info", self.session_info(&catalog));
+        self.broadcast("session:info", self.session_info(catalog));
         Ok(())
     }
 
@@ -1774,7 +1774,7 @@ impl Conversation {
         let catalog = &operator.catalog;
         match &model {
             Some(spec) => {
-                let (provider, id) = selection::resolve_model(spec, None, &catalog, &config);
+                let (provider, id) = selection::resolve_model(spec, None, catalog, &config);
                 if config.provider(&provider).is_none() {
                     return Err(format!(
                         "provider \"{provider}\" is not configured; configured: {}",
@@ -1800,7 +1800,7 @@ impl Conversation {
             }
         }
         self.save_session().await;
-        let info = self.session_info(&catalog);
+        let info = self.session_info(catalog);
         self.broadcast("session:info", info.clone());
         Ok(info)
     }
