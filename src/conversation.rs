@@ -183,6 +183,8 @@ pub struct Turn {
     pub last_prompt_tokens: u64,
     /// Model calls made so far.
     pub steps: u32,
+    /// Whether the provider reported any usage (an aborted or broken stream may never say).
+    pub usage_reported: bool,
     /// Messages this turn adds to the model's context (assistant steps, tool results).
     pub new_context: Vec<ChatMessage>,
     step: Step,
@@ -247,6 +249,7 @@ impl Turn {
                 None
             }
             StreamEvent::Usage(u) => {
+                self.usage_reported = true;
                 merge_usage(&mut self.step.usage, &u);
                 None
             }
@@ -392,18 +395,20 @@ pub struct ContextUsage {
     pub window: u64,
 }
 
-/// Builds a turn's usage from the catalog.
+/// Builds a turn's usage from the catalog. Cost is unknown (`None`) for a model without prices,
+/// and for a turn whose provider never reported usage: zero would claim it was free.
 pub fn turn_usage(
     catalog: &Catalog,
     provider: &str,
     model: &str,
     thinking: ThinkingLevel,
-    usage: &Usage,
-    last_prompt_tokens: u64,
+    turn: &Turn,
 ) -> TurnUsage {
+    let (usage, last_prompt_tokens) = (&turn.usage, turn.last_prompt_tokens);
     let info = catalog.lookup(Some(provider), model);
     let cost = info
         .and_then(|i| i.prices.as_ref())
+        .filter(|_| turn.usage_reported)
         .map(|p| catalog::cost(p, usage));
     let window = info.map(|i| i.context_window).unwrap_or(0);
     let percent = (window > 0)
@@ -809,6 +814,30 @@ mod tests {
                 tool_calls: vec![]
             }
         );
+    }
+
+    #[test]
+    fn cost_is_unknown_without_prices_or_reported_usage() {
+        let catalog = Catalog::builtin();
+        let mut t = Turn::default();
+        t.begin_step();
+        t.on_stream_event(StreamEvent::Text("partial".into()));
+        t.end_step(8);
+        let aborted = turn_usage(&catalog, "openai", "gpt-4o-mini", ThinkingLevel::Off, &t);
+        assert_eq!(aborted.cost, None, "no usage reported: unknown, not free");
+        t.begin_step();
+        t.on_stream_event(StreamEvent::Usage(Usage {
+            input: 1_000_000,
+            output: 0,
+            cache_read: 0,
+            cache_write: 0,
+        }));
+        t.end_step(8);
+        let priced = turn_usage(&catalog, "openai", "gpt-4o-mini", ThinkingLevel::Off, &t);
+        assert!((priced.cost.unwrap().total - 0.15).abs() < 1e-9);
+        assert_eq!(priced.context.window, 128_000);
+        let unknown = turn_usage(&catalog, "openai", "not-a-model", ThinkingLevel::Off, &t);
+        assert_eq!((unknown.cost, unknown.context.percent), (None, None));
     }
 
     #[test]

@@ -656,7 +656,7 @@ impl Conversation {
         Response::from_websocket(pair.client)
     }
 
-    /// On connect: the manifest, the session of an existing conversation, then what a resuming client missed.
+    /// On connect: the manifest, then what a resuming client missed.
     fn greet(&self, ws: &WebSocket, meta: &SocketMeta, last_seq: Option<u64>) {
         self.send_to(ws, meta, &self.manifest());
         let Some(last) = last_seq else { return };
@@ -1186,10 +1186,9 @@ impl Conversation {
         self.broadcast("session:info", self.session_info(&operator.catalog));
         self.broadcast("agent:start", format!("{{\"conversationId\":{id_json}}}"));
 
-        let base = &base[..base.len() - 1];
         let steps = Steps {
             candidates: &candidates,
-            base,
+            base: &base,
             tools: &tools,
             agent: agent.as_ref(),
             config,
@@ -1605,14 +1604,7 @@ impl Conversation {
                 s.thinking(),
             )
         };
-        let usage = conversation::turn_usage(
-            catalog,
-            &provider,
-            &model,
-            thinking,
-            &turn.usage,
-            turn.last_prompt_tokens,
-        );
+        let usage = conversation::turn_usage(catalog, &provider, &model, thinking, &turn);
         let mut metadata = conversation::assistant_metadata(&now_iso(), &usage, &turn, stop, error);
         if turn.new_context.len() > 1
             || turn.new_context.iter().any(|m| {
