@@ -215,7 +215,9 @@ test('thinking streams into a collapsed <details>; tool calls show their start a
   const content = `think ${uniq()} [[thinking]] [[tool name=nope]]`;
   const bubble = await sendMessage(content);
   await finished(bubble);
-  const first = requestFor(content);
+  // A tool turn makes two upstream requests with this user message; the first carries no tool result.
+  const first = up.requests.find((r) => r.lastUserText === content && r.toolResults.length === 0);
+  assert.ok(first, `a first round for ${JSON.stringify(content)}`);
   const callId = first.sent.toolCalls[0]?.id;
   assert.ok(callId, 'the first round asked for a tool');
   // The round after the tool call is the one that answers the tool result.
