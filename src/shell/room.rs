@@ -78,6 +78,17 @@ struct Operator {
     agents: Vec<(String, AgentConfig)>,
 }
 
+/// A planned turn: its model candidates, agent and context, with the first call started.
+struct Plan {
+    operator: Rc<Operator>,
+    agent_name: Option<String>,
+    agent: Option<AgentConfig>,
+    candidates: Vec<RoutingDecision>,
+    tools: Vec<crate::llm::ToolSpec>,
+    base: Vec<ChatMessage>,
+    first_call: Option<std::result::Result<upstream::ModelStream, UpstreamError>>,
+}
+
 /// What every model call of a turn shares.
 struct Steps<'a> {
     candidates: &'a [RoutingDecision],
@@ -611,6 +622,10 @@ impl Conversation {
             .headers()
             .get(super::gateway::H_LAST_SEQ)?
             .and_then(|s| s.parse().ok());
+        // A conversation that was idle may have missed configuration changes pushed to live ones.
+        if self.socket_count() == 0 {
+            self.operator.borrow_mut().take();
+        }
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
         self.state.accept_web_socket(&ws);
@@ -1048,91 +1063,14 @@ impl Conversation {
                 return;
             }
         };
-        let (operator, history) = futures::join!(self.operator(&d), self.load_history(&d, &id));
-        if let Err(e) = history {
-            console_error!("loading history: {e}");
-            self.send_error(
-                &ws,
-                &meta,
-                ErrorCode::Internal,
-                "the conversation history could not be loaded; nothing was sent to the model",
-            );
-            return;
-        }
-
-        // Which model: /model override, then the client's choice, then the agent's, then routing.
-        if let Some(agent) = &message.agent_id {
-            self.room.borrow_mut().session.agent = Some(agent.clone());
-        }
-        let agent_name = self.room.borrow().session.agent.clone();
-        let agent: Option<AgentConfig> = agent_name.as_ref().and_then(|n| {
-            operator
-                .agents
-                .iter()
-                .find(|(aid, a)| &a.name == n || aid == n)
-                .map(|(_, a)| a.clone())
-        });
-        if agent_name.is_some() && agent.is_none() {
-            self.room.borrow_mut().session.agent = None;
-        }
-        let candidates: Vec<RoutingDecision> = self
-            .candidates(
-                &message,
-                &user,
-                agent.as_ref(),
-                &operator.catalog,
-                config,
-                &operator.rules,
-            )
-            .into_iter()
-            .filter(|c| config.provider(&c.provider).is_some())
-            .collect();
-        if let Some(first) = candidates.first() {
-            let mut room = self.room.borrow_mut();
-            room.session.use_model(&first.provider, &first.model);
-            if room.session.thinking_level.is_none() {
-                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
-            }
-            let levels = catalog::thinking_levels_for(
-                operator.catalog.lookup(Some(&first.provider), &first.model),
-            );
-            if !levels.contains(&room.session.thinking()) {
-                room.session.thinking_level = Some(ThinkingLevel::Off);
-            }
-        }
-        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
-        let mut base: Vec<ChatMessage> = Vec::new();
-        if let Some(a) = agent.as_ref().filter(|a| !a.system_prompt.is_empty()) {
-            base.push(ChatMessage::System {
-                content: a.system_prompt.clone(),
-            });
-        }
-        base.extend(self.room.borrow().history.clone().unwrap_or_default());
-        base.push(ChatMessage::User {
-            content: message.content.clone(),
-        });
-
-        // The model call starts while the message is being stored: time to first token is
-        // max(storage, provider) rather than their sum. Nothing reaches a client before the
-        // store succeeds, and a failed store cancels the call.
+        // The message is stored while the turn is planned and the model call starts: time to
+        // first token is max(storage, planning + provider), not their sum. Nothing reaches a
+        // client before the store succeeds, and a failed store cancels the call.
         self.aborted.set(false);
         let message_id = new_id();
-        let thinking = self.room.borrow().session.thinking();
-        let first_call = async {
-            match candidates
-                .first()
-                .and_then(|c| config.provider(&c.provider).map(|p| (p, c)))
-            {
-                Some((provider, target)) => Some(
-                    self.open_call(provider, &target.model, &base, &tools, thinking, config)
-                        .await,
-                ),
-                None => None,
-            }
-        };
-        let (stored, first_call) = futures::join!(
+        let (stored, plan) = futures::join!(
             self.store_user_message(&d, &id, &user, &message, &message_id),
-            first_call
+            self.plan_turn(&d, &id, &user, &message, &message_id, config)
         );
         match stored {
             Ok(true) => {}
@@ -1166,6 +1104,23 @@ impl Conversation {
         self.broadcast("message:ack", ack_payload.clone());
         Self::send_ack(&ws, ack, &ack_payload);
 
+        let Plan {
+            operator,
+            agent_name,
+            agent,
+            candidates,
+            tools,
+            base,
+            first_call,
+        } = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                console_error!("loading history: {e}");
+                let msg = "the conversation history could not be loaded; try again";
+                self.end_early(&id, ErrorCode::Internal, msg).await;
+                return;
+            }
+        };
         if let (Some(name), None) = (&agent_name, &agent) {
             let text = format!("agent \"{name}\" is not configured; answering without it");
             self.broadcast(
@@ -1175,12 +1130,8 @@ impl Conversation {
         }
         let Some(first_call) = first_call else {
             let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
-            let code = ErrorCode::ProviderNotConfigured;
-            self.broadcast("error", protocol::error_payload(Some(&id), code, msg));
-            // Clients wait for agent:end to leave the busy state; the turn is over.
-            let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
-            self.broadcast("agent:end", end.to_string());
-            self.save_session().await;
+            self.end_early(&id, ErrorCode::ProviderNotConfigured, msg)
+                .await;
             return;
         };
         self.broadcast("session:info", self.session_info(&operator.catalog));
@@ -1200,6 +1151,101 @@ impl Conversation {
         self.abort.borrow_mut().take();
         self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
             .await;
+    }
+
+    /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
+    async fn end_early(&self, id: &str, code: ErrorCode, msg: &str) {
+        self.broadcast("error", protocol::error_payload(Some(id), code, msg));
+        let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
+        self.broadcast("agent:end", end.to_string());
+        self.save_session().await;
+    }
+
+    /// Decides the model, agent and context of a turn and starts its first model call.
+    /// Errs only when the history cannot be read.
+    async fn plan_turn(
+        &self,
+        d: &D1Database,
+        id: &str,
+        user: &str,
+        message: &MessageEvent,
+        message_id: &str,
+        config: &Config,
+    ) -> Result<Plan> {
+        let (operator, history) =
+            futures::join!(self.operator(d), self.load_history(d, id, message_id));
+        history?;
+        // Which model: /model override, then the client's choice, then the agent's, then routing.
+        if let Some(agent) = &message.agent_id {
+            self.room.borrow_mut().session.agent = Some(agent.clone());
+        }
+        let agent_name = self.room.borrow().session.agent.clone();
+        let agent: Option<AgentConfig> = agent_name.as_ref().and_then(|n| {
+            operator
+                .agents
+                .iter()
+                .find(|(aid, a)| &a.name == n || aid == n)
+                .map(|(_, a)| a.clone())
+        });
+        if agent_name.is_some() && agent.is_none() {
+            self.room.borrow_mut().session.agent = None;
+        }
+        let candidates: Vec<RoutingDecision> = self
+            .candidates(
+                message,
+                user,
+                agent.as_ref(),
+                &operator.catalog,
+                config,
+                &operator.rules,
+            )
+            .into_iter()
+            .filter(|c| config.provider(&c.provider).is_some())
+            .collect();
+        if let Some(first) = candidates.first() {
+            let mut room = self.room.borrow_mut();
+            room.session.use_model(&first.provider, &first.model);
+            if room.session.thinking_level.is_none() {
+                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
+            }
+            let levels = catalog::thinking_levels_for(
+                operator.catalog.lookup(Some(&first.provider), &first.model),
+            );
+            if !levels.contains(&room.session.thinking()) {
+                room.session.thinking_level = Some(ThinkingLevel::Off);
+            }
+        }
+        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
+        let mut base: Vec<ChatMessage> = Vec::new();
+        if let Some(a) = agent.as_ref().filter(|a| !a.system_prompt.is_empty()) {
+            base.push(ChatMessage::System {
+                content: a.system_prompt.clone(),
+            });
+        }
+        base.extend(self.room.borrow().history.clone().unwrap_or_default());
+        base.push(ChatMessage::User {
+            content: message.content.clone(),
+        });
+        let thinking = self.room.borrow().session.thinking();
+        let first_call = match candidates
+            .first()
+            .and_then(|c| config.provider(&c.provider).map(|p| (p, c)))
+        {
+            Some((provider, target)) => Some(
+                self.open_call(provider, &target.model, &base, &tools, thinking, config)
+                    .await,
+            ),
+            None => None,
+        };
+        Ok(Plan {
+            operator,
+            agent_name,
+            agent,
+            candidates,
+            tools,
+            base,
+            first_call,
+        })
     }
 
     /// Stores the user message with its conversation row; `Ok(false)` when the user does not own it.
@@ -1271,7 +1317,7 @@ impl Conversation {
 
     /// Loads the model context from D1 once per instance. A conversation this object never stored
     /// a message for (no owner yet) has no history, so its first turn skips the read.
-    async fn load_history(&self, d: &D1Database, id: &str) -> Result<()> {
+    async fn load_history(&self, d: &D1Database, id: &str, storing: &str) -> Result<()> {
         let (loaded, known) = {
             let room = self.room.borrow();
             (room.history.is_some(), room.owner.is_some())
@@ -1284,8 +1330,10 @@ impl Conversation {
             return Ok(());
         }
         let rows = db::list_messages(d, id).await?;
+        // The read races the insert of `storing`; that message is appended once it is stored.
         let rows: Vec<(String, String, Value)> = rows
             .into_iter()
+            .filter(|m| m.id != storing)
             .map(|m| {
                 (
                     m.role,
