@@ -1,0 +1,446 @@
+//! The conversation Durable Object: owns the sockets, the session and the running turn; streams model output to every socket.
+
+mod session;
+mod sockets;
+mod turn;
+
+use super::{db, new_id, now_iso, now_ms, tools, upstream};
+use crate::agents::AgentConfig;
+use crate::catalog::{self, Catalog};
+use crate::commands::{self, Command};
+use crate::config::{Config, ProviderConfig};
+use crate::conversation::{
+    self, Emit, RateLimiter, SessionState, StepOutcome, StopReason, StreamLog, Turn,
+};
+use crate::llm::{
+    CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
+};
+use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
+use crate::routing::{RoutingContext, RoutingDecision, Target};
+use crate::selection;
+use crate::store::{self, sql};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+use worker::*;
+
+/// The socket.io namespace the gateway serves.
+const NSP: &str = "/chat";
+/// What a user hears about someone else's conversation.
+const FORBIDDEN: &str = "forbidden: this conversation belongs to another user";
+/// How long operator configuration read from D1 is reused by a conversation.
+const OPERATOR_CACHE_MS: i64 = 60_000;
+/// Bytes of stream events kept for resume.
+const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Per-socket data kept in the hibernation attachment (at most 2 KB).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SocketMeta {
+    /// The authenticated user; `None` for a socket.io socket before its CONNECT.
+    user: Option<String>,
+    /// socket.io framing (else JSON).
+    sio: bool,
+    /// socket.io: CONNECT to `/chat` accepted.
+    connected: bool,
+    /// socket.io session id of the namespace.
+    sid: String,
+    /// socket.io recovery id.
+    pid: String,
+}
+
+/// A message waiting for the running turn to end.
+struct Pending {
+    ws: WebSocket,
+    meta: SocketMeta,
+    message: MessageEvent,
+    ack: Option<u64>,
+}
+
+/// In-memory state, rebuilt from storage after eviction or hibernation.
+struct Room {
+    loaded: bool,
+    id: String,
+    id_json: String,
+    owner: Option<String>,
+    session: SessionState,
+    log: StreamLog,
+    history: Option<Vec<ChatMessage>>,
+    turn_running: bool,
+    queue: VecDeque<Pending>,
+    rate: RateLimiter,
+    sockets: Option<Vec<(WebSocket, SocketMeta)>>,
+}
+
+/// Operator configuration from D1, cached per object.
+struct Operator {
+    fetched_ms: i64,
+    catalog: Catalog,
+    rules: crate::routing::CompiledRules,
+    agents: Vec<(String, AgentConfig)>,
+}
+
+/// A planned turn: its model candidates, agent and context, with the first call started.
+struct Plan {
+    operator: Rc<Operator>,
+    agent_name: Option<String>,
+    agent: Option<AgentConfig>,
+    candidates: Vec<RoutingDecision>,
+    tools: Vec<crate::llm::ToolSpec>,
+    base: Vec<ChatMessage>,
+    first_call: Option<std::result::Result<upstream::ModelStream, UpstreamError>>,
+}
+
+/// What every model call of a turn shares.
+struct Steps<'a> {
+    candidates: &'a [RoutingDecision],
+    /// The context before this turn's own steps: system prompt, history, the user message.
+    base: &'a [ChatMessage],
+    tools: &'a [crate::llm::ToolSpec],
+    agent: Option<&'a AgentConfig>,
+    config: &'a Config,
+    id: &'a str,
+    id_json: &'a str,
+    catalog: &'a Catalog,
+}
+
+#[durable_object]
+pub struct Conversation {
+    state: State,
+    env: Env,
+    config: Result<Rc<Config>>,
+    room: RefCell<Room>,
+    operator: RefCell<Option<Rc<Operator>>>,
+    abort: RefCell<Option<AbortController>>,
+    aborted: Cell<bool>,
+}
+
+impl DurableObject for Conversation {
+    fn new(state: State, env: Env) -> Self {
+        let config = super::load_config(&env)
+            .map(Rc::new)
+            .map_err(|e| Error::RustError(e.to_string()));
+        let window = config
+            .as_ref()
+            .map(|c| c.replay_window_ms)
+            .unwrap_or(120_000);
+        Conversation {
+            state,
+            env,
+            config,
+            room: RefCell::new(Room {
+                loaded: false,
+                id: String::new(),
+                id_json: "\"\"".into(),
+                owner: None,
+                session: SessionState::default(),
+                log: StreamLog::new(1, window, REPLAY_BYTES),
+                history: None,
+                turn_running: false,
+                queue: VecDeque::new(),
+                rate: RateLimiter::default(),
+                sockets: None,
+            }),
+            operator: RefCell::new(None),
+            abort: RefCell::new(None),
+            aborted: Cell::new(false),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let conversation = req
+            .headers()
+            .get(super::gateway::H_CONVERSATION)?
+            .unwrap_or_default();
+        self.ensure_loaded(Some(&conversation))?;
+        let config = self.config()?;
+        match req.path().as_str() {
+            "/connect" => self.attach(&req, &config).await,
+            "/reload" => {
+                let body: Value = req.json().await.unwrap_or(Value::Null);
+                self.reload(body).await
+            }
+            "/invalidate" => {
+                // An admin changed rules, agents or catalog rows: read them again at the next turn.
+                self.operator.borrow_mut().take();
+                super::json_response(200, &json!({ "sockets": self.socket_count(), "failed": 0 }))
+            }
+            "/model" => {
+                let body: Value = req.json().await.unwrap_or(Value::Null);
+                let model = body
+                    .get("model")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string);
+                match self.set_model_override(model).await {
+                    Ok(info) => super::json_text(200, info),
+                    Err(message) => super::json_response(400, &json!({ "error": message })),
+                }
+            }
+            _ => super::json_response(404, &json!({ "error": "unknown conversation route" })),
+        }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        self.ensure_loaded(None)?;
+        let config = self.config()?;
+        let meta: SocketMeta = ws.deserialize_attachment()?.unwrap_or_default();
+        let limits = Limits {
+            max_content_bytes: config.max_message_bytes,
+        };
+        let text = match message {
+            WebSocketIncomingMessage::String(s) => s,
+            WebSocketIncomingMessage::Binary(_) => {
+                if meta.sio {
+                    let _ = ws.close(Some(1003), Some("binary packets are not supported"));
+                } else {
+                    self.send_error(
+                        &ws,
+                        &meta,
+                        ErrorCode::InvalidPayload,
+                        "binary frames are not supported; send JSON text frames",
+                    );
+                }
+                return Ok(());
+            }
+        };
+        if !meta.sio {
+            match protocol::decode_json_frame(&text, &limits) {
+                Ok(event) => self.handle_event(&ws, &meta, event, None, &config).await,
+                Err(e) => self.send_error(&ws, &meta, e.code, &e.message),
+            }
+            return Ok(());
+        }
+        if text.len() > protocol::max_frame_bytes(&limits) {
+            self.send_error(
+                &ws,
+                &meta,
+                ErrorCode::PayloadTooLarge,
+                "packet larger than the gateway accepts",
+            );
+            return Ok(());
+        }
+        match sio::decode(&text) {
+            Ok(sio::Inbound::Ping) => {
+                let _ = ws.send_with_str("3");
+            }
+            Ok(
+                sio::Inbound::Pong
+                | sio::Inbound::Noop
+                | sio::Inbound::Upgrade
+                | sio::Inbound::Ack { .. },
+            ) => {}
+            Ok(sio::Inbound::Close) => {
+                let _ = ws.close(Some(1000), Some("closed by client"));
+            }
+            Ok(sio::Inbound::Connect { nsp, auth }) => {
+                self.sio_connect(&ws, meta, &nsp, auth).await?
+            }
+            Ok(sio::Inbound::Disconnect { .. }) => {
+                let mut meta = meta;
+                meta.connected = false;
+                self.set_meta(&ws, &meta)?;
+            }
+            Ok(sio::Inbound::Event {
+                nsp,
+                ack_id,
+                name,
+                args,
+            }) => {
+                if nsp != NSP || !meta.connected {
+                    let _ = ws.send_with_str(sio::connect_error(
+                        &nsp,
+                        "connect to the /chat namespace first",
+                        None,
+                    ));
+                    return Ok(());
+                }
+                let data = args.into_iter().next().unwrap_or_else(|| json!({}));
+                match protocol::decode_event(&name, data, &limits) {
+                    Ok(event) => self.handle_event(&ws, &meta, event, ack_id, &config).await,
+                    Err(e) => {
+                        self.send_error(&ws, &meta, e.code, &e.message);
+                        if let Some(id) = ack_id {
+                            let _ = ws.send_with_str(sio::ack(
+                                NSP,
+                                id,
+                                &format!("[{}]", protocol::error_payload(None, e.code, &e.message)),
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if meta.connected {
+                    self.send_error(
+                        &ws,
+                        &meta,
+                        ErrorCode::InvalidPayload,
+                        &format!("malformed socket.io packet: {e}"),
+                    );
+                } else {
+                    let reason: String = e.to_string().chars().take(120).collect();
+                    let _ = ws.close(Some(1008), Some(reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        self.ensure_loaded(None)?;
+        // Reciprocate; reserved codes cannot be sent back.
+        let code = match code {
+            1005 | 1006 | 1015 => 1000,
+            c => c as u16,
+        };
+        let _ = ws.close(Some(code), Some("closing"));
+        self.forget_socket(&ws).await;
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
+        self.ensure_loaded(None)?;
+        self.forget_socket(&ws).await;
+        Ok(())
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.ensure_loaded(None)?;
+        let config = self.config()?;
+        let sockets = self.sockets();
+        let mut any_sio = false;
+        for (ws, meta) in &sockets {
+            if meta.sio {
+                any_sio = true;
+                let _ = ws.send_with_str(sio::ping());
+            }
+        }
+        self.room.borrow_mut().log.prune(now_ms());
+        if any_sio {
+            self.state
+                .storage()
+                .set_alarm(Duration::from_millis(config.sio_ping_interval_ms))
+                .await?;
+        }
+        Response::ok("ok")
+    }
+}
+
+impl Conversation {
+    fn config(&self) -> Result<Rc<Config>> {
+        match &self.config {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(Error::RustError(e.to_string())),
+        }
+    }
+
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Loads the conversation's durable state into memory once per instance.
+    fn ensure_loaded(&self, id_hint: Option<&str>) -> Result<()> {
+        if self.room.borrow().loaded {
+            return Ok(());
+        }
+        let sql = self.sql();
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+            None,
+        )?;
+        sql.exec("CREATE TABLE IF NOT EXISTS seen (client_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL)", None)?;
+        #[derive(Deserialize)]
+        struct Kv {
+            k: String,
+            v: String,
+        }
+        let rows: Vec<Kv> = sql.exec("SELECT k, v FROM kv", None)?.to_array()?;
+        let get = |key: &str| rows.iter().find(|r| r.k == key).map(|r| r.v.clone());
+        let mut room = self.room.borrow_mut();
+        let id = match (get("id"), id_hint) {
+            (Some(id), _) => id,
+            (None, Some(hint)) if !hint.is_empty() => {
+                sql.exec(
+                    "INSERT OR REPLACE INTO kv (k, v) VALUES ('id', ?)",
+                    vec![hint.into()],
+                )?;
+                hint.to_string()
+            }
+            _ => {
+                return Err(Error::RustError(
+                    "conversation object used before its id was known".into(),
+                ))
+            }
+        };
+        room.id_json = protocol::json_str(&id);
+        room.id = id;
+        room.owner = get("owner");
+        room.session = get("session")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let mut next_seq: u64 = get("seq").and_then(|s| s.parse().ok()).unwrap_or(1);
+        if get("turn").as_deref() == Some("running") {
+            // The instance died mid-turn: numbers issued since the last save are unknown, so skip past them.
+            next_seq += 1_000_000;
+        }
+        let window = self
+            .config
+            .as_ref()
+            .map(|c| c.replay_window_ms)
+            .unwrap_or(120_000);
+        room.log = StreamLog::new(next_seq, window, REPLAY_BYTES);
+        room.loaded = true;
+        Ok(())
+    }
+
+    fn kv_put(&self, key: &str, value: &str) {
+        if let Err(e) = self.sql().exec(
+            "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)",
+            vec![key.into(), value.into()],
+        ) {
+            console_error!("storing {key}: {e}");
+        }
+    }
+
+    /// Persists the session durably (object storage, authoritative) and mirrors it to D1.
+    async fn save_session(&self) {
+        let (id, text) = {
+            let room = self.room.borrow();
+            (
+                room.id.clone(),
+                serde_json::to_string(&room.session).unwrap_or_default(),
+            )
+        };
+        self.kv_put("session", &text);
+        if let Ok(d) = db::db(&self.env) {
+            if let Err(e) = db::run(
+                &d,
+                sql::SAVE_SESSION,
+                &[db::text(&id), db::text(&text), db::num(now_ms())],
+            )
+            .await
+            {
+                console_warn!("mirroring the session to D1: {e}");
+            }
+        }
+    }
+}
+
+/// Whether two handles are the same socket.
+fn same(a: &WebSocket, b: &WebSocket) -> bool {
+    let a: &wasm_bindgen::JsValue = a.as_ref().as_ref();
+    let b: &wasm_bindgen::JsValue = b.as_ref().as_ref();
+    js_sys::Object::is(a, b)
+}

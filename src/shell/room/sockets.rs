@@ -1,0 +1,397 @@
+//! The sockets of a conversation: attaching, framing and broadcasting, resume replay, socket.io CONNECT, the live registry.
+
+use super::*;
+
+impl Conversation {
+    /// Fills the socket cache from the runtime after a wake-up; a no-op when it is warm.
+    pub(super) fn ensure_sockets(&self) {
+        let mut room = self.room.borrow_mut();
+        if room.sockets.is_none() {
+            let list = self.state.get_websockets().into_iter().map(|ws| {
+                let meta = ws
+                    .deserialize_attachment()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                (ws, meta)
+            });
+            room.sockets = Some(list.collect());
+        }
+    }
+
+    /// A copy of the attached sockets, for loops that may await.
+    pub(super) fn sockets(&self) -> Vec<(WebSocket, SocketMeta)> {
+        self.ensure_sockets();
+        self.room.borrow().sockets.clone().unwrap_or_default()
+    }
+
+    pub(super) fn socket_count(&self) -> usize {
+        self.ensure_sockets();
+        self.room.borrow().sockets.as_ref().map_or(0, |l| l.len())
+    }
+
+    pub(super) fn set_meta(&self, ws: &WebSocket, meta: &SocketMeta) -> Result<()> {
+        ws.serialize_attachment(meta)?;
+        self.ensure_sockets();
+        if let Some(list) = self.room.borrow_mut().sockets.as_mut() {
+            match list.iter_mut().find(|(w, _)| same(w, ws)) {
+                Some(entry) => entry.1 = meta.clone(),
+                None => list.push((ws.clone(), meta.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn forget_socket(&self, ws: &WebSocket) {
+        self.ensure_sockets();
+        let remaining = {
+            let mut room = self.room.borrow_mut();
+            if let Some(list) = room.sockets.as_mut() {
+                list.retain(|(w, _)| !same(w, ws));
+            }
+            room.sockets.as_ref().map(|l| l.len()).unwrap_or(0)
+        };
+        self.update_live(remaining).await;
+    }
+
+    /// Keeps this conversation's row in the live registry in step with its sockets and turn.
+    pub(super) async fn update_live(&self, sockets: usize) {
+        self.live_write(sockets).await;
+    }
+
+    /// The same registry write off the turn's path: the turn need not wait for bookkeeping.
+    pub(super) fn update_live_later(&self, sockets: usize) {
+        let write = self.live_write(sockets);
+        wasm_bindgen_futures::spawn_local(write);
+    }
+
+    pub(super) fn live_write(
+        &self,
+        sockets: usize,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let (id, turning) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.turn_running)
+        };
+        let env = self.env.clone();
+        async move {
+            let Ok(d) = db::db(&env) else { return };
+            let result = if sockets == 0 && !turning {
+                db::run(&d, sql::UNREGISTER_LIVE, &[db::text(&id)]).await
+            } else {
+                let params = [
+                    db::text(&id),
+                    db::num(now_ms()),
+                    db::num(sockets as i64),
+                    db::num(turning as i64),
+                ];
+                db::run(&d, sql::REGISTER_LIVE, &params).await
+            };
+            if let Err(e) = result {
+                console_warn!("live registry: {e}");
+            }
+        }
+    }
+
+    // ---- sending -------------------------------------------------------------------------
+
+    /// Frames an event for one socket.
+    pub(super) fn frame(event: &OutEvent, meta: &SocketMeta) -> Option<String> {
+        if meta.sio {
+            // Events reach a socket.io client only in its connected namespace; the offset enables recovery.
+            meta.connected.then(|| {
+                sio::event(
+                    NSP,
+                    event.name,
+                    &event.data,
+                    event.seq.map(|s| s.to_string()).as_deref(),
+                )
+            })
+        } else {
+            Some(event.json_frame())
+        }
+    }
+
+    pub(super) fn send_to(&self, ws: &WebSocket, meta: &SocketMeta, event: &OutEvent) {
+        if let Some(frame) = Self::frame(event, meta) {
+            let _ = ws.send_with_str(frame);
+        }
+    }
+
+    /// Numbers a stream event, keeps it for resume and sends it to every socket; each framing is built once.
+    pub(super) fn broadcast(&self, name: &'static str, data: String) {
+        self.ensure_sockets();
+        let mut guard = self.room.borrow_mut();
+        let room = &mut *guard; // split borrows: the logged event and the socket list
+        let event = room.log.push(name, data, now_ms());
+        let mut json_frame: Option<String> = None;
+        let mut sio_frame: Option<String> = None;
+        for (ws, meta) in room.sockets.iter().flatten() {
+            let frame = if meta.sio {
+                if !meta.connected {
+                    continue;
+                }
+                sio_frame.get_or_insert_with(|| {
+                    sio::event(
+                        NSP,
+                        event.name,
+                        &event.data,
+                        Some(&event.seq.unwrap_or(0).to_string()),
+                    )
+                })
+            } else {
+                json_frame.get_or_insert_with(|| event.json_frame())
+            };
+            let _ = ws.send_with_str(frame.as_str());
+        }
+    }
+
+    /// Sends an event outside the stream to every socket; returns (sent, failed).
+    pub(super) fn broadcast_unsequenced(&self, event: &OutEvent) -> (u64, u64) {
+        let (mut sent, mut failed) = (0, 0);
+        for (ws, meta) in self.sockets() {
+            if let Some(frame) = Self::frame(event, &meta) {
+                match ws.send_with_str(frame) {
+                    Ok(()) => sent += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        (sent, failed)
+    }
+
+    pub(super) fn send_error(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let id = self.room.borrow().id.clone();
+        self.send_to(
+            ws,
+            meta,
+            &OutEvent::unsequenced("error", protocol::error_payload(Some(&id), code, message)),
+        );
+    }
+
+    pub(super) fn send_ack(ws: &WebSocket, ack: Option<u64>, payload: &str) {
+        if let Some(id) = ack {
+            let _ = ws.send_with_str(sio::ack(NSP, id, &format!("[{payload}]")));
+        }
+    }
+
+    pub(super) fn manifest(&self) -> OutEvent {
+        let models = Catalog::builtin().model_ids();
+        OutEvent::unsequenced(
+            "commands:manifest",
+            json!({ "manifest": commands::manifest(&models) }).to_string(),
+        )
+    }
+
+    // ---- connecting ----------------------------------------------------------------------
+
+    pub(super) async fn attach(&self, req: &Request, config: &Config) -> Result<Response> {
+        let framing = req
+            .headers()
+            .get(crate::shell::gateway::H_FRAMING)?
+            .unwrap_or_default();
+        let user = req.headers().get(crate::shell::gateway::H_USER)?;
+        let last_seq: Option<u64> = req
+            .headers()
+            .get(crate::shell::gateway::H_LAST_SEQ)?
+            .and_then(|s| s.parse().ok());
+        // A conversation that was idle may have missed configuration changes pushed to live ones.
+        if self.socket_count() == 0 {
+            self.operator.borrow_mut().take();
+        }
+        let pair = WebSocketPair::new()?;
+        let ws = pair.server;
+        self.state.accept_web_socket(&ws);
+        // JSON clients' keepalives are answered by the runtime, so an idle socket never wakes the object.
+        // (socket.io pongs arrive right after the alarm's ping, while the object is awake anyway.)
+        if let Ok(keepalive) =
+            WebSocketRequestResponsePair::new(protocol::KEEPALIVE_PING, protocol::KEEPALIVE_PONG)
+        {
+            self.state.set_websocket_auto_response(&keepalive);
+        }
+        if framing == "sio" {
+            let meta = SocketMeta {
+                user: None,
+                sio: true,
+                connected: false,
+                sid: new_id(),
+                pid: String::new(),
+            };
+            self.set_meta(&ws, &meta)?;
+            let max_payload = protocol::max_frame_bytes(&Limits {
+                max_content_bytes: config.max_message_bytes,
+            }) as u64;
+            let _ = ws.send_with_str(sio::open_packet(
+                &meta.sid,
+                config.sio_ping_interval_ms,
+                config.sio_ping_timeout_ms,
+                max_payload,
+            ));
+            self.arm_heartbeat(config).await;
+        } else {
+            let meta = SocketMeta {
+                user: user.clone(),
+                sio: false,
+                connected: true,
+                sid: String::new(),
+                pid: String::new(),
+            };
+            self.set_meta(&ws, &meta)?;
+            self.greet(&ws, &meta, last_seq);
+        }
+        let count = self.socket_count();
+        self.update_live(count).await;
+        Response::from_websocket(pair.client)
+    }
+
+    /// On connect: the manifest, then what a resuming client missed.
+    pub(super) fn greet(&self, ws: &WebSocket, meta: &SocketMeta, last_seq: Option<u64>) {
+        self.send_to(ws, meta, &self.manifest());
+        let Some(last) = last_seq else { return };
+        match self.replay_frames(last, meta) {
+            Ok(frames) => {
+                for frame in frames {
+                    let _ = ws.send_with_str(frame);
+                }
+            }
+            Err(gap) => {
+                let id = self.room.borrow().id.clone();
+                let msg = format!("cannot resume after seq {last}: events before {} are no longer held; reload the history over HTTP", gap.oldest);
+                let payload = json!({ "conversationId": id, "error": msg, "code": "resume_gap", "oldestSeq": gap.oldest }).to_string();
+                self.send_to(ws, meta, &OutEvent::unsequenced("error", payload));
+            }
+        }
+    }
+
+    /// The frames a socket missed after `last`, in order.
+    pub(super) fn replay_frames(
+        &self,
+        last: u64,
+        meta: &SocketMeta,
+    ) -> std::result::Result<Vec<String>, conversation::ReplayGap> {
+        let room = self.room.borrow();
+        let frames = room
+            .log
+            .after(last)?
+            .filter_map(|e| Self::frame(e, meta))
+            .collect();
+        Ok(frames)
+    }
+
+    pub(super) async fn arm_heartbeat(&self, config: &Config) {
+        let storage = self.state.storage();
+        if let Ok(None) = storage.get_alarm().await {
+            if let Err(e) = storage
+                .set_alarm(Duration::from_millis(config.sio_ping_interval_ms))
+                .await
+            {
+                console_warn!("arming the heartbeat alarm: {e}");
+            }
+        }
+    }
+
+    pub(super) async fn sio_connect(
+        &self,
+        ws: &WebSocket,
+        mut meta: SocketMeta,
+        nsp: &str,
+        auth: Option<Value>,
+    ) -> Result<()> {
+        if nsp != NSP {
+            let _ = ws.send_with_str(sio::connect_error(nsp, "Invalid namespace", None));
+            return Ok(());
+        }
+        let Some(token) = sio::connect_auth_token(&auth) else {
+            let _ = ws.send_with_str(sio::connect_error(
+                NSP,
+                "unauthorized: pass auth: { token } to io()",
+                None,
+            ));
+            return Ok(());
+        };
+        let d = db::db(&self.env)?;
+        let user = match db::user_for_token(&d, token, now_ms()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                let _ = ws.send_with_str(sio::connect_error(
+                    NSP,
+                    "unauthorized: invalid, expired or revoked token",
+                    None,
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                console_error!("token lookup: {e}");
+                let _ = ws.send_with_str(sio::connect_error(
+                    NSP,
+                    "the gateway could not check the token; try again",
+                    None,
+                ));
+                return Ok(());
+            }
+        };
+        if let Err(message) = self.check_owner(&user).await {
+            let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
+            return Ok(());
+        }
+        let recovery = sio::recovery(&auth)
+            .and_then(|(pid, offset)| offset.parse::<u64>().ok().map(|o| (pid, o)));
+        let recovered = recovery
+            .as_ref()
+            .is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
+        meta.user = Some(user);
+        meta.connected = true;
+        meta.pid = match (&recovery, recovered) {
+            (Some((pid, _)), true) => pid.clone(),
+            _ => new_id(),
+        };
+        self.set_meta(ws, &meta)?;
+        let _ = ws.send_with_str(sio::connect_ok(NSP, &meta.sid, Some(&meta.pid)));
+        self.send_to(ws, &meta, &self.manifest());
+        if let (Some((_, offset)), true) = (recovery, recovered) {
+            for frame in self.replay_frames(offset, &meta).unwrap_or_default() {
+                let _ = ws.send_with_str(frame);
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a user who does not own this conversation.
+    pub(super) async fn check_owner(&self, user: &str) -> std::result::Result<(), String> {
+        let (id, owner) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.owner.clone())
+        };
+        let owner = match owner {
+            Some(o) => Some(o),
+            None => {
+                let d = db::db(&self.env).map_err(|e| e.to_string())?;
+                db::conversation_owner(&d, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        match owner {
+            Some(o) if o != user => Err(FORBIDDEN.into()),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- admin ---------------------------------------------------------------------------
+
+    pub(super) async fn reload(&self, body: Value) -> Result<Response> {
+        let event = OutEvent::unsequenced("system:reload", json!({ "reason": body.get("reason").cloned().unwrap_or(Value::Null), "at": body.get("at").cloned().unwrap_or_else(|| Value::String(now_iso())) }).to_string());
+        let (sent, failed) = self.broadcast_unsequenced(&event);
+        if sent == 0 && failed == 0 {
+            // A stale registry entry: nobody is attached any more.
+            self.update_live(0).await;
+        }
+        crate::shell::json_response(200, &json!({ "sockets": sent, "failed": failed }))
+    }
+}

@@ -1,0 +1,923 @@
+//! A conversation's turns: client events, the message queue, planning, the model calls and tools, storing the reply.
+
+use super::*;
+
+impl Conversation {
+    pub(super) async fn handle_event(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        event: ClientEvent,
+        ack: Option<u64>,
+        config: &Config,
+    ) {
+        let id = self.room.borrow().id.clone();
+        if let Some(named) = event.conversation_id() {
+            if named != id {
+                let msg = format!(
+                    "this socket is bound to conversation {id}; open another socket for {named}"
+                );
+                self.send_error(ws, meta, ErrorCode::ConversationMismatch, &msg);
+                Self::send_ack(
+                    ws,
+                    ack,
+                    &protocol::error_payload(Some(&id), ErrorCode::ConversationMismatch, &msg),
+                );
+                return;
+            }
+        }
+        let Some(user) = meta.user.clone() else {
+            self.send_error(ws, meta, ErrorCode::Unauthorized, "not authenticated");
+            return;
+        };
+        match event {
+            ClientEvent::Message(message) => {
+                self.on_message(ws, meta, &user, message, ack, config).await
+            }
+            ClientEvent::SetThinking { level, .. } => {
+                let result = self.set_thinking(&level).await;
+                match result {
+                    Ok(()) => Self::send_ack(ws, ack, &json!({ "ok": true }).to_string()),
+                    Err(msg) => {
+                        self.send_error(ws, meta, ErrorCode::InvalidThinkingLevel, &msg);
+                        Self::send_ack(
+                            ws,
+                            ack,
+                            &protocol::error_payload(
+                                Some(&id),
+                                ErrorCode::InvalidThinkingLevel,
+                                &msg,
+                            ),
+                        );
+                    }
+                }
+            }
+            ClientEvent::Abort { .. } => {
+                if self.room.borrow().turn_running {
+                    self.abort_turn();
+                    Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
+                } else {
+                    self.send_error(
+                        ws,
+                        meta,
+                        ErrorCode::NoActiveTurn,
+                        "No active session to abort.",
+                    );
+                    Self::send_ack(
+                        ws,
+                        ack,
+                        &protocol::error_payload(
+                            Some(&id),
+                            ErrorCode::NoActiveTurn,
+                            "No active session to abort.",
+                        ),
+                    );
+                }
+            }
+            ClientEvent::Ping => {
+                let _ = ws.send_with_str(protocol::KEEPALIVE_PONG);
+            }
+            ClientEvent::CommandExecute { command, args, .. } => {
+                let result = self.execute_command(&command, args.as_ref()).await;
+                let event = OutEvent::unsequenced("command:result", result.to_string());
+                self.send_to(ws, meta, &event);
+                Self::send_ack(ws, ack, &event.data);
+            }
+        }
+    }
+
+    pub(super) fn abort_turn(&self) {
+        self.aborted.set(true);
+        if let Some(ctrl) = self.abort.borrow_mut().take() {
+            ctrl.abort();
+        }
+    }
+
+    pub(super) async fn on_message(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        user: &str,
+        message: MessageEvent,
+        ack: Option<u64>,
+        config: &Config,
+    ) {
+        let id = self.room.borrow().id.clone();
+        // Bound first: a guard in the `if let` scrutinee would live through the block below.
+        let admitted =
+            self.room
+                .borrow_mut()
+                .rate
+                .admit(user, now_ms(), config.rate_limit_per_minute);
+        if let Err(wait) = admitted {
+            let msg = format!(
+                "rate limit of {} messages per minute reached; retry in {} s",
+                config.rate_limit_per_minute,
+                (wait + 999) / 1000
+            );
+            self.send_error(ws, meta, ErrorCode::RateLimited, &msg);
+            Self::send_ack(
+                ws,
+                ack,
+                &protocol::error_payload(Some(&id), ErrorCode::RateLimited, &msg),
+            );
+            return;
+        }
+        if let Some(client_id) = &message.client_message_id {
+            if let Some(message_id) = self.seen_message(client_id) {
+                // A resend of a stored message: same ack, no second turn.
+                let payload = json!({ "conversationId": id, "messageId": message_id, "clientMessageId": client_id, "duplicate": true }).to_string();
+                self.send_to(
+                    ws,
+                    meta,
+                    &OutEvent::unsequenced("message:ack", payload.clone()),
+                );
+                Self::send_ack(ws, ack, &payload);
+                return;
+            }
+            if self
+                .room
+                .borrow()
+                .queue
+                .iter()
+                .any(|p| p.message.client_message_id.as_deref() == Some(client_id))
+            {
+                return; // already queued; its ack comes when it runs
+            }
+        }
+        {
+            let mut room = self.room.borrow_mut();
+            if room.turn_running {
+                if room.queue.len() >= config.max_queued_messages {
+                    drop(room);
+                    let msg = format!(
+                        "a turn is running and {} messages are already queued; wait for agent:end",
+                        config.max_queued_messages
+                    );
+                    self.send_error(ws, meta, ErrorCode::QueueFull, &msg);
+                    Self::send_ack(
+                        ws,
+                        ack,
+                        &protocol::error_payload(Some(&id), ErrorCode::QueueFull, &msg),
+                    );
+                    return;
+                }
+                room.queue.push_back(Pending {
+                    ws: ws.clone(),
+                    meta: meta.clone(),
+                    message,
+                    ack,
+                });
+                return;
+            }
+            room.turn_running = true;
+        }
+        self.kv_put("turn", "running");
+        let mut next = Some(Pending {
+            ws: ws.clone(),
+            meta: meta.clone(),
+            message,
+            ack,
+        });
+        while let Some(p) = next {
+            self.run_turn(p, config).await;
+            next = self.room.borrow_mut().queue.pop_front();
+        }
+        let seq = {
+            let mut room = self.room.borrow_mut();
+            room.turn_running = false;
+            room.log.next_seq()
+        };
+        self.kv_put("seq", &seq.to_string());
+        self.kv_put("turn", "idle");
+        let count = self.socket_count();
+        self.update_live(count).await;
+    }
+
+    pub(super) fn seen_message(&self, client_id: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Row {
+            message_id: String,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec(
+                "SELECT message_id FROM seen WHERE client_id = ?",
+                vec![client_id.into()],
+            )
+            .ok()?
+            .to_array()
+            .ok()?;
+        rows.into_iter().next().map(|r| r.message_id)
+    }
+
+    /// Stores the user message, then runs the model (and tools) to the end of the turn.
+    pub(super) async fn run_turn(&self, p: Pending, config: &Config) {
+        let Pending {
+            ws,
+            meta,
+            message,
+            ack,
+        } = p;
+        let user = meta.user.clone().unwrap_or_default();
+        let (id, id_json) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.id_json.clone())
+        };
+        // A known owner is checked here; an unknown one is checked by the insert itself (below).
+        if self
+            .room
+            .borrow()
+            .owner
+            .as_deref()
+            .is_some_and(|o| o != user)
+        {
+            self.send_error(&ws, &meta, ErrorCode::Unauthorized, FORBIDDEN);
+            return;
+        }
+        let d = match db::db(&self.env) {
+            Ok(d) => d,
+            Err(e) => {
+                console_error!("database binding: {e}");
+                self.send_error(
+                    &ws,
+                    &meta,
+                    ErrorCode::Internal,
+                    "storage is unavailable; nothing was sent to the model",
+                );
+                return;
+            }
+        };
+        // The message is stored while the turn is planned and the model call starts: time to
+        // first token is max(storage, planning + provider), not their sum. Nothing reaches a
+        // client before the store succeeds, and a failed store cancels the call.
+        self.aborted.set(false);
+        let message_id = new_id();
+        let (stored, plan) = futures::join!(
+            self.store_user_message(&d, &id, &user, &message, &message_id),
+            self.plan_turn(&d, &id, &user, &message, &message_id, config)
+        );
+        match stored {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                if let Some(ctrl) = self.abort.borrow_mut().take() {
+                    ctrl.abort();
+                }
+                let (code, text) = match stored {
+                    Ok(_) => (ErrorCode::Unauthorized, FORBIDDEN),
+                    Err(e) => {
+                        // Unlike the seed, no ack without storage: the client may resend safely.
+                        console_error!("storing the user message: {e}");
+                        (
+                            ErrorCode::Internal,
+                            "your message could not be stored; nothing was sent to the model",
+                        )
+                    }
+                };
+                self.send_error(&ws, &meta, code, text);
+                Self::send_ack(&ws, ack, &protocol::error_payload(Some(&id), code, text));
+                return;
+            }
+        }
+        self.after_user_message_stored(&user, &message, &message_id);
+        self.update_live_later(self.socket_count());
+        let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
+        if let Some(c) = &message.client_message_id {
+            ack_payload["clientMessageId"] = Value::String(c.clone());
+        }
+        let ack_payload = ack_payload.to_string();
+        self.broadcast("message:ack", ack_payload.clone());
+        Self::send_ack(&ws, ack, &ack_payload);
+
+        let Plan {
+            operator,
+            agent_name,
+            agent,
+            candidates,
+            tools,
+            base,
+            first_call,
+        } = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                console_error!("loading history: {e}");
+                let msg = "the conversation history could not be loaded; try again";
+                self.end_early(&id, ErrorCode::Internal, msg).await;
+                return;
+            }
+        };
+        if let (Some(name), None) = (&agent_name, &agent) {
+            let text = format!("agent \"{name}\" is not configured; answering without it");
+            self.broadcast(
+                "error",
+                protocol::error_payload(Some(&id), ErrorCode::InvalidPayload, &text),
+            );
+        }
+        let Some(first_call) = first_call else {
+            let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
+            self.end_early(&id, ErrorCode::ProviderNotConfigured, msg)
+                .await;
+            return;
+        };
+        self.broadcast("session:info", self.session_info(&operator.catalog));
+        self.broadcast("agent:start", format!("{{\"conversationId\":{id_json}}}"));
+
+        let steps = Steps {
+            candidates: &candidates,
+            base: &base,
+            tools: &tools,
+            agent: agent.as_ref(),
+            config,
+            id: &id,
+            id_json: &id_json,
+            catalog: &operator.catalog,
+        };
+        let (turn, stop, last_error) = self.run_steps(&steps, first_call).await;
+        self.abort.borrow_mut().take();
+        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
+            .await;
+    }
+
+    /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
+    pub(super) async fn end_early(&self, id: &str, code: ErrorCode, msg: &str) {
+        self.broadcast("error", protocol::error_payload(Some(id), code, msg));
+        let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
+        self.broadcast("agent:end", end.to_string());
+        self.save_session().await;
+    }
+
+    /// Decides the model, agent and context of a turn and starts its first model call.
+    /// Errs only when the history cannot be read.
+    pub(super) async fn plan_turn(
+        &self,
+        d: &D1Database,
+        id: &str,
+        user: &str,
+        message: &MessageEvent,
+        message_id: &str,
+        config: &Config,
+    ) -> Result<Plan> {
+        let (operator, history) =
+            futures::join!(self.operator(d), self.load_history(d, id, message_id));
+        history?;
+        // Which model: /model override, then the client's choice, then the agent's, then routing.
+        if let Some(agent) = &message.agent_id {
+            self.room.borrow_mut().session.agent = Some(agent.clone());
+        }
+        let agent_name = self.room.borrow().session.agent.clone();
+        let agent: Option<AgentConfig> = agent_name.as_ref().and_then(|n| {
+            operator
+                .agents
+                .iter()
+                .find(|(aid, a)| &a.name == n || aid == n)
+                .map(|(_, a)| a.clone())
+        });
+        if agent_name.is_some() && agent.is_none() {
+            self.room.borrow_mut().session.agent = None;
+        }
+        let candidates: Vec<RoutingDecision> = self
+            .candidates(
+                message,
+                user,
+                agent.as_ref(),
+                &operator.catalog,
+                config,
+                &operator.rules,
+            )
+            .into_iter()
+            .filter(|c| config.provider(&c.provider).is_some())
+            .collect();
+        if let Some(first) = candidates.first() {
+            let mut room = self.room.borrow_mut();
+            room.session.use_model(&first.provider, &first.model);
+            if room.session.thinking_level.is_none() {
+                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
+            }
+            let levels = catalog::thinking_levels_for(
+                operator.catalog.lookup(Some(&first.provider), &first.model),
+            );
+            if !levels.contains(&room.session.thinking()) {
+                room.session.thinking_level = Some(ThinkingLevel::Off);
+            }
+        }
+        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
+        let mut base: Vec<ChatMessage> = Vec::new();
+        if let Some(a) = agent.as_ref().filter(|a| !a.system_prompt.is_empty()) {
+            base.push(ChatMessage::System {
+                content: a.system_prompt.clone(),
+            });
+        }
+        base.extend(self.room.borrow().history.clone().unwrap_or_default());
+        base.push(ChatMessage::User {
+            content: message.content.clone(),
+        });
+        let thinking = self.room.borrow().session.thinking();
+        let first_call = match candidates
+            .first()
+            .and_then(|c| config.provider(&c.provider).map(|p| (p, c)))
+        {
+            Some((provider, target)) => Some(
+                self.open_call(provider, &target.model, &base, &tools, thinking, config)
+                    .await,
+            ),
+            None => None,
+        };
+        Ok(Plan {
+            operator,
+            agent_name,
+            agent,
+            candidates,
+            tools,
+            base,
+            first_call,
+        })
+    }
+
+    /// Stores the user message with its conversation row; `Ok(false)` when the user does not own it.
+    pub(super) async fn store_user_message(
+        &self,
+        d: &D1Database,
+        id: &str,
+        user: &str,
+        message: &MessageEvent,
+        message_id: &str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut user_meta = json!({ "timestamp": now_iso() });
+        if let Some(c) = &message.client_message_id {
+            user_meta["clientMessageId"] = Value::String(c.clone());
+        }
+        let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[
+            db::text(id),
+            db::text(user),
+            db::text(&store::title_from(&message.content)),
+            db::num(now),
+        ])?;
+        let insert = d.prepare(sql::INSERT_USER_MESSAGE).bind(&[
+            db::text(message_id),
+            db::text(id),
+            db::text(user),
+            db::text(&message.content),
+            db::text(&user_meta.to_string()),
+            db::num(now),
+        ])?;
+        let touch = d
+            .prepare(sql::TOUCH_CONVERSATION)
+            .bind(&[db::text(id), db::num(now)])?;
+        let results = d.batch(vec![ensure, insert, touch]).await?;
+        let inserted = results
+            .get(1)
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes);
+        Ok(inserted == Some(1))
+    }
+
+    /// Bookkeeping once the user message is durable: owner, dedupe id, counts, history.
+    pub(super) fn after_user_message_stored(
+        &self,
+        user: &str,
+        message: &MessageEvent,
+        message_id: &str,
+    ) {
+        if self.room.borrow().owner.is_none() {
+            self.room.borrow_mut().owner = Some(user.to_string());
+            self.kv_put("owner", user);
+        }
+        if let Some(c) = &message.client_message_id {
+            let row = vec![
+                c.as_str().into(),
+                message_id.into(),
+                (now_ms() as f64).into(),
+            ];
+            if let Err(e) = self.sql().exec(
+                "INSERT OR IGNORE INTO seen (client_id, message_id, at) VALUES (?, ?, ?)",
+                row,
+            ) {
+                console_warn!("remembering clientMessageId: {e}");
+            }
+        }
+        let mut room = self.room.borrow_mut();
+        room.session.metrics.messages += 1;
+        if let Some(h) = room.history.as_mut() {
+            h.push(ChatMessage::User {
+                content: message.content.clone(),
+            });
+        }
+    }
+
+    /// Loads the model context from D1 once per instance. A conversation this object never stored
+    /// a message for (no owner yet) has no history, so its first turn skips the read.
+    pub(super) async fn load_history(&self, d: &D1Database, id: &str, storing: &str) -> Result<()> {
+        let (loaded, known) = {
+            let room = self.room.borrow();
+            (room.history.is_some(), room.owner.is_some())
+        };
+        if loaded {
+            return Ok(());
+        }
+        if !known {
+            self.room.borrow_mut().history = Some(Vec::new());
+            return Ok(());
+        }
+        let rows = db::list_messages(d, id).await?;
+        // The read races the insert of `storing`; that message is appended once it is stored.
+        let rows: Vec<(String, String, Value)> = rows
+            .into_iter()
+            .filter(|m| m.id != storing)
+            .map(|m| {
+                (
+                    m.role,
+                    m.content,
+                    serde_json::from_str(&m.metadata).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
+        Ok(())
+    }
+
+    /// Operator configuration (catalog rows, routing rules, agents), read together and reused for
+    /// `OPERATOR_CACHE_MS`; admin changes push an invalidation to live conversations at once.
+    pub(super) async fn operator(&self, d: &D1Database) -> Rc<Operator> {
+        if let Some(o) = self
+            .operator
+            .borrow()
+            .as_ref()
+            .filter(|o| now_ms() - o.fetched_ms < OPERATOR_CACHE_MS)
+        {
+            return o.clone();
+        }
+        let (catalog, rules, agents) =
+            futures::join!(db::catalog(d), db::compiled_rules(d), db::agents(d));
+        let operator = Rc::new(Operator {
+            fetched_ms: now_ms(),
+            catalog: catalog.unwrap_or_else(|e| {
+                console_warn!("catalog rows unavailable, using the built-in catalog: {e}");
+                Catalog::builtin()
+            }),
+            rules: rules.unwrap_or_else(|e| {
+                console_warn!("routing rules unavailable, using the default: {e}");
+                crate::routing::CompiledRules::compile(Vec::new())
+            }),
+            agents: agents.unwrap_or_else(|e| {
+                console_warn!("agents unavailable: {e}");
+                Vec::new()
+            }),
+        });
+        *self.operator.borrow_mut() = Some(operator.clone());
+        operator
+    }
+
+    /// The model calls of one turn: tools between calls, retries and fallover before the first byte.
+    pub(super) async fn run_steps(
+        &self,
+        s: &Steps<'_>,
+        first_call: std::result::Result<upstream::ModelStream, UpstreamError>,
+    ) -> (Turn, StopReason, Option<UpstreamError>) {
+        let mut turn = Turn::default();
+        let mut pending_call = Some(first_call);
+        let mut candidate = 0usize;
+        let mut attempts = 0u32;
+        let stop = loop {
+            let target = &s.candidates[candidate];
+            let Some(provider) = s.config.provider(&target.provider) else {
+                break (StopReason::Error, None);
+            };
+            turn.begin_step();
+            let opened = match pending_call.take() {
+                Some(opened) => opened,
+                None => {
+                    let thinking = self.room.borrow().session.thinking();
+                    let mut messages = s.base.to_vec();
+                    messages.extend(turn.new_context.iter().cloned());
+                    self.open_call(
+                        provider,
+                        &target.model,
+                        &messages,
+                        s.tools,
+                        thinking,
+                        s.config,
+                    )
+                    .await
+                }
+            };
+            let outcome = self
+                .stream_call(&mut turn, opened, s.id_json, s.config.max_tool_steps)
+                .await;
+            if self.aborted.get() {
+                if let StepOutcome::RunTools(calls) = outcome {
+                    // Calls the model made before the abort still need results, or the history is invalid.
+                    self.run_tools(&mut turn, calls, s.agent, s.config, s.id)
+                        .await;
+                }
+                break (StopReason::Aborted, None);
+            }
+            match outcome {
+                StepOutcome::Done(reason) => break (reason, None),
+                StepOutcome::RunTools(calls) => {
+                    self.run_tools(&mut turn, calls, s.agent, s.config, s.id)
+                        .await;
+                    if self.aborted.get() {
+                        break (StopReason::Aborted, None);
+                    }
+                }
+                StepOutcome::Failed {
+                    error,
+                    before_output,
+                } => {
+                    if before_output && error.kind.retryable() {
+                        turn.forget_failed_step();
+                        if attempts < s.config.upstream_retries {
+                            attempts += 1;
+                            let backoff = error
+                                .retry_after_ms
+                                .unwrap_or(250u64 << attempts)
+                                .min(10_000);
+                            Delay::from(Duration::from_millis(backoff)).await;
+                            continue;
+                        }
+                        if candidate + 1 < s.candidates.len() {
+                            candidate += 1;
+                            attempts = 0;
+                            let next = s.candidates[candidate].clone();
+                            console_log!(
+                                "falling over from {}/{} to {}/{}: {}",
+                                target.provider,
+                                target.model,
+                                next.provider,
+                                next.model,
+                                error.message
+                            );
+                            {
+                                let mut room = self.room.borrow_mut();
+                                room.session.use_model(&next.provider, &next.model);
+                                room.session.routing_decision = Some(RoutingDecision {
+                                    reason: format!("fallover: {}", error.message),
+                                    ..next
+                                });
+                            }
+                            self.broadcast("session:info", self.session_info(s.catalog));
+                            continue;
+                        }
+                    }
+                    // The stream broke after text went out: say it was cut, not that the model failed.
+                    let broke = matches!(
+                        error.kind,
+                        UpstreamErrorKind::Malformed
+                            | UpstreamErrorKind::Network
+                            | UpstreamErrorKind::Timeout
+                    );
+                    let stop = if !turn.text.is_empty() && broke {
+                        StopReason::Truncated
+                    } else {
+                        StopReason::Error
+                    };
+                    self.broadcast(
+                        "error",
+                        protocol::error_payload(
+                            Some(s.id),
+                            ErrorCode::Upstream(error.kind.code()),
+                            &error.message,
+                        ),
+                    );
+                    break (stop, Some(error));
+                }
+            }
+        };
+        (turn, stop.0, stop.1)
+    }
+
+    /// Starts one model call under a fresh abort controller.
+    pub(super) async fn open_call(
+        &self,
+        provider: &ProviderConfig,
+        model: &str,
+        messages: &[ChatMessage],
+        tools: &[crate::llm::ToolSpec],
+        thinking: ThinkingLevel,
+        config: &Config,
+    ) -> std::result::Result<upstream::ModelStream, UpstreamError> {
+        let ctrl = AbortController::default();
+        let signal = ctrl.signal();
+        *self.abort.borrow_mut() = Some(ctrl);
+        if self.aborted.get() {
+            return Err(UpstreamError::new(UpstreamErrorKind::Network, "aborted"));
+        }
+        let spec = CallSpec {
+            base_url: &provider.base_url,
+            api_key: provider.api_key.as_deref(),
+            model,
+            messages,
+            tools,
+            thinking,
+            max_tokens: config.max_output_tokens,
+        };
+        upstream::open(provider, &spec, &signal, config.upstream_stall_ms).await
+    }
+
+    /// Streams one model call's deltas to every socket as they arrive.
+    pub(super) async fn stream_call(
+        &self,
+        turn: &mut Turn,
+        opened: std::result::Result<upstream::ModelStream, UpstreamError>,
+        id_json: &str,
+        max_steps: u32,
+    ) -> StepOutcome {
+        match opened {
+            Err(e) => turn.fail_step(e),
+            Ok(mut stream) => {
+                while let Some(event) = stream.next().await {
+                    if self.aborted.get() {
+                        break;
+                    }
+                    match turn.on_stream_event(event) {
+                        Some(Emit::Text(t)) => {
+                            self.broadcast("agent:text", protocol::delta_payload(id_json, &t))
+                        }
+                        Some(Emit::Thinking(t)) => {
+                            self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t))
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        turn.end_step(max_steps)
+    }
+
+    /// Runs the model's tool calls in order. After an abort every call still owed gets an error
+    /// result, so the stored history stays valid for both providers.
+    pub(super) async fn run_tools(
+        &self,
+        turn: &mut Turn,
+        calls: Vec<ToolCall>,
+        agent: Option<&AgentConfig>,
+        config: &Config,
+        id: &str,
+    ) {
+        for call in calls {
+            if self.aborted.get() {
+                turn.record_tool_result(&call, "not run: the turn was aborted".into(), true);
+                continue;
+            }
+            self.broadcast(
+                "agent:tool:start",
+                json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name })
+                    .to_string(),
+            );
+            let signal = self.abort.borrow().as_ref().map(|c| c.signal());
+            let (result, is_error) = match (agent.and_then(|a| a.tool(&call.name)), signal) {
+                (Some(tool), Some(signal)) => {
+                    tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await
+                }
+                (Some(_), None) => ("not run: the turn was aborted".to_string(), true),
+                (None, _) => (format!("unknown tool \"{}\"", call.name), true),
+            };
+            let (result, is_error) = if self.aborted.get() {
+                ("aborted while running".to_string(), true)
+            } else {
+                (result, is_error)
+            };
+            turn.record_tool_result(&call, result, is_error);
+            self.broadcast(
+                "agent:tool:end",
+                json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name, "isError": is_error })
+                    .to_string(),
+            );
+        }
+    }
+
+    /// Candidates in order: override, client choice, agent model, then routing rules and the default.
+    pub(super) fn candidates(
+        &self,
+        message: &MessageEvent,
+        user: &str,
+        agent: Option<&AgentConfig>,
+        catalog: &Catalog,
+        config: &Config,
+        rules: &crate::routing::CompiledRules,
+    ) -> Vec<RoutingDecision> {
+        let over = self.room.borrow().session.model_override.clone();
+        let choice = selection::Choice {
+            model_override: over.as_deref(),
+            client_provider: message.provider.as_deref(),
+            client_model: message.model_id.as_deref(),
+            agent,
+        };
+        if let Some(only) = selection::explicit_candidate(&choice, catalog, config) {
+            return vec![only];
+        }
+        let default = Target {
+            provider: config.default_provider.clone(),
+            model: config.default_model.clone(),
+        };
+        let ctx = RoutingContext {
+            content: &message.content,
+            user_id: user,
+            agent: agent.map(|a| a.name.as_str()),
+        };
+        let candidates = rules.candidates(&ctx, &default);
+        if let Some(first) = candidates.first() {
+            self.room.borrow_mut().session.routing_decision = Some(first.clone());
+        }
+        candidates
+    }
+
+    /// Stores the assistant message (also when aborted or failed), updates metrics and ends the turn for every socket.
+    pub(super) async fn finish_turn(
+        &self,
+        turn: Turn,
+        stop: StopReason,
+        error: Option<&UpstreamError>,
+        catalog: &Catalog,
+        d: &D1Database,
+    ) {
+        let (id, provider, model, thinking) = {
+            let room = self.room.borrow();
+            let s = &room.session;
+            (
+                room.id.clone(),
+                s.provider.clone().unwrap_or_default(),
+                s.model_id.clone().unwrap_or_default(),
+                s.thinking(),
+            )
+        };
+        let usage = conversation::turn_usage(catalog, &provider, &model, thinking, &turn);
+        let mut metadata = conversation::assistant_metadata(&now_iso(), &usage, &turn, stop, error);
+        if turn.new_context.len() > 1
+            || turn.new_context.iter().any(|m| {
+                matches!(
+                    m,
+                    ChatMessage::Assistant {
+                        thinking: Some(_),
+                        ..
+                    }
+                )
+            })
+        {
+            // Tool steps and signed thinking replay to the model on resume.
+            metadata["context"] = serde_json::to_value(&turn.new_context).unwrap_or(Value::Null);
+        }
+        let (content, cut) = store::fit_content(&turn.text);
+        if cut {
+            metadata["truncatedForStorage"] =
+                json!({ "storedBytes": content.len(), "totalBytes": turn.text.len() });
+        }
+        let mut metadata_text = metadata.to_string();
+        if metadata_text.len() > 400_000 {
+            // Oversized tool arguments or steps: keep the row storable, say so.
+            metadata.as_object_mut().map(|m| m.remove("context"));
+            metadata["contextDropped"] = Value::Bool(true);
+            metadata_text = metadata.to_string();
+        }
+        let store_it = !turn.text.is_empty()
+            || !turn.tool_records.is_empty()
+            || matches!(
+                stop,
+                StopReason::Aborted | StopReason::Error | StopReason::Truncated
+            );
+        if store_it {
+            let now = now_ms();
+            let result = db::run(
+                d,
+                sql::INSERT_MESSAGE,
+                &[
+                    db::text(&new_id()),
+                    db::text(&id),
+                    db::text("assistant"),
+                    db::text(&content),
+                    db::text(&metadata_text),
+                    db::num(now),
+                ],
+            )
+            .await;
+            if let Err(e) = result {
+                console_error!("storing the assistant message: {e}");
+                self.broadcast(
+                    "error",
+                    protocol::error_payload(
+                        Some(&id),
+                        ErrorCode::Internal,
+                        "the reply could not be stored",
+                    ),
+                );
+            }
+        }
+        {
+            let mut room = self.room.borrow_mut();
+            if let Some(h) = room.history.as_mut() {
+                h.extend(turn.new_context.iter().cloned());
+            }
+            room.session.metrics.record_turn(&usage);
+        }
+        self.save_session().await;
+        let mut end = json!({ "conversationId": id, "usage": usage, "stopReason": stop.as_str() });
+        if let Some(e) = error {
+            end["error"] = json!({ "code": e.kind.code(), "message": e.message });
+        }
+        self.broadcast("agent:end", end.to_string());
+        self.aborted.set(false);
+        let seq = self.room.borrow().log.next_seq();
+        self.kv_put("seq", &seq.to_string());
+    }
+}
