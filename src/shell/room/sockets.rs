@@ -175,6 +175,20 @@ impl Conversation {
         );
     }
 
+    /// Refuses a client event: an `error` to the sender, and the same payload as its ack.
+    pub(super) fn refuse(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        ack: Option<u64>,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.send_error(ws, meta, code, message);
+        let id = self.room.borrow().id.clone();
+        Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), code, message));
+    }
+
     pub(super) fn send_ack(ws: &WebSocket, ack: Option<u64>, payload: &str) {
         if let Some(id) = ack {
             let _ = ws.send_with_str(sio::ack(NSP, id, &format!("[{payload}]")));

@@ -17,12 +17,7 @@ impl Conversation {
                 let msg = format!(
                     "this socket is bound to conversation {id}; open another socket for {named}"
                 );
-                self.send_error(ws, meta, ErrorCode::ConversationMismatch, &msg);
-                Self::send_ack(
-                    ws,
-                    ack,
-                    &protocol::error_payload(Some(&id), ErrorCode::ConversationMismatch, &msg),
-                );
+                self.refuse(ws, meta, ack, ErrorCode::ConversationMismatch, &msg);
                 return;
             }
         }
@@ -38,18 +33,7 @@ impl Conversation {
                 let result = self.set_thinking(&level).await;
                 match result {
                     Ok(()) => Self::send_ack(ws, ack, &json!({ "ok": true }).to_string()),
-                    Err(msg) => {
-                        self.send_error(ws, meta, ErrorCode::InvalidThinkingLevel, &msg);
-                        Self::send_ack(
-                            ws,
-                            ack,
-                            &protocol::error_payload(
-                                Some(&id),
-                                ErrorCode::InvalidThinkingLevel,
-                                &msg,
-                            ),
-                        );
-                    }
+                    Err(msg) => self.refuse(ws, meta, ack, ErrorCode::InvalidThinkingLevel, &msg),
                 }
             }
             ClientEvent::Abort { .. } => {
@@ -57,21 +41,8 @@ impl Conversation {
                     self.abort_turn();
                     Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
                 } else {
-                    self.send_error(
-                        ws,
-                        meta,
-                        ErrorCode::NoActiveTurn,
-                        "No active session to abort.",
-                    );
-                    Self::send_ack(
-                        ws,
-                        ack,
-                        &protocol::error_payload(
-                            Some(&id),
-                            ErrorCode::NoActiveTurn,
-                            "No active session to abort.",
-                        ),
-                    );
+                    let msg = "No active session to abort.";
+                    self.refuse(ws, meta, ack, ErrorCode::NoActiveTurn, msg);
                 }
             }
             ClientEvent::Ping => {
@@ -115,12 +86,7 @@ impl Conversation {
                 config.rate_limit_per_minute,
                 (wait + 999) / 1000
             );
-            self.send_error(ws, meta, ErrorCode::RateLimited, &msg);
-            Self::send_ack(
-                ws,
-                ack,
-                &protocol::error_payload(Some(&id), ErrorCode::RateLimited, &msg),
-            );
+            self.refuse(ws, meta, ack, ErrorCode::RateLimited, &msg);
             return;
         }
         if let Some(client_id) = &message.client_message_id {
@@ -154,12 +120,7 @@ impl Conversation {
                         "a turn is running and {} messages are already queued; wait for agent:end",
                         config.max_queued_messages
                     );
-                    self.send_error(ws, meta, ErrorCode::QueueFull, &msg);
-                    Self::send_ack(
-                        ws,
-                        ack,
-                        &protocol::error_payload(Some(&id), ErrorCode::QueueFull, &msg),
-                    );
+                    self.refuse(ws, meta, ack, ErrorCode::QueueFull, &msg);
                     return;
                 }
                 room.queue.push_back(Pending {
@@ -274,8 +235,7 @@ impl Conversation {
                         )
                     }
                 };
-                self.send_error(&ws, &meta, code, text);
-                Self::send_ack(&ws, ack, &protocol::error_payload(Some(&id), code, text));
+                self.refuse(&ws, &meta, ack, code, text);
                 return;
             }
         }
