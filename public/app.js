@@ -323,6 +323,9 @@ function connect() {
     if (gen !== S.gen) return;
     opened = true;
     S.connected = true;
+    // Keepalive: idle connections get dropped on the way; the runtime answers this exact
+    // frame with {"event":"pong"} without waking the conversation.
+    const keepalive = setInterval(() => (ws.readyState === 1 ? ws.send('{"event":"ping"}') : clearInterval(keepalive)), 30_000);
     setConn('Connected');
     setControls();
   };
