@@ -60,6 +60,51 @@ pub fn fit_content(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
     (std::borrow::Cow::Owned(cut), true)
 }
 
+/// Operator configuration: the catalog with D1 rows on top, compiled routing rules, named agents.
+pub struct OperatorConfig {
+    pub catalog: crate::catalog::Catalog,
+    pub rules: crate::routing::CompiledRules,
+    pub agents: Vec<(String, crate::agents::AgentConfig)>,
+    /// Rows that do not parse, with why; they are left out, never fatal.
+    pub skipped: Vec<String>,
+}
+
+/// One row of [`sql::OPERATOR_CONFIG`]: `kind` is `rule`, `agent` or `model`; `body` is JSON.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OperatorRow {
+    pub kind: String,
+    pub id: String,
+    pub body: String,
+}
+
+/// Builds the operator configuration from the rows of one query.
+pub fn operator_config(rows: Vec<OperatorRow>) -> OperatorConfig {
+    let (mut rules, mut agents, mut models, mut skipped) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let parsed = match row.kind.as_str() {
+            "rule" => {
+                serde_json::from_str::<crate::routing::RoutingRule>(&row.body).map(|mut r| {
+                    r.id = Some(row.id.clone());
+                    rules.push(r)
+                })
+            }
+            "agent" => serde_json::from_str(&row.body).map(|a| agents.push((row.id.clone(), a))),
+            "model" => serde_json::from_str(&row.body).map(|m| models.push(m)),
+            _ => Ok(()),
+        };
+        if let Err(e) = parsed {
+            skipped.push(format!("{} {}: {e}", row.kind, row.id));
+        }
+    }
+    OperatorConfig {
+        catalog: crate::catalog::Catalog::builtin().with_overrides(models),
+        rules: crate::routing::CompiledRules::compile(rules),
+        agents,
+        skipped,
+    }
+}
+
 /// A title for a conversation from its first message: the first line, at most 80 characters.
 pub fn title_from(content: &str) -> String {
     let line = content
@@ -142,6 +187,9 @@ pub mod sql {
     /// ?1 provider, ?2 model id, ?3 info JSON, ?4 now
     pub const UPSERT_MODEL: &str = "INSERT INTO model_catalog (provider, model_id, info, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(provider, model_id) DO UPDATE SET info = ?3, updated_at = ?4";
 
+    /// Rules, agents and catalog rows in one round trip, as (kind, id, body).
+    pub const OPERATOR_CONFIG: &str = "SELECT 'rule' AS kind, id, rule AS body FROM routing_rules UNION ALL SELECT 'agent' AS kind, id, config AS body FROM agent_configs UNION ALL SELECT 'model' AS kind, provider || '/' || model_id AS id, info AS body FROM model_catalog";
+
     /// Totals for admin stats.
     pub const TOTALS: &str = "SELECT (SELECT COUNT(*) FROM conversations) AS conversations, (SELECT COUNT(*) FROM messages) AS messages, (SELECT COALESCE(SUM(CAST(json_extract(metadata, '$.tokenUsage.total') AS INTEGER)), 0) FROM messages WHERE role = 'assistant') AS tokens";
 }
@@ -163,6 +211,44 @@ mod tests {
         assert!(cut);
         assert!(c.len() <= MAX_STORED_CONTENT_BYTES);
         assert!(c.ends_with(&format!("of {} bytes stored]", big.len())));
+    }
+
+    #[test]
+    fn operator_rows_build_rules_agents_and_models() {
+        let row = |kind: &str, id: &str, body: serde_json::Value| OperatorRow {
+            kind: kind.into(),
+            id: id.into(),
+            body: body.to_string(),
+        };
+        let rows = vec![
+            row(
+                "rule",
+                "r1",
+                serde_json::json!({"name": "code", "conditions": {"keywords": ["rust"]}, "provider": "openai", "model": "gpt-4o", "reason": "code"}),
+            ),
+            row(
+                "agent",
+                "a1",
+                serde_json::json!({"name": "helper", "systemPrompt": "Be brief."}),
+            ),
+            row(
+                "model",
+                "openai/my-model",
+                serde_json::json!({"provider": "openai", "id": "my-model", "contextWindow": 1000, "maxOutput": 100, "prices": null, "reasoning": false, "thinkingLevels": ["off"]}),
+            ),
+            OperatorRow {
+                kind: "rule".into(),
+                id: "bad".into(),
+                body: "{not json".into(),
+            },
+        ];
+        let c = operator_config(rows);
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules.rules().next().unwrap().id.as_deref(), Some("r1"));
+        assert_eq!(c.agents[0].1.name, "helper");
+        assert!(c.catalog.lookup(Some("openai"), "my-model").is_some());
+        assert_eq!(c.skipped.len(), 1);
+        assert!(c.skipped[0].starts_with("rule bad"));
     }
 
     #[test]

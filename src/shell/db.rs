@@ -2,7 +2,7 @@
 
 use crate::agents::AgentConfig;
 use crate::catalog::{Catalog, ModelInfo};
-use crate::routing::{CompiledRules, RoutingRule};
+use crate::routing::RoutingRule;
 use crate::store::{sql, ConversationRow, MessageRow, TokenRow};
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
@@ -157,11 +157,6 @@ pub async fn routing_rules(db: &D1Database) -> Result<Vec<RoutingRule>> {
             }
         })
         .collect())
-}
-
-/// Compiled routing rules.
-pub async fn compiled_rules(db: &D1Database) -> Result<CompiledRules> {
-    Ok(CompiledRules::compile(routing_rules(db).await?))
 }
 
 /// Every agent config with its id.

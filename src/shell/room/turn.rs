@@ -507,22 +507,22 @@ impl Conversation {
         {
             return o.clone();
         }
-        let (catalog, rules, agents) =
-            futures::join!(db::catalog(d), db::compiled_rules(d), db::agents(d));
+        // One round trip for rules, agents and catalog rows: a new conversation's first turn waits on it.
+        let rows = db::all::<store::OperatorRow>(d, sql::OPERATOR_CONFIG, &[])
+            .await
+            .unwrap_or_else(|e| {
+                console_warn!("operator configuration unavailable, using built-in defaults: {e}");
+                Vec::new()
+            });
+        let config = store::operator_config(rows);
+        for skipped in &config.skipped {
+            console_warn!("skipped a configuration row: {skipped}");
+        }
         let operator = Rc::new(Operator {
             fetched_ms: now_ms(),
-            catalog: catalog.unwrap_or_else(|e| {
-                console_warn!("catalog rows unavailable, using the built-in catalog: {e}");
-                Catalog::builtin()
-            }),
-            rules: rules.unwrap_or_else(|e| {
-                console_warn!("routing rules unavailable, using the default: {e}");
-                crate::routing::CompiledRules::compile(Vec::new())
-            }),
-            agents: agents.unwrap_or_else(|e| {
-                console_warn!("agents unavailable: {e}");
-                Vec::new()
-            }),
+            catalog: config.catalog,
+            rules: config.rules,
+            agents: config.agents,
         });
         *self.operator.borrow_mut() = Some(operator.clone());
         operator
