@@ -877,7 +877,6 @@ impl Conversation {
         }
         self.broadcast("agent:end", end.to_string());
         self.aborted.set(false);
-        let seq = self.room.borrow().log.next_seq();
-        self.kv_put("seq", &seq.to_string());
+        // The sequence number is saved once the queue drains (on_message), for every way a turn ends.
     }
 }
