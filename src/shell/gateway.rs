@@ -180,8 +180,17 @@ async fn socketio_upgrade(
     require_upgrade(&req)?;
     check_origin(&req, config)?;
     let conversation = conversation_param(&query)?;
-    // The socket.io token arrives in the CONNECT packet, after the upgrade; the object checks it there.
-    forward(req, env, &conversation, "sio", None, None).await
+    // socket.io clients usually send their token in the CONNECT packet, after the upgrade, where
+    // the object checks it; a token on the upgrade itself (header, cookie, ?token=) is checked now.
+    let user = match presented_token(&req, &query) {
+        Some(_) => {
+            let user = authenticate(&req, env, &query).await?;
+            check_owner(env, &conversation, &user).await?;
+            Some(user)
+        }
+        None => None,
+    };
+    forward(req, env, &conversation, "sio", user.as_deref(), None).await
 }
 
 /// Refuses a conversation that exists and belongs to someone else.

@@ -109,6 +109,19 @@ describe('connect', () => {
     assert.match(refused.message, /forbidden|another user/i, refused.message);
   });
 
+  test('a token on the upgrade URL authenticates without auth.token; a bad one is refused before the upgrade', async () => {
+    const token = await gw.mintToken(uniq('sio-query'));
+    const client = await openSio(gw, { query: { token } });
+    const t = await client.turn(`query token ${uniq()}`);
+    assert.deepEqual(t.errors, [], client.log.dump());
+    assert.equal(t.end.data.stopReason, 'stop');
+    await client.close();
+    const refused = await gw.expectSioConnectError({ query: { token: `nope-${randomUUID()}` } });
+    assert.ok(refused.message, 'the client reports the refused upgrade');
+    const plain = await gw.http('GET', `/socket.io/?EIO=4&transport=websocket&token=nope-${randomUUID()}`, { headers: { upgrade: 'websocket' } });
+    assert.equal(plain.status, 401, plain.text);
+  });
+
   test('EIO=3 and polling are refused with HTTP 400 and a readable reason (plain GET and a websocket upgrade)', async () => {
     const eio3 = await gw.http('GET', '/socket.io/?EIO=3&transport=websocket');
     assert.equal(eio3.status, 400, eio3.text);

@@ -231,7 +231,7 @@ impl Conversation {
         }
         if framing == "sio" {
             let meta = SocketMeta {
-                user: None,
+                user: user.clone(),
                 sio: true,
                 connected: false,
                 sid: new_id(),
@@ -321,32 +321,19 @@ impl Conversation {
             let _ = ws.send_with_str(sio::connect_error(nsp, "Invalid namespace", None));
             return Ok(());
         }
-        let Some(token) = sio::connect_auth_token(&auth) else {
-            let _ = ws.send_with_str(sio::connect_error(
-                NSP,
-                "unauthorized: pass auth: { token } to io()",
-                None,
-            ));
-            return Ok(());
-        };
-        let d = db::db(&self.env)?;
-        let user = match db::user_for_token(&d, token, now_ms()).await {
-            Ok(Some(u)) => u,
-            Ok(None) => {
-                let _ = ws.send_with_str(sio::connect_error(
-                    NSP,
-                    "unauthorized: invalid, expired or revoked token",
-                    None,
-                ));
-                return Ok(());
-            }
-            Err(e) => {
-                console_error!("token lookup: {e}");
-                let _ = ws.send_with_str(sio::connect_error(
-                    NSP,
-                    "the gateway could not check the token; try again",
-                    None,
-                ));
+        let user = match (sio::connect_auth_token(&auth), meta.user.clone()) {
+            (Some(token), _) => match self.user_for_token(token).await {
+                Ok(user) => user,
+                Err(message) => {
+                    let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
+                    return Ok(());
+                }
+            },
+            // Authenticated by the Worker from the upgrade request.
+            (None, Some(user)) => user,
+            (None, None) => {
+                let message = "unauthorized: pass auth: { token } to io()";
+                let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
                 return Ok(());
             }
         };
@@ -374,6 +361,20 @@ impl Conversation {
             }
         }
         Ok(())
+    }
+
+    /// The user of a CONNECT token, or the reason to refuse it.
+    async fn user_for_token(&self, token: &str) -> std::result::Result<String, &'static str> {
+        let d =
+            db::db(&self.env).map_err(|_| "the gateway could not check the token; try again")?;
+        match db::user_for_token(&d, token, now_ms()).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err("unauthorized: invalid, expired or revoked token"),
+            Err(e) => {
+                console_error!("token lookup: {e}");
+                Err("the gateway could not check the token; try again")
+            }
+        }
     }
 
     /// Refuses a user who does not own this conversation.
