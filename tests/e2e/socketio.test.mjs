@@ -118,8 +118,14 @@ describe('connect', () => {
     await client.close();
     const refused = await gw.expectSioConnectError({ query: { token: `nope-${randomUUID()}` } });
     assert.ok(refused.message, 'the client reports the refused upgrade');
-    const plain = await gw.http('GET', `/socket.io/?EIO=4&transport=websocket&token=nope-${randomUUID()}`, { headers: { upgrade: 'websocket' } });
-    assert.equal(plain.status, 401, plain.text);
+    // The refusal is an HTTP 401 before any upgrade.
+    const status = await new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${gw.wsUrl}/socket.io/?EIO=4&transport=websocket&token=nope-${randomUUID()}`);
+      ws.once('unexpected-response', (req, res) => resolve(res.statusCode));
+      ws.once('open', () => reject(new Error('the upgrade with a bad token was accepted')));
+      ws.once('error', reject);
+    });
+    assert.equal(status, 401);
   });
 
   test('EIO=3 and polling are refused with HTTP 400 and a readable reason (plain GET and a websocket upgrade)', async () => {
