@@ -1,6 +1,7 @@
 // The only fake in the end-to-end tests: a model provider on loopback speaking OpenAI Chat Completions and Anthropic Messages streaming, steered by [[directives]] in the last user message.
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
+import { recordWaiters } from './waiters.mjs';
 
 /** Wall-clock milliseconds with sub-millisecond precision, comparable across processes on one machine. */
 export const preciseNow = () => performance.timeOrigin + performance.now();
@@ -459,35 +460,12 @@ function wholeMessage(provider, plan, body, id) {
  */
 export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthropicKey = 'test-anthropic-key', requireAuth = true } = {}) {
   const requests = [];
-  const waiters = new Set();
   const flakyCounts = new Map();
   const openResponses = new Set();
   let idCounter = 0;
   const nextId = () => String(++idCounter).padStart(6, '0');
 
-  const notify = () => {
-    for (const w of waiters) {
-      const hit = requests.find(w.match);
-      if (hit) {
-        waiters.delete(w);
-        clearTimeout(w.timer);
-        w.resolve(hit);
-      }
-    }
-  };
-
-  const waitFor = (match, timeoutMs, what) =>
-    new Promise((resolve, reject) => {
-      const hit = requests.find(match);
-      if (hit) return resolve(hit);
-      const w = { match, resolve };
-      w.timer = setTimeout(() => {
-        waiters.delete(w);
-        const seen = requests.map((r) => `${r.path} ${JSON.stringify(r.lastUserText)} closedByClient=${r.closedByClient}`).join('\n  ');
-        reject(new Error(`fake upstream: no ${what} within ${timeoutMs} ms; requests seen:\n  ${seen || '(none)'}`));
-      }, timeoutMs);
-      waiters.add(w);
-    });
+  const { notify, waitFor, clear: clearWaiters } = recordWaiters(requests, { label: 'fake upstream', describe: (r) => `${r.path} ${JSON.stringify(r.lastUserText)} closedByClient=${r.closedByClient}` });
 
   // A client that goes away mid-request must not crash the test process: the socket is dropped and that is all.
   const server = http.createServer((req, res) => {
@@ -698,8 +676,7 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
     },
     async close() {
       for (const res of openResponses) res.socket?.destroy();
-      for (const w of waiters) clearTimeout(w.timer);
-      waiters.clear();
+      clearWaiters();
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
     },

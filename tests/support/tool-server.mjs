@@ -1,6 +1,7 @@
 // An HTTP tool server on loopback for the gateway's tool loop: `POST /tools/<name>` with JSON arguments, every call recorded.
 import http from 'node:http';
 import { preciseNow } from './fake-upstream.mjs';
+import { recordWaiters } from './waiters.mjs';
 
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
@@ -21,32 +22,9 @@ const sleep = (ms, signal) =>
  */
 export async function startToolServer({ secret = 'test-tool-secret' } = {}) {
   const calls = [];
-  const waiters = new Set();
   const openResponses = new Set();
 
-  const notify = () => {
-    for (const w of waiters) {
-      const hit = calls.find(w.match);
-      if (hit) {
-        waiters.delete(w);
-        clearTimeout(w.timer);
-        w.resolve(hit);
-      }
-    }
-  };
-
-  const waitFor = (match, timeoutMs, what) =>
-    new Promise((resolve, reject) => {
-      const hit = calls.find(match);
-      if (hit) return resolve(hit);
-      const w = { match, resolve };
-      w.timer = setTimeout(() => {
-        waiters.delete(w);
-        const seen = calls.map((c) => `${c.name} ${JSON.stringify(c.body)} status=${c.status} closedByClient=${c.closedByClient}`).join('\n  ');
-        reject(new Error(`tool server: no ${what} within ${timeoutMs} ms; calls seen:\n  ${seen || '(none)'}`));
-      }, timeoutMs);
-      waiters.add(w);
-    });
+  const { notify, waitFor, clear: clearWaiters } = recordWaiters(calls, { label: 'tool server', describe: (c) => `${c.name} ${JSON.stringify(c.body)} status=${c.status} closedByClient=${c.closedByClient}` });
 
   async function handle(req, res) {
     const receivedAt = preciseNow();
@@ -139,8 +117,7 @@ export async function startToolServer({ secret = 'test-tool-secret' } = {}) {
     },
     async close() {
       for (const res of openResponses) res.socket?.destroy();
-      for (const w of waiters) clearTimeout(w.timer);
-      waiters.clear();
+      clearWaiters();
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
     },
