@@ -532,10 +532,10 @@ impl StreamLog {
     pub fn after(&self, last_seq: u64) -> Result<impl Iterator<Item = &OutEvent>, ReplayGap> {
         if let Some((_, first)) = self.events.front() {
             let oldest = first.seq.unwrap_or(0);
-            if last_seq + 1 < oldest {
+            if last_seq.saturating_add(1) < oldest {
                 return Err(ReplayGap { oldest });
             }
-        } else if last_seq + 1 < self.next_seq {
+        } else if last_seq.saturating_add(1) < self.next_seq {
             return Err(ReplayGap {
                 oldest: self.next_seq,
             });

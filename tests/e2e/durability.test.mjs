@@ -307,6 +307,32 @@ describe('idempotent sends', () => {
   });
 });
 
+describe('idempotent sends while the original is being stored', () => {
+  test('the same clientMessageId sent from two sockets at once is stored once and answered once', async () => {
+    const { token } = await user('idem-race');
+    const conversationId = randomUUID();
+    const a = await openJson({ token, conversationId });
+    const b = await openJson({ token, conversationId });
+    const clientMessageId = uniq('cmid');
+    const content = `raced ${uniq()} [[slow deltas=5 delay=50]]`;
+    // Both copies arrive before the first is stored: one is in flight while the other is checked.
+    a.send('message', { conversationId, content, clientMessageId });
+    b.send('message', { conversationId, content, clientMessageId });
+    const ackA = await a.next('message:ack');
+    const ackB = await b.next('message:ack');
+    assert.equal(ackA.data.messageId, ackB.data.messageId, 'both sockets hear of one stored message');
+    await a.next('agent:end', { timeout: 15_000 });
+    counters.turns++;
+    expectStored(token, conversationId, content);
+    await sleep(1000);
+    assert.equal(a.events.filter((f) => f.event === 'agent:start').length, 1, `one turn only:\n${a.log.dump()}`);
+    assert.equal(requestsExactly(content).length, 1, 'the upstream got one request');
+    const stored = await messagesOf(token, conversationId);
+    assert.equal(stored.filter((m) => m.role === 'user').length, 1, JSON.stringify(stored.map((m) => [m.role, m.content.slice(0, 40)])));
+    await Promise.all([a.close(), b.close()]);
+  });
+});
+
 describe('overlapping sends', () => {
   test('messages sent during a running turn are queued and answered in order; each ack comes when its turn starts', async () => {
     const { token } = await user('queue');

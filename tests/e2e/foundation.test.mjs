@@ -106,6 +106,16 @@ describe('upgrade', () => {
     const refusal = await gw.expectUpgradeFailure({ token: bob, conversationId });
     assert.ok([403, 404].includes(refusal.status), `status ${refusal.status}: ${refusal.body}`);
   });
+
+  test('a conversation is claimed by its first socket: another user cannot listen in before the first message', async () => {
+    const conversationId = `claimed-${uniq()}`;
+    const mine = await gw.connect({ token: alice, conversationId });
+    const refusal = await gw.expectUpgradeFailure({ token: bob, conversationId });
+    assert.equal(refusal.status, 403, `status ${refusal.status}: ${refusal.body}`);
+    const sio = await gw.expectSioConnectError({ token: bob, conversationId });
+    assert.match(sio.message, /forbidden|another user/i, sio.message);
+    await mine.close();
+  });
 });
 
 describe('a turn', () => {

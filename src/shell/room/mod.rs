@@ -65,10 +65,14 @@ struct Room {
     id: String,
     id_json: String,
     owner: Option<String>,
+    /// Whether this object ever stored a message; without one there is no history to read.
+    stored_any: bool,
     session: SessionState,
     log: StreamLog,
     history: Option<Vec<ChatMessage>>,
     turn_running: bool,
+    /// The clientMessageId of the message whose turn runs, until it is stored and in `seen`.
+    in_flight: Option<String>,
     queue: VecDeque<Pending>,
     rate: RateLimiter,
     sockets: Option<Vec<(WebSocket, SocketMeta)>>,
@@ -135,10 +139,12 @@ impl DurableObject for Conversation {
                 id: String::new(),
                 id_json: "\"\"".into(),
                 owner: None,
+                stored_any: false,
                 session: SessionState::default(),
                 log: StreamLog::new(1, window, REPLAY_BYTES),
                 history: None,
                 turn_running: false,
+                in_flight: None,
                 queue: VecDeque::new(),
                 rate: RateLimiter::default(),
                 sockets: None,
@@ -387,6 +393,7 @@ impl Conversation {
         room.id_json = protocol::json_str(&id);
         room.id = id;
         room.owner = get("owner");
+        room.stored_any = get("stored").is_some();
         room.session = get("session")
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();

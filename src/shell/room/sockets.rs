@@ -215,6 +215,16 @@ impl Conversation {
             .headers()
             .get(crate::shell::gateway::H_LAST_SEQ)?
             .and_then(|s| s.parse().ok());
+        // The first authenticated user claims the conversation before any socket of it opens, so
+        // nobody else can attach, listen or send commands before its first message is stored.
+        if let Some(user) = &user {
+            if let Err(message) = self.claim(user).await {
+                return crate::shell::json_response(
+                    403,
+                    &json!({ "error": message, "code": "forbidden" }),
+                );
+            }
+        }
         // A conversation that was idle may have missed configuration changes pushed to live ones.
         if self.socket_count() == 0 {
             self.operator.borrow_mut().take();
@@ -337,11 +347,13 @@ impl Conversation {
                 return Ok(());
             }
         };
-        if let Err(message) = self.check_owner(&user).await {
+        if let Err(message) = self.claim(&user).await {
             let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
             return Ok(());
         }
+        // A pid longer than the ones the gateway issues is not ours (and would not fit the attachment).
         let recovery = sio::recovery(&auth)
+            .filter(|(pid, _)| pid.len() <= 64)
             .and_then(|(pid, offset)| offset.parse::<u64>().ok().map(|o| (pid, o)));
         let recovered = recovery
             .as_ref()
@@ -375,6 +387,16 @@ impl Conversation {
                 Err("the gateway could not check the token; try again")
             }
         }
+    }
+
+    /// Makes `user` the owner of a conversation that has none yet; refuses anyone else.
+    pub(super) async fn claim(&self, user: &str) -> std::result::Result<(), String> {
+        self.check_owner(user).await?;
+        if self.room.borrow().owner.is_none() {
+            self.room.borrow_mut().owner = Some(user.to_string());
+            self.kv_put("owner", user);
+        }
+        Ok(())
     }
 
     /// Refuses a user who does not own this conversation.

@@ -73,7 +73,6 @@ impl Conversation {
         ack: Option<u64>,
         config: &Config,
     ) {
-        let id = self.room.borrow().id.clone();
         // Bound first: a guard in the `if let` scrutinee would live through the block below.
         let admitted =
             self.room
@@ -91,24 +90,20 @@ impl Conversation {
         }
         if let Some(client_id) = &message.client_message_id {
             if let Some(message_id) = self.seen_message(client_id) {
-                // A resend of a stored message: same ack, no second turn.
-                let payload = json!({ "conversationId": id, "messageId": message_id, "clientMessageId": client_id, "duplicate": true }).to_string();
-                self.send_to(
-                    ws,
-                    meta,
-                    &OutEvent::unsequenced("message:ack", payload.clone()),
-                );
-                Self::send_ack(ws, ack, &payload);
+                self.send_duplicate_ack(ws, meta, ack, client_id, &message_id);
                 return;
             }
-            if self
-                .room
-                .borrow()
-                .queue
-                .iter()
-                .any(|p| p.message.client_message_id.as_deref() == Some(client_id))
-            {
-                return; // already queued; its ack comes when it runs
+            let pending = {
+                let room = self.room.borrow();
+                room.in_flight.as_deref() == Some(client_id)
+                    || room
+                        .queue
+                        .iter()
+                        .any(|p| p.message.client_message_id.as_deref() == Some(client_id))
+            };
+            if pending {
+                // Being stored right now, or queued: the message:ack broadcast reaches this socket too.
+                return;
             }
         }
         {
@@ -155,6 +150,25 @@ impl Conversation {
         self.update_live(count).await;
     }
 
+    /// A resend of a stored message: the same ack again, to the sender only, and no second turn.
+    fn send_duplicate_ack(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        ack: Option<u64>,
+        client_id: &str,
+        message_id: &str,
+    ) {
+        let id = self.room.borrow().id.clone();
+        let payload = json!({ "conversationId": id, "messageId": message_id, "clientMessageId": client_id, "duplicate": true }).to_string();
+        self.send_to(
+            ws,
+            meta,
+            &OutEvent::unsequenced("message:ack", payload.clone()),
+        );
+        Self::send_ack(ws, ack, &payload);
+    }
+
     pub(super) fn seen_message(&self, client_id: &str) -> Option<String> {
         #[derive(Deserialize)]
         struct Row {
@@ -185,6 +199,13 @@ impl Conversation {
             let room = self.room.borrow();
             (room.id.clone(), room.id_json.clone())
         };
+        // A copy that waited in the queue while its original was stored is a duplicate by now.
+        if let Some(client_id) = &message.client_message_id {
+            if let Some(message_id) = self.seen_message(client_id) {
+                self.send_duplicate_ack(&ws, &meta, ack, client_id, &message_id);
+                return;
+            }
+        }
         // A known owner is checked here; an unknown one is checked by the insert itself (below).
         if self
             .room
@@ -214,10 +235,13 @@ impl Conversation {
         // client before the store succeeds, and a failed store cancels the call.
         self.aborted.set(false);
         let message_id = new_id();
+        self.room.borrow_mut().in_flight = message.client_message_id.clone();
         let (stored, plan) = futures::join!(
             self.store_user_message(&d, &id, &user, &message, &message_id),
             self.plan_turn(&d, &id, &user, &message, &message_id, config)
         );
+        // Stored (and in `seen`) or refused: either way no longer in flight.
+        let clear_in_flight = || self.room.borrow_mut().in_flight = None;
         match stored {
             Ok(true) => {}
             Ok(false) | Err(_) => {
@@ -235,11 +259,13 @@ impl Conversation {
                         )
                     }
                 };
+                clear_in_flight();
                 self.refuse(&ws, &meta, ack, code, text);
                 return;
             }
         }
         self.after_user_message_stored(&user, &message, &message_id);
+        clear_in_flight();
         self.update_live_later(self.socket_count());
         let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
         if let Some(c) = &message.client_message_id {
@@ -443,6 +469,10 @@ impl Conversation {
             self.room.borrow_mut().owner = Some(user.to_string());
             self.kv_put("owner", user);
         }
+        if !self.room.borrow().stored_any {
+            self.room.borrow_mut().stored_any = true;
+            self.kv_put("stored", "1");
+        }
         if let Some(c) = &message.client_message_id {
             let row = vec![
                 c.as_str().into(),
@@ -470,7 +500,7 @@ impl Conversation {
     pub(super) async fn load_history(&self, d: &D1Database, id: &str, storing: &str) -> Result<()> {
         let (loaded, known) = {
             let room = self.room.borrow();
-            (room.history.is_some(), room.owner.is_some())
+            (room.history.is_some(), room.stored_any)
         };
         if loaded {
             return Ok(());
