@@ -77,18 +77,21 @@ pub struct OperatorRow {
     pub body: String,
 }
 
+/// A stored routing rule with its row id.
+pub fn parse_rule(id: &str, body: &str) -> Result<crate::routing::RoutingRule, serde_json::Error> {
+    serde_json::from_str::<crate::routing::RoutingRule>(body).map(|mut rule| {
+        rule.id = Some(id.to_string());
+        rule
+    })
+}
+
 /// Builds the operator configuration from the rows of one query.
 pub fn operator_config(rows: Vec<OperatorRow>) -> OperatorConfig {
     let (mut rules, mut agents, mut models, mut skipped) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows {
         let parsed = match row.kind.as_str() {
-            "rule" => {
-                serde_json::from_str::<crate::routing::RoutingRule>(&row.body).map(|mut r| {
-                    r.id = Some(row.id.clone());
-                    rules.push(r)
-                })
-            }
+            "rule" => parse_rule(&row.id, &row.body).map(|r| rules.push(r)),
             "agent" => serde_json::from_str(&row.body).map(|a| agents.push((row.id.clone(), a))),
             "model" => serde_json::from_str(&row.body).map(|m| models.push(m)),
             _ => Ok(()),
@@ -172,8 +175,6 @@ pub mod sql {
     /// ?1 id
     pub const DELETE_RULE: &str = "DELETE FROM routing_rules WHERE id = ?1 OR name = ?1";
 
-    /// Agent configs.
-    pub const LIST_AGENTS: &str = "SELECT id, config FROM agent_configs ORDER BY name";
     /// ?1 name or id
     pub const AGENT_BY_NAME: &str =
         "SELECT id, config FROM agent_configs WHERE name = ?1 OR id = ?1";
@@ -182,8 +183,6 @@ pub mod sql {
     /// ?1 id or name
     pub const DELETE_AGENT: &str = "DELETE FROM agent_configs WHERE id = ?1 OR name = ?1";
 
-    /// Catalog overrides.
-    pub const LIST_MODELS: &str = "SELECT info FROM model_catalog";
     /// ?1 provider, ?2 model id, ?3 info JSON, ?4 now
     pub const UPSERT_MODEL: &str = "INSERT INTO model_catalog (provider, model_id, info, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(provider, model_id) DO UPDATE SET info = ?3, updated_at = ?4";
 

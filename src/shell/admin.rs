@@ -67,7 +67,10 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
         (Method::Put, ["agents", id]) => save_agent(Some(id), body(&mut req).await?, &db).await,
         (Method::Delete, ["agents", id]) => delete_row(sql::DELETE_AGENT, id, "agent", &db).await,
         (Method::Get, ["models"]) => {
-            let catalog = db::catalog(&db).await.map_err(|e| internal("catalog", e))?;
+            let catalog = db::operator_config(&db)
+                .await
+                .map_err(|e| internal("catalog", e))?
+                .catalog;
             ok(json!({ "models": catalog.all(), "skipped": catalog.skipped() }))
         }
         (Method::Put, ["models"]) => save_model(body(&mut req).await?, &db).await,
@@ -418,7 +421,10 @@ async fn save_rule(id: Option<&str>, body: Value, db: &worker::D1Database) -> Ap
 }
 
 async fn list_agents(db: &worker::D1Database) -> ApiResult {
-    let agents = db::agents(db).await.map_err(|e| internal("agents", e))?;
+    let agents = db::operator_config(db)
+        .await
+        .map_err(|e| internal("agents", e))?
+        .agents;
     let list: Vec<Value> = agents
         .into_iter()
         .map(|(id, mut a)| {

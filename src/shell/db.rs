@@ -1,9 +1,7 @@
 //! D1 execution of the statements in `store::sql`, with rows decoded into the core's types.
 
-use crate::agents::AgentConfig;
-use crate::catalog::{Catalog, ModelInfo};
 use crate::routing::RoutingRule;
-use crate::store::{sql, ConversationRow, MessageRow, TokenRow};
+use crate::store::{self, sql, ConversationRow, MessageRow, TokenRow};
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, Env, Result};
@@ -129,13 +127,6 @@ pub async fn list_messages(db: &D1Database, conversation: &str) -> Result<Vec<Me
         .collect())
 }
 
-#[derive(Deserialize)]
-struct JsonRow {
-    id: String,
-    #[serde(alias = "config", alias = "rule")]
-    body: String,
-}
-
 /// Every routing rule row, parsed (rows that do not parse are reported, never fatal).
 pub async fn routing_rules(db: &D1Database) -> Result<Vec<RoutingRule>> {
     #[derive(Deserialize)]
@@ -146,11 +137,8 @@ pub async fn routing_rules(db: &D1Database) -> Result<Vec<RoutingRule>> {
     let rows: Vec<Row> = all(db, sql::LIST_RULES, &[]).await?;
     Ok(rows
         .into_iter()
-        .filter_map(|r| match serde_json::from_str::<RoutingRule>(&r.rule) {
-            Ok(mut rule) => {
-                rule.id = Some(r.id);
-                Some(rule)
-            }
+        .filter_map(|r| match store::parse_rule(&r.id, &r.rule) {
+            Ok(rule) => Some(rule),
             Err(e) => {
                 worker::console_warn!("routing rule {} does not parse and is skipped: {e}", r.id);
                 None
@@ -159,25 +147,12 @@ pub async fn routing_rules(db: &D1Database) -> Result<Vec<RoutingRule>> {
         .collect())
 }
 
-/// Every agent config with its id.
-pub async fn agents(db: &D1Database) -> Result<Vec<(String, AgentConfig)>> {
-    let rows: Vec<JsonRow> = all(db, sql::LIST_AGENTS, &[]).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| serde_json::from_str(&r.body).ok().map(|a| (r.id, a)))
-        .collect())
-}
-
-/// The built-in catalog with the operator's rows from D1 on top.
-pub async fn catalog(db: &D1Database) -> Result<Catalog> {
-    #[derive(Deserialize)]
-    struct Row {
-        info: String,
+/// Rules, agents and catalog rows in one round trip; rows that do not parse are logged and left out.
+pub async fn operator_config(db: &D1Database) -> Result<store::OperatorConfig> {
+    let rows: Vec<store::OperatorRow> = all(db, sql::OPERATOR_CONFIG, &[]).await?;
+    let config = store::operator_config(rows);
+    for skipped in &config.skipped {
+        worker::console_warn!("skipped a configuration row: {skipped}");
     }
-    let rows: Vec<Row> = all(db, sql::LIST_MODELS, &[]).await?;
-    let models: Vec<ModelInfo> = rows
-        .into_iter()
-        .filter_map(|r| serde_json::from_str(&r.info).ok())
-        .collect();
-    Ok(Catalog::builtin().with_overrides(models))
+    Ok(config)
 }

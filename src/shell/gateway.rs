@@ -286,7 +286,10 @@ async fn api(req: Request, env: &Env, config: &Config) -> std::result::Result<Re
             json_response(200, &serde_json::json!({ "conversationId": id, "messages": messages }))
         }
         ["models"] => {
-            let catalog = db::catalog(&db).await.map_err(|e| super::internal("catalog", e))?;
+            let catalog = db::operator_config(&db)
+                .await
+                .map_err(|e| super::internal("catalog", e))?
+                .catalog;
             let configured: Vec<&str> = config.providers.iter().map(|p| p.name).collect();
             json_response(
                 200,

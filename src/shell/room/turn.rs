@@ -538,16 +538,10 @@ impl Conversation {
             return o.clone();
         }
         // One round trip for rules, agents and catalog rows: a new conversation's first turn waits on it.
-        let rows = db::all::<store::OperatorRow>(d, sql::OPERATOR_CONFIG, &[])
-            .await
-            .unwrap_or_else(|e| {
-                console_warn!("operator configuration unavailable, using built-in defaults: {e}");
-                Vec::new()
-            });
-        let config = store::operator_config(rows);
-        for skipped in &config.skipped {
-            console_warn!("skipped a configuration row: {skipped}");
-        }
+        let config = db::operator_config(d).await.unwrap_or_else(|e| {
+            console_warn!("operator configuration unavailable, using built-in defaults: {e}");
+            store::operator_config(Vec::new())
+        });
         let operator = Rc::new(Operator {
             fetched_ms: now_ms(),
             catalog: config.catalog,
