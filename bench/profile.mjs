@@ -72,11 +72,17 @@ const kindOf = (frame) => {
  * Counts, not time: workerd's sampler leaves long gaps (tens of ms) between samples, so a sample's time delta
  * says when the next sample came, not how long the function ran.
  */
-function analyze(profile) {
+function analyze(profile, sources = new Map()) {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const key = (n) => `${n.callFrame.functionName || '(anonymous)'}  ${n.callFrame.url ? path.basename(n.callFrame.url) : ''}`.trim();
+  const key = (n) => {
+    const f = n.callFrame;
+    const where = f.url ? path.basename(f.url) : '';
+    if (f.functionName || !sources.has(f.scriptId)) return `${f.functionName || '(anonymous)'}  ${where}`.trim();
+    // Minified glue has many anonymous functions: name each by the start of its source.
+    return `(anonymous) ${where}:${f.lineNumber}:${f.columnNumber} ${snippet(sources.get(f.scriptId), f.lineNumber, f.columnNumber)}`;
+  };
   const self = new Map();
   const incl = new Map();
   const kinds = new Map();
@@ -101,6 +107,26 @@ function analyze(profile) {
   return { totalMs: total, self: sorted(self), inclusive: sorted(incl), kinds: sorted(kinds) };
 }
 
+/** The first characters of a function's source, on one line. */
+function snippet(source, line, column) {
+  const text = source.split('\n').slice(line, line + 6).join(' ');
+  return text.slice(column, column + 100).replace(/\s+/g, ' ');
+}
+
+/** Sources of the JavaScript scripts a profile names, for labelling anonymous frames. */
+async function scriptSources(devtools, profile) {
+  const ids = new Set(profile.nodes.filter((n) => n.callFrame.url && !n.callFrame.url.startsWith('wasm://')).map((n) => n.callFrame.scriptId));
+  const sources = new Map();
+  for (const scriptId of ids) {
+    try {
+      sources.set(scriptId, (await devtools.send('Debugger.getScriptSource', { scriptId })).scriptSource);
+    } catch {
+      // An internal script without source: its frames keep their bare names.
+    }
+  }
+  return sources;
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const mode = MODES[opts.inspector];
@@ -117,6 +143,7 @@ async function main() {
     if (!target) throw new Error("no DevTools endpoint of the Worker found on wrangler's workerd processes");
     note(`profiling ${target.id} through ${target.url} (workerd pid ${target.pid}), ${mode.label}`);
     devtools = await cdp(target.url);
+    await devtools.send('Debugger.enable');
     await devtools.send('Profiler.enable');
     await devtools.send('Profiler.setSamplingInterval', { interval: opts.interval });
     let profile = null;
@@ -134,7 +161,7 @@ async function main() {
     mkdirSync(path.dirname(out), { recursive: true });
     writeFileSync(out, JSON.stringify(profile));
 
-    const a = analyze(profile);
+    const a = analyze(profile, await scriptSources(devtools, profile));
     const busy = a.totalMs - (a.kinds.find(([k]) => k === '(idle)')?.[1] ?? 0);
     const pct = (v) => `${((100 * v) / busy).toFixed(1)}%`;
     const upstreamDeltas = Math.max(1, phase.upstream.deltasSent);
@@ -144,9 +171,9 @@ async function main() {
     say(`${profile.samples.length} samples over ${((profile.endTime - profile.startTime) / 1000).toFixed(0)} ms, ${busy} not idle; shares below are of those\n`);
     say(table(['kind', 'samples', 'share'], a.kinds.filter(([k]) => k !== '(idle)').map(([k, v]) => [k, v, pct(v)])));
     say(`\nTop ${opts.top} by self samples`);
-    say(table(['function', 'self', 'share'], a.self.filter(([k]) => !k.startsWith('(idle)')).slice(0, opts.top).map(([k, v]) => [k.slice(0, 110), v, pct(v)])));
+    say(table(['function', 'self', 'share'], a.self.filter(([k]) => !k.startsWith('(idle)')).slice(0, opts.top).map(([k, v]) => [k.slice(0, 190), v, pct(v)])));
     say(`\nTop ${opts.top} by inclusive samples`);
-    say(table(['function', 'incl', 'share'], a.inclusive.slice(0, opts.top).map(([k, v]) => [k.slice(0, 110), v, pct(v)])));
+    say(table(['function', 'incl', 'share'], a.inclusive.slice(0, opts.top).map(([k, v]) => [k.slice(0, 190), v, pct(v)])));
     say(`\nwrote ${path.relative(process.cwd(), out)}`);
   } finally {
     devtools?.close();

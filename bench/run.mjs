@@ -245,13 +245,14 @@ function printReport(results) {
         p.runtime.cpuUsPerUpstreamDelta === null ? '-' : Math.round(p.runtime.cpuUsPerUpstreamDelta),
         ms(p.ttfdParts.sendToUpstreamRequestMs.p50),
         ms(p.ackMs.p50),
+        ms(p.addedLatencySteadyMs?.p99),
         p.turnWallMs === null ? '-' : Math.round(p.turnWallMs),
         ms(p.client.loopDelayP99Ms),
         p.machine.otherLoadCores.toFixed(2),
       ]);
     }
   }
-  say(table(['mode', 'CxS', 'RSS before MB', 'RSS peak MB', 'workerd CPU ms', 'wrangler CPU ms', 'CPU us/delta', 'send->upstream p50', 'ack p50', 'turn wall ms', 'client lag p99', 'other load'], costRows));
+  say(table(['mode', 'CxS', 'RSS before MB', 'RSS peak MB', 'workerd CPU ms', 'wrangler CPU ms', 'CPU us/delta', 'send->upstream p50', 'ack p50', 'steady lat p99', 'turn wall ms', 'client lag p99', 'other load'], costRows));
   say();
   say('Budgets (checked, not asserted)');
   say(table(['mode', 'budget', 'measured', 'limit', 'verdict'], budgets.map((b) => [b.mode, b.name, b.measured, b.limit, b.verdict])));

@@ -8,6 +8,7 @@ pub mod config;
 pub mod conversation;
 pub mod error;
 pub mod llm;
+pub mod outbox;
 pub mod protocol;
 pub mod routing;
 pub mod selection;

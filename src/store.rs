@@ -148,11 +148,13 @@ pub mod sql {
     pub const LIST_CONVERSATIONS: &str =
         "SELECT id, owner_id, title, session_id, created_at, updated_at FROM conversations WHERE owner_id = ?1 ORDER BY updated_at DESC, created_at DESC LIMIT 200";
 
-    /// ?1 id, ?2 conversation, ?3 role, ?4 content, ?5 metadata, ?6 created_at — seq continues the conversation's order.
-    pub const INSERT_MESSAGE: &str = "INSERT INTO messages (id, conversation_id, role, content, metadata, created_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?2))";
+    /// ?1 id, ?2 conversation, ?3 role, ?4 content, ?5 metadata, ?6 created_at — seq continues the
+    /// conversation's order; a second copy of the same id is ignored.
+    pub const INSERT_MESSAGE: &str = "INSERT OR IGNORE INTO messages (id, conversation_id, role, content, metadata, created_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?2))";
     /// ?1 id, ?2 conversation, ?3 owner, ?4 content, ?5 metadata, ?6 created_at — stores nothing
-    /// unless ?3 owns the conversation, so the owner check rides in the same round trip.
-    pub const INSERT_USER_MESSAGE: &str = "INSERT INTO messages (id, conversation_id, role, content, metadata, created_at, seq) SELECT ?1, ?2, 'user', ?4, ?5, ?6, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?2) WHERE EXISTS (SELECT 1 FROM conversations WHERE id = ?2 AND owner_id = ?3)";
+    /// unless ?3 owns the conversation, so the owner check rides in the same round trip; a second
+    /// copy of the same id is ignored.
+    pub const INSERT_USER_MESSAGE: &str = "INSERT OR IGNORE INTO messages (id, conversation_id, role, content, metadata, created_at, seq) SELECT ?1, ?2, 'user', ?4, ?5, ?6, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?2) WHERE EXISTS (SELECT 1 FROM conversations WHERE id = ?2 AND owner_id = ?3)";
     /// ?1 conversation, ?2 now
     pub const TOUCH_CONVERSATION: &str = "UPDATE conversations SET updated_at = ?2 WHERE id = ?1";
     /// ?1 conversation

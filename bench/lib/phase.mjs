@@ -106,6 +106,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
 
   // --- analysis ---------------------------------------------------------------
   const latencies = [];
+  const stampedLatencies = []; // [stamp, latency], to split the start-up burst from the steady stream
   const ttfd = [];
   const preUpstream = [];
   const firstDelivery = [];
@@ -148,6 +149,8 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
     if (sentStamps.length > 1) upstreamStreamMs.push(sentStamps.at(-1) - sentStamps[0]);
     preUpstream.push(rec.receivedAt - c.sentAt);
   }
+  // When the last conversation's stream began (its first upstream delta).
+  const allStartedAt = Math.max(...sent.map((c) => (c.upstream ? stampsOf(c.upstream.text)[0] : undefined) ?? -Infinity));
 
   for (const [n, s] of sockets.entries()) {
     const { conv: c, client, recvAt } = s;
@@ -193,6 +196,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
           if (stamp < prevStamp) outOfOrder++;
           prevStamp = stamp;
           latencies.push(t - stamp);
+          stampedLatencies.push([stamp, t - stamp]);
         }
       }
     }
@@ -249,6 +253,9 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
       idealStreamMs,
     },
     addedLatencyMs: summarize(latencies),
+    // Deltas the upstream sent once every conversation's stream had begun: the added latency
+    // without the start-up burst (turn planning, first calls) of the phase.
+    addedLatencySteadyMs: summarize(stampedLatencies.filter(([stamp]) => stamp > allStartedAt).map(([, l]) => l)),
     ttfdOverheadMs: summarize(ttfd),
     ttfdParts: { sendToUpstreamRequestMs: summarize(preUpstream), firstStampToReceiveMs: summarize(firstDelivery) },
     ackMs: summarize(ackMs),

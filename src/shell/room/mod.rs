@@ -1,5 +1,6 @@
 //! The conversation Durable Object: owns the sockets, the session and the running turn; streams model output to every socket.
 
+mod outbox;
 mod session;
 mod sockets;
 mod turn;
@@ -19,6 +20,7 @@ use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, O
 use crate::routing::{RoutingContext, RoutingDecision, Target};
 use crate::selection;
 use crate::store::{self, sql};
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -80,10 +82,26 @@ struct Room {
 
 /// Operator configuration from D1, cached per object.
 struct Operator {
-    fetched_ms: i64,
+    /// D1 could not be read: built-in defaults, not to be reused.
+    failed: bool,
     catalog: Catalog,
     rules: crate::routing::CompiledRules,
     agents: Vec<(String, AgentConfig)>,
+}
+
+/// A read of operator configuration, shared by everyone who waits for it.
+type OperatorLoad = Shared<LocalBoxFuture<'static, Rc<Operator>>>;
+
+/// What a turn answers: the stored user message and whose conversation it is.
+#[derive(Clone, Copy)]
+struct TurnInput<'a> {
+    id: &'a str,
+    id_json: &'a str,
+    user: &'a str,
+    message: &'a MessageEvent,
+    message_id: &'a str,
+    /// Whether the conversation stored messages before this one (else there is no history to read).
+    known_history: bool,
 }
 
 /// A planned turn: its model candidates, agent and context, with the first call started.
@@ -116,7 +134,16 @@ pub struct Conversation {
     env: Env,
     config: Result<Rc<Config>>,
     room: RefCell<Room>,
-    operator: RefCell<Option<Rc<Operator>>>,
+    /// When the read started, and the read.
+    operator: RefCell<Option<(i64, OperatorLoad)>>,
+    /// One copy to D1 at a time; holds the count of failed copies in a row.
+    copy_lock: futures::lock::Mutex<u32>,
+    /// The last outbox row known to be in D1 (memory only: 0 after a restart, so all are copied again).
+    copied_through: Cell<i64>,
+    /// The last outbox row deleted.
+    settled_through: Cell<i64>,
+    /// Whether the last live-registry write said a turn runs.
+    live_turning: Cell<bool>,
     abort: RefCell<Option<AbortController>>,
     aborted: Cell<bool>,
 }
@@ -150,6 +177,10 @@ impl DurableObject for Conversation {
                 sockets: None,
             }),
             operator: RefCell::new(None),
+            copy_lock: futures::lock::Mutex::new(0),
+            copied_through: Cell::new(0),
+            settled_through: Cell::new(0),
+            live_turning: Cell::new(false),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
         }
@@ -334,11 +365,15 @@ impl DurableObject for Conversation {
             }
         }
         self.room.borrow_mut().log.prune(now_ms());
+        if self.outbox_waiting() {
+            // A copy to D1 failed earlier; a failure now arms the next retry itself.
+            let d = db::db(&self.env)?;
+            if let Err(e) = self.copy_to_d1(&d, Vec::new(), true).await {
+                console_warn!("retrying the copy to D1: {e}");
+            }
+        }
         if any_sio {
-            self.state
-                .storage()
-                .set_alarm(Duration::from_millis(config.sio_ping_interval_ms))
-                .await?;
+            self.arm_alarm_within(config.sio_ping_interval_ms).await;
         }
         Response::ok("ok")
     }
@@ -366,6 +401,7 @@ impl Conversation {
             "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
             None,
         )?;
+        sql.exec(crate::outbox::CREATE_TABLE, None)?;
         sql.exec("CREATE TABLE IF NOT EXISTS seen (client_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL)", None)?;
         #[derive(Deserialize)]
         struct Kv {
@@ -423,25 +459,19 @@ impl Conversation {
 
     /// Persists the session durably (object storage, authoritative) and mirrors it to D1.
     async fn save_session(&self) {
-        let (id, text) = {
-            let room = self.room.borrow();
-            (
-                room.id.clone(),
-                serde_json::to_string(&room.session).unwrap_or_default(),
-            )
-        };
-        self.kv_put("session", &text);
+        self.save_session_locally();
         if let Ok(d) = db::db(&self.env) {
-            if let Err(e) = db::run(
-                &d,
-                sql::SAVE_SESSION,
-                &[db::text(&id), db::text(&text), db::num(now_ms())],
-            )
-            .await
-            {
+            let mirror: Vec<_> = self.session_mirror(&d).into_iter().collect();
+            if let Err(e) = self.copy_to_d1(&d, mirror, true).await {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }
+    }
+
+    /// The session in object storage only; D1 gets it with the next copy.
+    fn save_session_locally(&self) {
+        let text = serde_json::to_string(&self.room.borrow().session).unwrap_or_default();
+        self.kv_put("session", &text);
     }
 }
 

@@ -16,19 +16,6 @@ impl Conversation {
             .info_payload(&room.id, (&default.0, &default.1), &levels)
     }
 
-    /// Operator configuration for commands; the built-in catalog alone when D1 is unreachable.
-    pub(super) async fn current_operator(&self) -> Rc<Operator> {
-        match db::db(&self.env) {
-            Ok(d) => self.operator(&d).await,
-            Err(_) => Rc::new(Operator {
-                fetched_ms: 0,
-                catalog: Catalog::builtin(),
-                rules: crate::routing::CompiledRules::compile(Vec::new()),
-                agents: Vec::new(),
-            }),
-        }
-    }
-
     /// The thinking levels the session's current model takes.
     pub(super) fn available_levels(&self, catalog: &Catalog) -> Vec<ThinkingLevel> {
         let (provider, model) = self.current_model();
@@ -37,7 +24,7 @@ impl Conversation {
 
     /// The seed's error text for a level the session does not take.
     pub(super) async fn thinking_levels_error(&self, level: &str) -> String {
-        let levels = self.available_levels(&self.current_operator().await.catalog);
+        let levels = self.available_levels(&self.operator().await.catalog);
         let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
         format!(
             "Invalid thinking level \"{level}\". Available: {}",
@@ -46,7 +33,7 @@ impl Conversation {
     }
 
     pub(super) async fn set_thinking(&self, level: &str) -> std::result::Result<(), String> {
-        let operator = self.current_operator().await;
+        let operator = self.operator().await;
         let catalog = &operator.catalog;
         let levels = self.available_levels(catalog);
         let Some(parsed) = ThinkingLevel::parse(level).filter(|l| levels.contains(l)) else {
@@ -82,7 +69,7 @@ impl Conversation {
         model: Option<String>,
     ) -> std::result::Result<String, String> {
         let config = self.config().map_err(|e| e.to_string())?;
-        let operator = self.current_operator().await;
+        let operator = self.operator().await;
         let catalog = &operator.catalog;
         match &model {
             Some(spec) => {
@@ -189,7 +176,7 @@ impl Conversation {
                 (true, msg, json!({ "agentName": agent }))
             }
             Command::SetAgent(name) => {
-                let operator = self.current_operator().await;
+                let operator = self.operator().await;
                 let found = &operator.agents;
                 match found.iter().find(|(aid, a)| a.name == name || *aid == name) {
                     Some((_, a)) => {
@@ -220,7 +207,7 @@ impl Conversation {
             Command::ClearAgent => {
                 self.room.borrow_mut().session.agent = None;
                 self.save_session().await;
-                let catalog = &self.current_operator().await.catalog;
+                let catalog = &self.operator().await.catalog;
                 self.broadcast("session:info", self.session_info(catalog));
                 (true, "Agent cleared".into(), Value::Null)
             }

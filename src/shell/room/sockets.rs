@@ -56,40 +56,14 @@ impl Conversation {
 
     /// Keeps this conversation's row in the live registry in step with its sockets and turn.
     pub(super) async fn update_live(&self, sockets: usize) {
-        self.live_write(sockets).await;
-    }
-
-    /// The same registry write off the turn's path: the turn need not wait for bookkeeping.
-    pub(super) fn update_live_later(&self, sockets: usize) {
-        let write = self.live_write(sockets);
-        wasm_bindgen_futures::spawn_local(write);
-    }
-
-    pub(super) fn live_write(
-        &self,
-        sockets: usize,
-    ) -> impl std::future::Future<Output = ()> + 'static {
-        let (id, turning) = {
-            let room = self.room.borrow();
-            (room.id.clone(), room.turn_running)
+        let Ok(d) = db::db(&self.env) else { return };
+        let turning = self.room.borrow().turn_running;
+        let result = match self.live_statement(&d, sockets, turning) {
+            Ok(statement) => statement.run().await.map(|_| ()),
+            Err(e) => Err(e),
         };
-        let env = self.env.clone();
-        async move {
-            let Ok(d) = db::db(&env) else { return };
-            let result = if sockets == 0 && !turning {
-                db::run(&d, sql::UNREGISTER_LIVE, &[db::text(&id)]).await
-            } else {
-                let params = [
-                    db::text(&id),
-                    db::num(now_ms()),
-                    db::num(sockets as i64),
-                    db::num(turning as i64),
-                ];
-                db::run(&d, sql::REGISTER_LIVE, &params).await
-            };
-            if let Err(e) = result {
-                console_warn!("live registry: {e}");
-            }
+        if let Err(e) = result {
+            console_warn!("live registry: {e}");
         }
     }
 
@@ -229,6 +203,8 @@ impl Conversation {
         if self.socket_count() == 0 {
             self.operator.borrow_mut().take();
         }
+        // Read now, while the client opens its socket, so its first message does not wait for it.
+        self.prefetch_operator();
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
         self.state.accept_web_socket(&ws);
@@ -309,15 +285,7 @@ impl Conversation {
     }
 
     pub(super) async fn arm_heartbeat(&self, config: &Config) {
-        let storage = self.state.storage();
-        if let Ok(None) = storage.get_alarm().await {
-            if let Err(e) = storage
-                .set_alarm(Duration::from_millis(config.sio_ping_interval_ms))
-                .await
-            {
-                console_warn!("arming the heartbeat alarm: {e}");
-            }
-        }
+        self.arm_alarm_within(config.sio_ping_interval_ms).await;
     }
 
     pub(super) async fn sio_connect(

@@ -128,7 +128,6 @@ impl Conversation {
             }
             room.turn_running = true;
         }
-        self.kv_put("turn", "running");
         let mut next = Some(Pending {
             ws: ws.clone(),
             meta: meta.clone(),
@@ -146,8 +145,11 @@ impl Conversation {
         };
         self.kv_put("seq", &seq.to_string());
         self.kv_put("turn", "idle");
-        let count = self.socket_count();
-        self.update_live(count).await;
+        if self.live_turning.get() {
+            // The last registry write said a turn was running (a queued message that turned out to
+            // be a duplicate ended the loop without a turn of its own).
+            self.update_live(self.socket_count()).await;
+        }
     }
 
     /// A resend of a stored message: the same ack again, to the sender only, and no second turn.
@@ -206,17 +208,6 @@ impl Conversation {
                 return;
             }
         }
-        // A known owner is checked here; an unknown one is checked by the insert itself (below).
-        if self
-            .room
-            .borrow()
-            .owner
-            .as_deref()
-            .is_some_and(|o| o != user)
-        {
-            self.send_error(&ws, &meta, ErrorCode::Unauthorized, FORBIDDEN);
-            return;
-        }
         let d = match db::db(&self.env) {
             Ok(d) => d,
             Err(e) => {
@@ -230,51 +221,112 @@ impl Conversation {
                 return;
             }
         };
-        // The message is stored while the turn is planned and the model call starts: time to
-        // first token is max(storage, planning + provider), not their sum. Nothing reaches a
-        // client before the store succeeds, and a failed store cancels the call.
+        // Claimed when its first socket attached; an instance that lost the owner asks D1 again.
+        self.room.borrow_mut().in_flight = message.client_message_id.clone();
+        if let Err(msg) = self.claim(&user).await {
+            self.room.borrow_mut().in_flight = None;
+            self.send_error(&ws, &meta, ErrorCode::Unauthorized, &msg);
+            return;
+        }
+        let known_history = self.room.borrow().stored_any;
         self.aborted.set(false);
         let message_id = new_id();
-        self.room.borrow_mut().in_flight = message.client_message_id.clone();
-        let (stored, plan) = futures::join!(
-            self.store_user_message(&d, &id, &user, &message, &message_id),
-            self.plan_turn(&d, &id, &user, &message, &message_id, config)
-        );
-        // Stored (and in `seen`) or refused: either way no longer in flight.
-        let clear_in_flight = || self.room.borrow_mut().in_flight = None;
-        match stored {
-            Ok(true) => {}
-            Ok(false) | Err(_) => {
-                if let Some(ctrl) = self.abort.borrow_mut().take() {
-                    ctrl.abort();
+        let input = TurnInput {
+            id: &id,
+            id_json: &id_json,
+            user: &user,
+            message: &message,
+            message_id: &message_id,
+            known_history,
+        };
+        // The model call is sent before the message is written: a storage write holds every
+        // outgoing message (the call included) until it is committed, and the call need not wait.
+        // Nothing reaches a client before the write: `answer` waits for `kept` after planning,
+        // and a failed write aborts the call.
+        let (kept_tx, kept_rx) = futures::channel::oneshot::channel::<bool>();
+        let keep_then_copy = async {
+            let kept = self.keep_user_message(&ws, &meta, ack, &input);
+            let _ = kept_tx.send(kept);
+            if kept {
+                let live: Vec<_> = self
+                    .live_statement(&d, self.socket_count(), true)
+                    .into_iter()
+                    .collect();
+                if let Err(e) = self.copy_to_d1(&d, live, false).await {
+                    console_warn!("copying the user message to D1 (will retry): {e}");
                 }
-                let (code, text) = match stored {
-                    Ok(_) => (ErrorCode::Unauthorized, FORBIDDEN),
-                    Err(e) => {
-                        // Unlike the seed, no ack without storage: the client may resend safely.
-                        console_error!("storing the user message: {e}");
-                        (
-                            ErrorCode::Internal,
-                            "your message could not be stored; nothing was sent to the model",
-                        )
-                    }
-                };
-                clear_in_flight();
-                self.refuse(&ws, &meta, ack, code, text);
-                return;
             }
+        };
+        // `join!` polls in order: the call goes out before the write starts.
+        futures::join!(self.answer(&d, &input, config, kept_rx), keep_then_copy);
+    }
+
+    /// Writes the user message to the object's storage and acknowledges it; false (refused) when
+    /// it could not be written.
+    fn keep_user_message(
+        &self,
+        ws: &WebSocket,
+        meta: &SocketMeta,
+        ack: Option<u64>,
+        input: &TurnInput<'_>,
+    ) -> bool {
+        let TurnInput {
+            id,
+            user,
+            message,
+            message_id,
+            ..
+        } = *input;
+        let mut user_meta = json!({ "timestamp": now_iso() });
+        if let Some(c) = &message.client_message_id {
+            user_meta["clientMessageId"] = Value::String(c.clone());
         }
-        self.after_user_message_stored(&user, &message, &message_id);
-        clear_in_flight();
-        self.update_live_later(self.socket_count());
+        self.kv_put("turn", "running");
+        let kept = self.keep_message(
+            message_id,
+            "user",
+            user,
+            &message.content,
+            &user_meta.to_string(),
+            now_ms(),
+        );
+        if let Err(e) = kept {
+            // Unlike the seed, no ack without storage: the client may resend safely.
+            console_error!("storing the user message: {e}");
+            let msg = "your message could not be stored; nothing was sent to the model";
+            self.room.borrow_mut().in_flight = None;
+            self.refuse(ws, meta, ack, ErrorCode::Internal, msg);
+            return false;
+        }
+        self.after_user_message_stored(user, message, message_id);
+        self.room.borrow_mut().in_flight = None;
         let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
         if let Some(c) = &message.client_message_id {
             ack_payload["clientMessageId"] = Value::String(c.clone());
         }
         let ack_payload = ack_payload.to_string();
         self.broadcast("message:ack", ack_payload.clone());
-        Self::send_ack(&ws, ack, &ack_payload);
+        Self::send_ack(ws, ack, &ack_payload);
+        true
+    }
 
+    /// Plans the turn, runs its model calls and tools, and stores the reply.
+    async fn answer(
+        &self,
+        d: &D1Database,
+        input: &TurnInput<'_>,
+        config: &Config,
+        kept: futures::channel::oneshot::Receiver<bool>,
+    ) {
+        let (id, id_json) = (input.id, input.id_json);
+        let plan = self.plan_turn(d, input, config).await;
+        if kept.await != Ok(true) {
+            // Refused already; the call (if any) must not run on, and the context it was planned
+            // with holds a message that was never stored.
+            self.abort_turn();
+            self.room.borrow_mut().history = None;
+            return;
+        }
         let Plan {
             operator,
             agent_name,
@@ -288,7 +340,7 @@ impl Conversation {
             Err(e) => {
                 console_error!("loading history: {e}");
                 let msg = "the conversation history could not be loaded; try again";
-                self.end_early(&id, ErrorCode::Internal, msg).await;
+                self.end_early(id, ErrorCode::Internal, msg, d).await;
                 return;
             }
         };
@@ -296,12 +348,12 @@ impl Conversation {
             let text = format!("agent \"{name}\" is not configured; answering without it");
             self.broadcast(
                 "error",
-                protocol::error_payload(Some(&id), ErrorCode::InvalidPayload, &text),
+                protocol::error_payload(Some(id), ErrorCode::InvalidPayload, &text),
             );
         }
         let Some(first_call) = first_call else {
             let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
-            self.end_early(&id, ErrorCode::ProviderNotConfigured, msg)
+            self.end_early(id, ErrorCode::ProviderNotConfigured, msg, d)
                 .await;
             return;
         };
@@ -314,22 +366,39 @@ impl Conversation {
             tools: &tools,
             agent: agent.as_ref(),
             config,
-            id: &id,
-            id_json: &id_json,
+            id,
+            id_json,
             catalog: &operator.catalog,
         };
         let (turn, stop, last_error) = self.run_steps(&steps, first_call).await;
         self.abort.borrow_mut().take();
-        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
+        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, d)
             .await;
     }
 
     /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
-    pub(super) async fn end_early(&self, id: &str, code: ErrorCode, msg: &str) {
+    pub(super) async fn end_early(&self, id: &str, code: ErrorCode, msg: &str, d: &D1Database) {
         self.broadcast("error", protocol::error_payload(Some(id), code, msg));
+        self.copy_turn_end(d).await;
         let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
         self.broadcast("agent:end", end.to_string());
-        self.save_session().await;
+    }
+
+    /// The end of a turn in D1, in one batch: the messages still waiting, the session mirror and
+    /// the live registry. A failed copy is retried by alarm; the turn ends either way.
+    pub(super) async fn copy_turn_end(&self, d: &D1Database) {
+        self.save_session_locally();
+        let turning = !self.room.borrow().queue.is_empty();
+        let extra: Vec<_> = [
+            self.session_mirror(d),
+            self.live_statement(d, self.socket_count(), turning),
+        ]
+        .into_iter()
+        .filter_map(|s| s.ok())
+        .collect();
+        if let Err(e) = self.copy_to_d1(d, extra, true).await {
+            console_warn!("copying the turn to D1 (will retry): {e}");
+        }
     }
 
     /// Decides the model, agent and context of a turn and starts its first model call.
@@ -337,14 +406,21 @@ impl Conversation {
     pub(super) async fn plan_turn(
         &self,
         d: &D1Database,
-        id: &str,
-        user: &str,
-        message: &MessageEvent,
-        message_id: &str,
+        input: &TurnInput<'_>,
         config: &Config,
     ) -> Result<Plan> {
-        let (operator, history) =
-            futures::join!(self.operator(d), self.load_history(d, id, message_id));
+        let TurnInput {
+            id,
+            user,
+            message,
+            message_id,
+            known_history,
+            ..
+        } = *input;
+        let (operator, history) = futures::join!(
+            self.operator(),
+            self.load_history(d, id, message_id, known_history)
+        );
         history?;
         // Which model: /model override, then the client's choice, then the agent's, then routing.
         if let Some(agent) = &message.agent_id {
@@ -393,10 +469,16 @@ impl Conversation {
                 content: a.system_prompt.clone(),
             });
         }
-        base.extend(self.room.borrow().history.clone().unwrap_or_default());
-        base.push(ChatMessage::User {
+        let user_message = ChatMessage::User {
             content: message.content.clone(),
-        });
+        };
+        {
+            let mut room = self.room.borrow_mut();
+            let history = room.history.get_or_insert_with(Vec::new);
+            base.extend(history.iter().cloned());
+            history.push(user_message.clone());
+        }
+        base.push(user_message);
         let thinking = self.room.borrow().session.thinking();
         let first_call = match candidates
             .first()
@@ -419,46 +501,7 @@ impl Conversation {
         })
     }
 
-    /// Stores the user message with its conversation row; `Ok(false)` when the user does not own it.
-    pub(super) async fn store_user_message(
-        &self,
-        d: &D1Database,
-        id: &str,
-        user: &str,
-        message: &MessageEvent,
-        message_id: &str,
-    ) -> Result<bool> {
-        let now = now_ms();
-        let mut user_meta = json!({ "timestamp": now_iso() });
-        if let Some(c) = &message.client_message_id {
-            user_meta["clientMessageId"] = Value::String(c.clone());
-        }
-        let ensure = d.prepare(sql::ENSURE_CONVERSATION).bind(&[
-            db::text(id),
-            db::text(user),
-            db::text(&store::title_from(&message.content)),
-            db::num(now),
-        ])?;
-        let insert = d.prepare(sql::INSERT_USER_MESSAGE).bind(&[
-            db::text(message_id),
-            db::text(id),
-            db::text(user),
-            db::text(&message.content),
-            db::text(&user_meta.to_string()),
-            db::num(now),
-        ])?;
-        let touch = d
-            .prepare(sql::TOUCH_CONVERSATION)
-            .bind(&[db::text(id), db::num(now)])?;
-        let results = d.batch(vec![ensure, insert, touch]).await?;
-        let inserted = results
-            .get(1)
-            .and_then(|r| r.meta().ok().flatten())
-            .and_then(|m| m.changes);
-        Ok(inserted == Some(1))
-    }
-
-    /// Bookkeeping once the user message is durable: owner, dedupe id, counts, history.
+    /// Bookkeeping once the user message is durable: owner, dedupe id, counts.
     pub(super) fn after_user_message_stored(
         &self,
         user: &str,
@@ -486,39 +529,43 @@ impl Conversation {
                 console_warn!("remembering clientMessageId: {e}");
             }
         }
-        let mut room = self.room.borrow_mut();
-        room.session.metrics.messages += 1;
-        if let Some(h) = room.history.as_mut() {
-            h.push(ChatMessage::User {
-                content: message.content.clone(),
-            });
-        }
+        self.room.borrow_mut().session.metrics.messages += 1;
     }
 
-    /// Loads the model context from D1 once per instance. A conversation this object never stored
-    /// a message for (no owner yet) has no history, so its first turn skips the read.
-    pub(super) async fn load_history(&self, d: &D1Database, id: &str, storing: &str) -> Result<()> {
-        let (loaded, known) = {
-            let room = self.room.borrow();
-            (room.history.is_some(), room.stored_any)
-        };
-        if loaded {
+    /// Loads the model context once per instance: D1's rows, then those still waiting in the
+    /// outbox. A conversation that never stored a message before this turn has no history, so its
+    /// first turn skips the read. `storing` (this turn's message) is left out; the plan adds it.
+    pub(super) async fn load_history(
+        &self,
+        d: &D1Database,
+        id: &str,
+        storing: &str,
+        known: bool,
+    ) -> Result<()> {
+        if self.room.borrow().history.is_some() {
             return Ok(());
         }
         if !known {
             self.room.borrow_mut().history = Some(Vec::new());
             return Ok(());
         }
-        let rows = db::list_messages(d, id).await?;
-        // The read races the insert of `storing`; that message is appended once it is stored.
-        let rows: Vec<(String, String, Value)> = rows
+        let copied = db::list_messages(d, id).await?;
+        let waiting = self.waiting_messages()?;
+        let mut seen = std::collections::HashSet::new();
+        let rows: Vec<(String, String, Value)> = copied
             .into_iter()
-            .filter(|m| m.id != storing)
-            .map(|m| {
+            .map(|m| (m.id, m.role, m.content, m.metadata))
+            .chain(
+                waiting
+                    .into_iter()
+                    .map(|w| (w.id, w.role, w.content, w.metadata)),
+            )
+            .filter(|(mid, ..)| mid != storing && seen.insert(mid.clone()))
+            .map(|(_, role, content, metadata)| {
                 (
-                    m.role,
-                    m.content,
-                    serde_json::from_str(&m.metadata).unwrap_or_default(),
+                    role,
+                    content,
+                    serde_json::from_str(&metadata).unwrap_or_default(),
                 )
             })
             .collect();
@@ -528,28 +575,50 @@ impl Conversation {
 
     /// Operator configuration (catalog rows, routing rules, agents), read together and reused for
     /// `OPERATOR_CACHE_MS`; admin changes push an invalidation to live conversations at once.
-    pub(super) async fn operator(&self, d: &D1Database) -> Rc<Operator> {
-        if let Some(o) = self
-            .operator
-            .borrow()
-            .as_ref()
-            .filter(|o| now_ms() - o.fetched_ms < OPERATOR_CACHE_MS)
-        {
-            return o.clone();
+    pub(super) async fn operator(&self) -> Rc<Operator> {
+        self.operator_load().await
+    }
+
+    /// Starts reading operator configuration now (a socket attached), so the first turn finds it.
+    pub(super) fn prefetch_operator(&self) {
+        let load = self.operator_load();
+        wasm_bindgen_futures::spawn_local(async move {
+            load.await;
+        });
+    }
+
+    /// The cached or in-flight read, or a new one. Concurrent callers share one D1 round trip; a
+    /// failed read (built-in defaults) is not reused.
+    fn operator_load(&self) -> OperatorLoad {
+        if let Some((started, load)) = self.operator.borrow().as_ref() {
+            let failed = load.peek().is_some_and(|o| o.failed);
+            if !failed && now_ms() - started < OPERATOR_CACHE_MS {
+                return load.clone();
+            }
         }
-        // One round trip for rules, agents and catalog rows: a new conversation's first turn waits on it.
-        let config = db::operator_config(d).await.unwrap_or_else(|e| {
-            console_warn!("operator configuration unavailable, using built-in defaults: {e}");
-            store::operator_config(Vec::new())
-        });
-        let operator = Rc::new(Operator {
-            fetched_ms: now_ms(),
-            catalog: config.catalog,
-            rules: config.rules,
-            agents: config.agents,
-        });
-        *self.operator.borrow_mut() = Some(operator.clone());
-        operator
+        let env = self.env.clone();
+        let load = async move {
+            // One round trip for rules, agents and catalog rows.
+            let read = match db::db(&env) {
+                Ok(d) => db::operator_config(&d).await,
+                Err(e) => Err(e),
+            };
+            let failed = read.is_err();
+            let config = read.unwrap_or_else(|e| {
+                console_warn!("operator configuration unavailable, using built-in defaults: {e}");
+                store::operator_config(Vec::new())
+            });
+            Rc::new(Operator {
+                failed,
+                catalog: config.catalog,
+                rules: config.rules,
+                agents: config.agents,
+            })
+        }
+        .boxed_local()
+        .shared();
+        *self.operator.borrow_mut() = Some((now_ms(), load.clone()));
+        load
     }
 
     /// The model calls of one turn: tools between calls, retries and fallover before the first byte.
@@ -861,21 +930,15 @@ impl Conversation {
                 StopReason::Aborted | StopReason::Error | StopReason::Truncated
             );
         if store_it {
-            let now = now_ms();
-            let result = db::run(
-                d,
-                sql::INSERT_MESSAGE,
-                &[
-                    db::text(&new_id()),
-                    db::text(&id),
-                    db::text("assistant"),
-                    db::text(&content),
-                    db::text(&metadata_text),
-                    db::num(now),
-                ],
-            )
-            .await;
-            if let Err(e) = result {
+            let kept = self.keep_message(
+                &new_id(),
+                "assistant",
+                "",
+                &content,
+                &metadata_text,
+                now_ms(),
+            );
+            if let Err(e) = kept {
                 console_error!("storing the assistant message: {e}");
                 self.broadcast(
                     "error",
@@ -894,7 +957,8 @@ impl Conversation {
             }
             room.session.metrics.record_turn(&usage);
         }
-        self.save_session().await;
+        // In D1 before agent:end, so a client that reads the history then finds the reply.
+        self.copy_turn_end(d).await;
         let mut end = json!({ "conversationId": id, "usage": usage, "stopReason": stop.as_str() });
         if let Some(e) = error {
             end["error"] = json!({ "code": e.kind.code(), "message": e.message });

@@ -1,0 +1,164 @@
+//! The conversation's outbox: messages stored in the object first, then copied to D1 in order, one batch at a time, retried by alarm.
+
+use super::*;
+use crate::outbox::{self, OutboxRow, Param};
+
+/// Shortest wait before an alarm retries a failed copy.
+const RETRY_FLOOR_MS: u64 = 1_000;
+
+impl Conversation {
+    /// Stores a message in the object's own storage; once this returns it is durable (the
+    /// runtime holds outgoing frames until the write is committed), so it can be acknowledged.
+    pub(super) fn keep_message(
+        &self,
+        id: &str,
+        role: &str,
+        author: &str,
+        content: &str,
+        metadata: &str,
+        created_at: i64,
+    ) -> Result<()> {
+        self.sql().exec(
+            outbox::INSERT,
+            vec![
+                id.into(),
+                role.into(),
+                author.into(),
+                content.into(),
+                metadata.into(),
+                (created_at as f64).into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Messages stored here and not known to be in D1, oldest first.
+    pub(super) fn waiting_messages(&self) -> Result<Vec<OutboxRow>> {
+        let after = self.copied_through.get() as f64;
+        self.sql()
+            .exec(outbox::PENDING, vec![after.into()])?
+            .to_array()
+    }
+
+    /// Copies every waiting message to D1 in one batch, with `extra` statements after them
+    /// (session mirror, live registry). One copy runs at a time, so D1 numbers the messages in
+    /// the order they were written. A failure leaves the rows waiting and arms a retry.
+    ///
+    /// `settle` deletes the copied rows from the outbox. Mid-turn copies only remember them: a
+    /// delete is a write, and a write holds every outgoing frame until it commits, which would
+    /// stall the stream. An instance that dies first copies them again, harmlessly.
+    pub(super) async fn copy_to_d1(
+        &self,
+        d: &D1Database,
+        extra: Vec<D1PreparedStatement>,
+        settle: bool,
+    ) -> Result<()> {
+        let mut failures = self.copy_lock.lock().await;
+        let rows = self.waiting_messages()?;
+        if rows.is_empty() && extra.is_empty() {
+            return Ok(());
+        }
+        let id = self.room.borrow().id.clone();
+        let mut batch = Vec::with_capacity(rows.len() + 2 + extra.len());
+        for s in outbox::copy_statements(&id, &rows) {
+            let params: Vec<wasm_bindgen::JsValue> = s
+                .params
+                .iter()
+                .map(|p| match p {
+                    Param::Text(t) => db::text(t),
+                    Param::Num(n) => db::num(*n),
+                })
+                .collect();
+            batch.push(d.prepare(s.sql).bind(&params)?);
+        }
+        batch.extend(extra);
+        match d.batch(batch).await {
+            Ok(_) => {
+                if let Some(last) = rows.last() {
+                    self.copied_through.set(last.n);
+                }
+                let through = self.copied_through.get();
+                if settle && through > self.settled_through.get() {
+                    self.sql()
+                        .exec(outbox::DELETE_COPIED, vec![(through as f64).into()])?;
+                    self.settled_through.set(through);
+                }
+                *failures = 0;
+                Ok(())
+            }
+            Err(e) => {
+                if !rows.is_empty() {
+                    let delay = outbox::retry_delay_ms(*failures).max(RETRY_FLOOR_MS);
+                    *failures = failures.saturating_add(1);
+                    console_warn!(
+                        "copying {} message(s) to D1 failed, retrying in {delay} ms: {e}",
+                        rows.len()
+                    );
+                    self.arm_alarm_within(delay).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether messages wait to be copied.
+    pub(super) fn outbox_waiting(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Count {
+            waiting: i64,
+        }
+        self.sql()
+            .exec(outbox::COUNT, None)
+            .and_then(|c| c.to_array::<Count>())
+            .map(|rows| rows.first().is_some_and(|c| c.waiting > 0))
+            .unwrap_or(false)
+    }
+
+    /// Sets the alarm to fire within `ms`, unless it is already due sooner.
+    pub(super) async fn arm_alarm_within(&self, ms: u64) {
+        let storage = self.state.storage();
+        let due = now_ms() + ms as i64;
+        if let Ok(Some(current)) = storage.get_alarm().await {
+            if current <= due {
+                return;
+            }
+        }
+        if let Err(e) = storage.set_alarm(Duration::from_millis(ms)).await {
+            console_error!("arming the alarm: {e}");
+        }
+    }
+
+    /// The statement mirroring the session to D1 (the object's copy is authoritative).
+    pub(super) fn session_mirror(&self, d: &D1Database) -> Result<D1PreparedStatement> {
+        let (id, text) = {
+            let room = self.room.borrow();
+            (
+                room.id.clone(),
+                serde_json::to_string(&room.session).unwrap_or_default(),
+            )
+        };
+        d.prepare(sql::SAVE_SESSION)
+            .bind(&[db::text(&id), db::text(&text), db::num(now_ms())])
+    }
+
+    /// The live-registry statement for `sockets` and whether a turn runs.
+    pub(super) fn live_statement(
+        &self,
+        d: &D1Database,
+        sockets: usize,
+        turning: bool,
+    ) -> Result<D1PreparedStatement> {
+        let id = self.room.borrow().id.clone();
+        self.live_turning.set(turning);
+        if sockets == 0 && !turning {
+            d.prepare(sql::UNREGISTER_LIVE).bind(&[db::text(&id)])
+        } else {
+            d.prepare(sql::REGISTER_LIVE).bind(&[
+                db::text(&id),
+                db::num(now_ms()),
+                db::num(sockets as i64),
+                db::num(turning as i64),
+            ])
+        }
+    }
+}
