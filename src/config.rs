@@ -42,6 +42,9 @@ pub struct Config {
     pub tool_timeout_ms: u64,
     /// `max_tokens` asked of the model.
     pub max_output_tokens: u32,
+    /// How long a running turn keeps its user message in the conversation's storage before
+    /// copying it to D1 (a turn that ends sooner copies it with the reply, in one batch).
+    pub d1_copy_delay_ms: u64,
 }
 
 /// A variable that is present but unusable.
@@ -183,6 +186,7 @@ impl Config {
             replay_window_ms: number(&var, "REPLAY_WINDOW_MS", 120_000, 1_000, 86_400_000)?,
             tool_timeout_ms: number(&var, "TOOL_TIMEOUT_MS", 30_000, 100, 600_000)?,
             max_output_tokens: number(&var, "MAX_OUTPUT_TOKENS", 4_096, 1, 1_000_000)? as u32,
+            d1_copy_delay_ms: number(&var, "D1_COPY_DELAY_MS", 1_000, 0, 60_000)?,
         })
     }
 

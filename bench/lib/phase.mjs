@@ -127,6 +127,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
   let lastTextAt = -Infinity;
   let lastEndAt = -Infinity;
   let retries = 0;
+  let freshConnections = 0; // model calls that arrived on a connection the gateway opened for them
   const errors = [];
   const stopReasons = {};
   const sent = convs.filter((c) => c.sentAt !== undefined);
@@ -148,6 +149,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
     if (c.upstreamFirstByteMs !== null) upstreamFirstByte.push(c.upstreamFirstByteMs);
     if (sentStamps.length > 1) upstreamStreamMs.push(sentStamps.at(-1) - sentStamps[0]);
     preUpstream.push(rec.receivedAt - c.sentAt);
+    if (rec.connectionRequest === 1) freshConnections++;
   }
   // When the last conversation's stream began (its first upstream delta).
   const allStartedAt = Math.max(...sent.map((c) => (c.upstream ? stampsOf(c.upstream.text)[0] : undefined) ?? -Infinity));
@@ -247,6 +249,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
     upstream: {
       requests: records.length,
       retries,
+      freshConnections,
       deltasSent: upstreamDeltas,
       firstByteMs: summarize(upstreamFirstByte),
       streamMs: summarize(upstreamStreamMs),

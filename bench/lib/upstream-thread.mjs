@@ -11,6 +11,7 @@ const summarize = (r) => ({
   stream: r.body?.stream === true,
   lastUserText: r.lastUserText,
   receivedAt: r.receivedAt,
+  connectionRequest: r.connectionRequest,
   finishedAt: r.finishedAt,
   closedAt: r.closedAt,
   closedByClient: r.closedByClient,

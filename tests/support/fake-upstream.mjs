@@ -472,8 +472,13 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
     handle(req, res).catch(() => res.destroy());
   });
 
+  // Requests served per connection: 1 means the client opened a connection for this request.
+  const perConnection = new WeakMap();
+
   async function handle(req, res) {
     const receivedAt = preciseNow();
+    const connectionRequest = (perConnection.get(req.socket) ?? 0) + 1;
+    perConnection.set(req.socket, connectionRequest);
     const chunks = [];
     for await (const c of req) chunks.push(c);
     const raw = Buffer.concat(chunks).toString('utf8');
@@ -492,6 +497,7 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
     const rec = {
       path,
       method: req.method,
+      connectionRequest,
       provider,
       headers: req.headers,
       body,

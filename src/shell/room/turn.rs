@@ -244,10 +244,23 @@ impl Conversation {
         // Nothing reaches a client before the write: `answer` waits for `kept` after planning,
         // and a failed write aborts the call.
         let (kept_tx, kept_rx) = futures::channel::oneshot::channel::<bool>();
+        let (ended_tx, ended_rx) = futures::channel::oneshot::channel::<()>();
+        let answer = async {
+            self.answer(&d, &input, config, kept_rx).await;
+            let _ = ended_tx.send(());
+        };
         let keep_then_copy = async {
             let kept = self.keep_user_message(&ws, &meta, ack, &input);
             let _ = kept_tx.send(kept);
-            if kept {
+            if !kept {
+                return;
+            }
+            // D1 gets the message with the reply, in the turn's one batch; a turn still running
+            // after D1_COPY_DELAY_MS copies it (and its live-registry row) then. The turn's start,
+            // when a burst of conversations compete for the runtime, does no database work.
+            let delay = Delay::from(Duration::from_millis(config.d1_copy_delay_ms));
+            if let futures::future::Either::Left(_) = futures::future::select(delay, ended_rx).await
+            {
                 let live: Vec<_> = self
                     .live_statement(&d, self.socket_count(), true)
                     .into_iter()
@@ -258,7 +271,7 @@ impl Conversation {
             }
         };
         // `join!` polls in order: the call goes out before the write starts.
-        futures::join!(self.answer(&d, &input, config, kept_rx), keep_then_copy);
+        futures::join!(answer, keep_then_copy);
     }
 
     /// Writes the user message to the object's storage and acknowledges it; false (refused) when
