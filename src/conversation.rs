@@ -220,6 +220,20 @@ impl Turn {
     }
 
     /// Feeds one decoded stream event; returns what to send to clients.
+    /// Takes one stream event and adds what it emits to `emits`, merged into the last emit when
+    /// both are text (or both thinking): deltas decoded together go out as one frame, so a
+    /// gateway that fell behind catches up with fewer, larger frames instead of one per delta.
+    pub fn take_event(&mut self, event: StreamEvent, emits: &mut Vec<Emit>) {
+        let Some(emit) = self.on_stream_event(event) else {
+            return;
+        };
+        match (emits.last_mut(), emit) {
+            (Some(Emit::Text(last)), Emit::Text(t)) => last.push_str(&t),
+            (Some(Emit::Thinking(last)), Emit::Thinking(t)) => last.push_str(&t),
+            (_, emit) => emits.push(emit),
+        }
+    }
+
     pub fn on_stream_event(&mut self, event: StreamEvent) -> Option<Emit> {
         if self.step.error.is_some() {
             return None; // nothing after an error counts
@@ -633,6 +647,35 @@ pub fn context_from_rows(rows: &[(String, String, Value)]) -> Vec<ChatMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deltas_taken_together_merge_by_kind_in_order() {
+        let mut turn = Turn::default();
+        turn.begin_step();
+        let mut emits = Vec::new();
+        for e in [
+            StreamEvent::Thinking("a".into()),
+            StreamEvent::Thinking("b".into()),
+            StreamEvent::Text("He".into()),
+            StreamEvent::Usage(Usage::default()),
+            StreamEvent::Text("llo".into()),
+            StreamEvent::Text(String::new()),
+            StreamEvent::Thinking("c".into()),
+            StreamEvent::Text("!".into()),
+        ] {
+            turn.take_event(e, &mut emits);
+        }
+        assert_eq!(
+            emits,
+            [
+                Emit::Thinking("ab".into()),
+                Emit::Text("Hello".into()),
+                Emit::Thinking("c".into()),
+                Emit::Text("!".into())
+            ]
+        );
+        assert_eq!(turn.text, "Hello!");
+    }
     use crate::llm::UpstreamErrorKind;
 
     fn call(id: &str) -> ToolCall {

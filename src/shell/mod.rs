@@ -75,7 +75,8 @@ pub fn error_response(e: &ApiError) -> Result<Response> {
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
-    worker::Date::now().as_millis() as i64
+    // Date.now(): one call into JavaScript, no Date object (it runs per delta).
+    js_sys::Date::now() as i64
 }
 
 /// The current time as ISO 8601.

@@ -96,7 +96,7 @@ pub async fn open(
         ended: false,
         stall_ms,
         stall_timer: None,
-        last_byte_ms: worker::Date::now().as_millis() as f64,
+        last_byte_ms: js_sys::Date::now(),
     })))
 }
 
@@ -115,6 +115,15 @@ impl ModelStream {
             ModelStream::Echo(s) => s.next().await,
         }
     }
+
+    /// An event already decoded (from bytes that arrived together), without waiting for more.
+    pub fn ready(&mut self) -> Option<StreamEvent> {
+        match self {
+            ModelStream::Http(s) => s.pending.pop_front(),
+            // Paced on purpose: its deltas are not merged.
+            ModelStream::Echo(_) => None,
+        }
+    }
 }
 
 impl HttpStream {
@@ -131,11 +140,11 @@ impl HttpStream {
                 .get_or_insert_with(|| Box::pin(Delay::from(Duration::from_millis(self.stall_ms))));
             let chunk = match select(self.body.next(), timer).await {
                 Either::Left((c, _)) => {
-                    self.last_byte_ms = worker::Date::now().as_millis() as f64;
+                    self.last_byte_ms = js_sys::Date::now();
                     c
                 }
                 Either::Right(_) => {
-                    let idle = worker::Date::now().as_millis() as f64 - self.last_byte_ms;
+                    let idle = js_sys::Date::now() - self.last_byte_ms;
                     let left = self.stall_ms as f64 - idle;
                     if left > 0.0 {
                         // Bytes came since the timer was armed: wait only for the rest of the window.

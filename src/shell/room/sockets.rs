@@ -1,6 +1,16 @@
 //! The sockets of a conversation: attaching, framing and broadcasting, resume replay, socket.io CONNECT, the live registry.
 
 use super::*;
+use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
+
+#[wasm_bindgen]
+extern "C" {
+    /// A WebSocket seen only through `send`, so a frame already converted to a JavaScript
+    /// string is passed as it is (`send_with_str` converts it again for every socket).
+    type SendTarget;
+    #[wasm_bindgen(method, catch, js_name = send)]
+    fn send(this: &SendTarget, data: &JsValue) -> std::result::Result<(), JsValue>;
+}
 
 impl Conversation {
     /// Fills the socket cache from the runtime after a wake-up; a no-op when it is warm.
@@ -92,31 +102,34 @@ impl Conversation {
         }
     }
 
-    /// Numbers a stream event, keeps it for resume and sends it to every socket; each framing is built once.
+    /// Numbers a stream event, keeps it for resume and sends it to every socket; each framing is
+    /// built once, and crosses into JavaScript once however many sockets get it.
     pub(super) fn broadcast(&self, name: &'static str, data: String) {
         self.ensure_sockets();
         let mut guard = self.room.borrow_mut();
         let room = &mut *guard; // split borrows: the logged event and the socket list
         let event = room.log.push(name, data, now_ms());
-        let mut json_frame: Option<String> = None;
-        let mut sio_frame: Option<String> = None;
+        let mut json_frame: Option<JsValue> = None;
+        let mut sio_frame: Option<JsValue> = None;
         for (ws, meta) in room.sockets.iter().flatten() {
             let frame = if meta.sio {
                 if !meta.connected {
                     continue;
                 }
                 sio_frame.get_or_insert_with(|| {
-                    sio::event(
+                    JsValue::from_str(&sio::event(
                         NSP,
                         event.name,
                         &event.data,
                         Some(&event.seq.unwrap_or(0).to_string()),
-                    )
+                    ))
                 })
             } else {
-                json_frame.get_or_insert_with(|| event.json_frame())
+                json_frame.get_or_insert_with(|| JsValue::from_str(&event.json_frame()))
             };
-            let _ = ws.send_with_str(frame.as_str());
+            let socket: &JsValue = ws.as_ref().as_ref();
+            // A socket that closed meanwhile throws; its close event cleans up.
+            let _ = socket.unchecked_ref::<SendTarget>().send(frame);
         }
     }
 

@@ -792,18 +792,21 @@ impl Conversation {
         match opened {
             Err(e) => turn.fail_step(e),
             Ok(mut stream) => {
+                let mut emits = Vec::new();
                 while let Some(event) = stream.next().await {
                     if self.aborted.get() {
                         break;
                     }
-                    match turn.on_stream_event(event) {
-                        Some(Emit::Text(t)) => {
-                            self.broadcast("agent:text", protocol::delta_payload(id_json, &t))
-                        }
-                        Some(Emit::Thinking(t)) => {
-                            self.broadcast("agent:thinking", protocol::delta_payload(id_json, &t))
-                        }
-                        None => {}
+                    turn.take_event(event, &mut emits);
+                    while let Some(more) = stream.ready() {
+                        turn.take_event(more, &mut emits);
+                    }
+                    for emit in emits.drain(..) {
+                        let (name, text) = match emit {
+                            Emit::Text(t) => ("agent:text", t),
+                            Emit::Thinking(t) => ("agent:thinking", t),
+                        };
+                        self.broadcast(name, protocol::delta_payload(id_json, &text));
                     }
                 }
             }
