@@ -14,6 +14,7 @@ const REPLAY_WINDOW_MS = 8000;
 const RATE_LIMIT = 20;
 const MAX_QUEUED = 8; // default MAX_QUEUED_MESSAGES
 const MAX_MESSAGE_BYTES = 65536; // default
+const COPY_DELAY_MS = 300;
 
 let up;
 let gw;
@@ -26,6 +27,7 @@ before(async () => {
       UPSTREAM_STALL_TIMEOUT_MS: String(STALL_MS),
       REPLAY_WINDOW_MS: String(REPLAY_WINDOW_MS),
       RATE_LIMIT_PER_MINUTE: String(RATE_LIMIT),
+      D1_COPY_DELAY_MS: String(COPY_DELAY_MS),
     },
   });
 });
@@ -160,6 +162,48 @@ describe('a turn belongs to the conversation', () => {
     assert.equal(textBefore + rest.filter((f) => f.event === 'agent:text').map((f) => f.data.text).join(''), req.sent.text);
     assert.equal(rest.at(-1).data.stopReason, 'stop');
     await back.close();
+  });
+});
+
+describe('the conversation keeps the message, D1 gets a copy', () => {
+  test(`a turn still running after D1_COPY_DELAY_MS (${COPY_DELAY_MS}) has its message in D1 and counts in admin stats; the reply follows at the end`, async () => {
+    const { token } = await user('copy');
+    const conversationId = randomUUID();
+    const a = await openJson({ token, conversationId });
+    const content = `copied while running ${uniq()} [[slow deltas=10 delay=250]]`;
+    a.send('message', { conversationId, content });
+    const ack = await a.next('message:ack');
+    // Until the copy the conversation is not in D1 yet: its history answers 404.
+    const stored = await eventually(async () => {
+      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+      return res.status === 200 && res.json.messages.length > 0 ? res.json.messages : null;
+    }, { timeout: 2000, interval: 50, what: 'the user message in D1 while the turn runs' });
+    assert.equal(a.events.some((f) => f.event === 'agent:end'), false, 'checked while the turn was still running');
+    assert.deepEqual(stored.map((m) => [m.id, m.role, m.content]), [[ack.data.messageId, 'user', content]]);
+    const stats = await gw.http('GET', '/admin/stats', { token: gw.adminToken });
+    assert.equal(stats.status, 200, stats.text);
+    assert.ok(stats.json.live.turns >= 1, `the running turn is in the live registry: ${stats.text}`);
+
+    const rest = await a.until('agent:end', { timeout: 10_000 });
+    expectStored(token, conversationId, content);
+    counters.turns++;
+    assert.equal(rest.at(-1).data.stopReason, 'stop');
+    const after = await messagesOf(token, conversationId);
+    assert.deepEqual(after.map((m) => m.role), ['user', 'assistant'], 'the message was copied once, the reply after it');
+    assert.equal(after[0].id, ack.data.messageId);
+    await a.close();
+  });
+
+  test('a turn shorter than D1_COPY_DELAY_MS stores message and reply in one copy, both readable once agent:end arrives', async () => {
+    const { token } = await user('copy-short');
+    const conversationId = randomUUID();
+    const a = await openJson({ token, conversationId });
+    const content = `short turn ${uniq()}`;
+    const t = await turn(a, token, content);
+    assert.equal(t.end.data.stopReason, 'stop');
+    const stored = await messagesOf(token, conversationId);
+    assert.deepEqual(stored.map((m) => [m.role, m.content]), [['user', content], ['assistant', t.text]]);
+    await a.close();
   });
 });
 

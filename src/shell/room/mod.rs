@@ -35,6 +35,8 @@ const NSP: &str = "/chat";
 const FORBIDDEN: &str = "forbidden: this conversation belongs to another user";
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
+/// After D1_COPY_DELAY_MS, how much later an alarm copies messages a dead instance left waiting.
+const OUTBOX_ALARM_SLACK_MS: u64 = 10_000;
 /// Bytes of stream events kept for resume.
 const REPLAY_BYTES: usize = 4 * 1024 * 1024;
 
