@@ -17,7 +17,7 @@ fi
 
 # worker-build would otherwise download these from a code host; use the pinned local copies.
 export WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
-export WASM_OPT_BIN="$PWD/node_modules/.bin/wasm-opt"
+export WASM_OPT_BIN="${WASM_OPT_BIN:-$PWD/node_modules/.bin/wasm-opt}"
 export ESBUILD_BIN="$PWD/node_modules/.bin/esbuild"
 worker-build --release
 echo "$HASH" > build/.source-hash

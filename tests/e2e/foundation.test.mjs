@@ -6,7 +6,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startFakeUpstream, textOf } from '../support/fake-upstream.mjs';
-import { ROOT, buildOnce, run, startGateway, uniq } from '../support/harness.mjs';
+import { ROOT, buildOnce, eventually, run, startGateway, uniq } from '../support/harness.mjs';
 
 let up;
 let gw;
@@ -337,6 +337,27 @@ describe('restart', () => {
       ['user', next],
     ]);
     await client.close();
+  });
+});
+
+describe('restart mid-turn', () => {
+  test('a message whose turn a restart cut short (before its copy to D1) reaches D1 once the conversation wakes', async () => {
+    const conversationId = randomUUID();
+    const client = await open(alice, { conversationId });
+    const content = `cut by a restart ${uniq()} [[slow deltas=40 delay=100]]`;
+    client.send('message', { conversationId, content });
+    const ack = await client.next('message:ack');
+    // Well inside D1_COPY_DELAY_MS (1 s by default): the message is only in the conversation's storage.
+    await gw.restart();
+    const before = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token: alice });
+    assert.equal(before.status, 404, `not in D1 before the conversation wakes: ${before.text}`);
+    const back = await open(alice, { conversationId });
+    const stored = await eventually(async () => {
+      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token: alice });
+      return res.status === 200 ? listOf(res.json, 'messages') : null;
+    }, { timeout: 10_000, interval: 200, what: 'the kept message copied to D1 after the restart' });
+    assert.deepEqual(stored.map((m) => [m.id, m.role, m.content]), [[ack.data.messageId, 'user', content]]);
+    await back.close();
   });
 });
 

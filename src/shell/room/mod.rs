@@ -35,8 +35,10 @@ const NSP: &str = "/chat";
 const FORBIDDEN: &str = "forbidden: this conversation belongs to another user";
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
-/// After D1_COPY_DELAY_MS, how much later an alarm copies messages a dead instance left waiting.
+/// When the alarm a long turn arms copies what the turn wrote, should its instance die first.
 const OUTBOX_ALARM_SLACK_MS: u64 = 10_000;
+/// When the alarm copies messages a dead instance left waiting, found on load.
+const ORPHAN_COPY_MS: u64 = 1_000;
 /// Bytes of stream events kept for resume.
 const REPLAY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -71,6 +73,8 @@ struct Room {
     owner: Option<String>,
     /// Whether this object ever stored a message; without one there is no history to read.
     stored_any: bool,
+    /// Messages a previous instance kept were found waiting on load: an alarm must copy them.
+    orphaned_outbox: bool,
     session: SessionState,
     log: StreamLog,
     history: Option<Vec<ChatMessage>>,
@@ -169,6 +173,7 @@ impl DurableObject for Conversation {
                 id_json: "\"\"".into(),
                 owner: None,
                 stored_any: false,
+                orphaned_outbox: false,
                 session: SessionState::default(),
                 log: StreamLog::new(1, window, REPLAY_BYTES),
                 history: None,
@@ -193,7 +198,7 @@ impl DurableObject for Conversation {
             .headers()
             .get(super::gateway::H_CONVERSATION)?
             .unwrap_or_default();
-        self.ensure_loaded(Some(&conversation))?;
+        self.load(Some(&conversation)).await?;
         let config = self.config()?;
         match req.path().as_str() {
             "/connect" => self.attach(&req, &config).await,
@@ -226,7 +231,7 @@ impl DurableObject for Conversation {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        self.ensure_loaded(None)?;
+        self.load(None).await?;
         let config = self.config()?;
         let meta: SocketMeta = ws.deserialize_attachment()?.unwrap_or_default();
         let limits = Limits {
@@ -338,7 +343,7 @@ impl DurableObject for Conversation {
         _reason: String,
         _was_clean: bool,
     ) -> Result<()> {
-        self.ensure_loaded(None)?;
+        self.load(None).await?;
         // Reciprocate; reserved codes cannot be sent back.
         let code = match code {
             1005 | 1006 | 1015 => 1000,
@@ -350,13 +355,13 @@ impl DurableObject for Conversation {
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
-        self.ensure_loaded(None)?;
+        self.load(None).await?;
         self.forget_socket(&ws).await;
         Ok(())
     }
 
     async fn alarm(&self) -> Result<Response> {
-        self.ensure_loaded(None)?;
+        self.load(None).await?;
         let config = self.config()?;
         let sockets = self.sockets();
         let mut any_sio = false;
@@ -391,6 +396,17 @@ impl Conversation {
 
     fn sql(&self) -> SqlStorage {
         self.state.storage().sql()
+    }
+
+    /// Loads the conversation's durable state; messages a previous instance left waiting for D1
+    /// get an alarm that copies them.
+    async fn load(&self, id_hint: Option<&str>) -> Result<()> {
+        self.ensure_loaded(id_hint)?;
+        let orphaned = std::mem::take(&mut self.room.borrow_mut().orphaned_outbox);
+        if orphaned {
+            self.arm_alarm_within(ORPHAN_COPY_MS).await;
+        }
+        Ok(())
     }
 
     /// Loads the conversation's durable state into memory once per instance.
@@ -432,6 +448,7 @@ impl Conversation {
         room.id = id;
         room.owner = get("owner");
         room.stored_any = get("stored").is_some();
+        room.orphaned_outbox = room.stored_any && self.outbox_waiting();
         room.session = get("session")
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();

@@ -255,15 +255,15 @@ impl Conversation {
             if !kept {
                 return;
             }
-            // Should this instance die before the turn's copy, an alarm copies what waits.
-            self.arm_alarm_within(config.d1_copy_delay_ms + OUTBOX_ALARM_SLACK_MS)
-                .await;
             // D1 gets the message with the reply, in the turn's one batch; a turn still running
             // after D1_COPY_DELAY_MS copies it (and its live-registry row) then. The turn's start,
             // when a burst of conversations compete for the runtime, does no database work.
             let delay = Delay::from(Duration::from_millis(config.d1_copy_delay_ms));
             if let futures::future::Either::Left(_) = futures::future::select(delay, ended_rx).await
             {
+                // A long turn: should this instance die before the turn ends, an alarm copies
+                // what the turn wrote after this copy.
+                self.arm_alarm_within(OUTBOX_ALARM_SLACK_MS).await;
                 let live: Vec<_> = self
                     .live_statement(&d, self.socket_count(), true)
                     .into_iter()
