@@ -102,6 +102,12 @@ pub fn copy_statements(conversation: &str, rows: &[OutboxRow]) -> Vec<Statement>
     out
 }
 
+/// How long a running turn keeps its message before copying it: `base` stretched by up to half
+/// again (`spread` in 0..1), so turns that started together do not all copy at the same instant.
+pub fn copy_delay_ms(base: u64, spread: f64) -> u64 {
+    base + (base as f64 * 0.5 * spread.clamp(0.0, 1.0)) as u64
+}
+
 /// The retry delay after `failures` failed copies in a row: 1 s doubling to at most 60 s.
 pub fn retry_delay_ms(failures: u32) -> u64 {
     1_000u64.saturating_mul(1u64 << failures.min(6)).min(60_000)
@@ -188,6 +194,15 @@ mod tests {
     fn inserts_are_idempotent_so_a_lost_answer_can_be_retried() {
         assert!(sql::INSERT_MESSAGE.starts_with("INSERT OR IGNORE"));
         assert!(sql::INSERT_USER_MESSAGE.starts_with("INSERT OR IGNORE"));
+    }
+
+    #[test]
+    fn copy_delays_spread_over_half_the_base_again() {
+        assert_eq!(copy_delay_ms(1_000, 0.0), 1_000);
+        assert_eq!(copy_delay_ms(1_000, 0.5), 1_250);
+        assert_eq!(copy_delay_ms(1_000, 0.999), 1_499);
+        assert_eq!(copy_delay_ms(1_000, 7.0), 1_500);
+        assert_eq!(copy_delay_ms(0, 0.7), 0);
     }
 
     #[test]

@@ -256,9 +256,12 @@ impl Conversation {
                 return;
             }
             // D1 gets the message with the reply, in the turn's one batch; a turn still running
-            // after D1_COPY_DELAY_MS copies it (and its live-registry row) then. The turn's start,
+            // after D1_COPY_DELAY_MS (plus up to half again, so turns that began together spread
+            // their copies) copies it (and its live-registry row) then. The turn's start,
             // when a burst of conversations compete for the runtime, does no database work.
-            let delay = Delay::from(Duration::from_millis(config.d1_copy_delay_ms));
+            let wait =
+                crate::outbox::copy_delay_ms(config.d1_copy_delay_ms, js_sys::Math::random());
+            let delay = Delay::from(Duration::from_millis(wait));
             if let futures::future::Either::Left(_) = futures::future::select(delay, ended_rx).await
             {
                 // A long turn: should this instance die before the turn ends, an alarm copies
