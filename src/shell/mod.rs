@@ -1,6 +1,7 @@
 //! Workers glue: the fetch entry point, HTTP helpers and D1 access; everything here does I/O and nothing else.
 
 mod admin;
+mod body;
 mod db;
 mod gateway;
 mod room;

@@ -1,5 +1,6 @@
 //! One streaming model call: fetch with an abort signal, SSE decoding as bytes arrive, stall detection; plus the built-in echo provider.
 
+use super::body::BodyReader;
 use crate::config::ProviderConfig;
 use crate::llm::sse::{SseDecoder, SseEvent};
 use crate::llm::{
@@ -11,7 +12,7 @@ use futures::StreamExt;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
-use worker::{AbortSignal, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit, ResponseBody};
 
 /// A model call in progress: yields decoded stream events until it ends.
 pub enum ModelStream {
@@ -21,7 +22,7 @@ pub enum ModelStream {
 
 /// An HTTP SSE stream from a provider.
 pub struct HttpStream {
-    body: ByteStream,
+    body: BodyReader,
     sse: SseDecoder,
     decoder: Box<dyn StreamDecoder>,
     events: Vec<SseEvent>,
@@ -86,7 +87,10 @@ pub async fn open(
         e.message = format!("{} answered {status}: {}", provider.name, e.message);
         return Err(e);
     }
-    let body = resp.stream().map_err(|e| network(provider, e))?;
+    let body = match resp.body() {
+        ResponseBody::Stream(stream) => BodyReader::new(stream.as_ref()),
+        _ => return Err(network(provider, "the response has no body")),
+    };
     Ok(ModelStream::Http(Box::new(HttpStream {
         body,
         sse: SseDecoder::new(),

@@ -1,0 +1,138 @@
+//! A response body read chunk by chunk with one callback for the whole body: per chunk, one call into JavaScript and one back.
+//!
+//! `worker::ByteStream` creates two closures and a promise continuation per chunk and reads
+//! the result object field by field; a model stream is hundreds of small chunks, so that
+//! overhead is paid per delta.
+
+use futures::Stream;
+use js_sys::Uint8Array;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+#[wasm_bindgen(inline_js = "
+export function body_reader(stream) { return stream.getReader(); }
+export function read_chunk(reader, done) {
+  reader.read().then((r) => done(true, r.done ? null : r.value), (e) => done(false, e));
+}
+export function cancel_reader(reader) { reader.cancel().catch(() => {}); }
+")]
+extern "C" {
+    fn body_reader(stream: &JsValue) -> JsValue;
+    fn read_chunk(reader: &JsValue, done: &Closure<dyn FnMut(bool, JsValue)>);
+    fn cancel_reader(reader: &JsValue);
+}
+
+/// What the last read gave: bytes, the end (`None`), or the reason it failed.
+type ReadResult = Result<Option<Vec<u8>>, String>;
+
+#[derive(Default)]
+struct Slot {
+    result: Option<ReadResult>,
+    waker: Option<Waker>,
+}
+
+/// A body being read; yields its chunks, then `None`.
+pub struct BodyReader {
+    reader: JsValue,
+    slot: Rc<RefCell<Slot>>,
+    done: Option<Closure<dyn FnMut(bool, JsValue)>>,
+    reading: bool,
+    finished: bool,
+}
+
+impl BodyReader {
+    /// Locks `stream` (a `ReadableStream`) for reading.
+    pub fn new(stream: &JsValue) -> Self {
+        let slot = Rc::new(RefCell::new(Slot::default()));
+        let target = slot.clone();
+        let done = Closure::new(move |ok: bool, value: JsValue| {
+            let result = if !ok {
+                Err(describe(&value))
+            } else if value.is_null() || value.is_undefined() {
+                Ok(None)
+            } else {
+                Ok(Some(value.unchecked_into::<Uint8Array>().to_vec()))
+            };
+            let waker = {
+                let mut slot = target.borrow_mut();
+                slot.result = Some(result);
+                slot.waker.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        });
+        BodyReader {
+            reader: body_reader(stream),
+            slot,
+            done: Some(done),
+            reading: false,
+            finished: false,
+        }
+    }
+}
+
+/// A rejection's text, as `String(e)` gives it.
+fn describe(error: &JsValue) -> String {
+    match error.dyn_ref::<js_sys::Error>() {
+        Some(e) => String::from(e.to_string()),
+        None => error.as_string().unwrap_or_else(|| format!("{error:?}")),
+    }
+}
+
+impl Stream for BodyReader {
+    type Item = Result<Vec<u8>, String>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(result) = this.slot.borrow_mut().result.take() {
+            this.reading = false;
+            return Poll::Ready(match result {
+                Ok(Some(bytes)) => Some(Ok(bytes)),
+                Ok(None) => {
+                    this.finished = true;
+                    None
+                }
+                // The call's abort signal fired: the body ends here, as a closed stream.
+                Err(e) if e.contains("abort") => {
+                    this.finished = true;
+                    None
+                }
+                Err(e) => {
+                    this.finished = true;
+                    Some(Err(e))
+                }
+            });
+        }
+        if !this.reading {
+            if let Some(done) = &this.done {
+                this.reading = true;
+                read_chunk(&this.reader, done);
+            }
+        }
+        this.slot.borrow_mut().waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Closes the connection to the provider; a read in flight then completes.
+            cancel_reader(&self.reader);
+        }
+        if self.reading && self.slot.borrow().result.is_none() {
+            // That read's callback still runs: it must outlive this reader.
+            if let Some(done) = self.done.take() {
+                done.forget();
+            }
+        }
+    }
+}
