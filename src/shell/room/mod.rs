@@ -110,7 +110,7 @@ struct TurnInput<'a> {
     known_history: bool,
 }
 
-/// A planned turn: its model candidates, agent and context, with the first call started.
+/// A planned turn: its model candidates, agent and context.
 struct Plan {
     operator: Rc<Operator>,
     agent_name: Option<String>,
@@ -118,7 +118,6 @@ struct Plan {
     candidates: Vec<RoutingDecision>,
     tools: Vec<crate::llm::ToolSpec>,
     base: Vec<ChatMessage>,
-    first_call: Option<std::result::Result<upstream::ModelStream, UpstreamError>>,
 }
 
 /// What every model call of a turn shares.

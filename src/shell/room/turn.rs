@@ -339,6 +339,27 @@ impl Conversation {
     ) {
         let (id, id_json) = (input.id, input.id_json);
         let plan = self.plan_turn(d, input, config).await;
+        // The first model call is polled once here, which sends it, before `kept` lets the
+        // message's write run (that write holds every later outgoing request until it commits).
+        let thinking = self.room.borrow().session.thinking();
+        let mut call = plan.as_ref().ok().and_then(|p| {
+            let target = p.candidates.first()?;
+            let provider = config.provider(&target.provider)?;
+            Some(Box::pin(self.open_call(
+                provider,
+                &target.model,
+                &p.base,
+                &p.tools,
+                thinking,
+                config,
+            )))
+        });
+        let mut first_call = None;
+        if let Some(call) = call.as_mut() {
+            if let std::task::Poll::Ready(opened) = futures::poll!(call.as_mut()) {
+                first_call = Some(opened);
+            }
+        }
         if kept.await != Ok(true) {
             // Refused already; the call (if any) must not run on, and the context it was planned
             // with holds a message that was never stored.
@@ -346,15 +367,7 @@ impl Conversation {
             self.room.borrow_mut().history = None;
             return;
         }
-        let Plan {
-            operator,
-            agent_name,
-            agent,
-            candidates,
-            tools,
-            base,
-            first_call,
-        } = match plan {
+        let plan = match &plan {
             Ok(plan) => plan,
             Err(e) => {
                 console_error!("loading history: {e}");
@@ -363,26 +376,39 @@ impl Conversation {
                 return;
             }
         };
-        if let (Some(name), None) = (&agent_name, &agent) {
+        if let (Some(name), None) = (&plan.agent_name, &plan.agent) {
             let text = format!("agent \"{name}\" is not configured; answering without it");
             self.broadcast(
                 "error",
                 protocol::error_payload(Some(id), ErrorCode::InvalidPayload, &text),
             );
         }
-        let Some(first_call) = first_call else {
+        let Some(call) = call else {
             let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
             self.end_early(id, ErrorCode::ProviderNotConfigured, msg, d)
                 .await;
             return;
         };
+        // Sent while the provider prepares its first byte, not after it.
+        let operator = &plan.operator;
         self.broadcast("session:info", self.session_info(&operator.catalog));
         self.broadcast("agent:start", format!("{{\"conversationId\":{id_json}}}"));
+        let first_call = match first_call {
+            Some(opened) => opened,
+            None => call.await,
+        };
+        let Plan {
+            agent,
+            candidates,
+            tools,
+            base,
+            ..
+        } = plan;
 
         let steps = Steps {
-            candidates: &candidates,
-            base: &base,
-            tools: &tools,
+            candidates,
+            base,
+            tools,
             agent: agent.as_ref(),
             config,
             id,
@@ -420,8 +446,7 @@ impl Conversation {
         }
     }
 
-    /// Decides the model, agent and context of a turn and starts its first model call.
-    /// Errs only when the history cannot be read.
+    /// Decides the model, agent and context of a turn. Errs only when the history cannot be read.
     pub(super) async fn plan_turn(
         &self,
         d: &D1Database,
@@ -498,17 +523,6 @@ impl Conversation {
             history.push(user_message.clone());
         }
         base.push(user_message);
-        let thinking = self.room.borrow().session.thinking();
-        let first_call = match candidates
-            .first()
-            .and_then(|c| config.provider(&c.provider).map(|p| (p, c)))
-        {
-            Some((provider, target)) => Some(
-                self.open_call(provider, &target.model, &base, &tools, thinking, config)
-                    .await,
-            ),
-            None => None,
-        };
         Ok(Plan {
             operator,
             agent_name,
@@ -516,7 +530,6 @@ impl Conversation {
             candidates,
             tools,
             base,
-            first_call,
         })
     }
 
