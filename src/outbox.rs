@@ -51,8 +51,9 @@ pub struct Statement {
 
 /// The statements that copy `rows` (oldest first) into D1 for `conversation`, as one batch:
 /// the conversation row before its first user message, each message in order (D1 numbers them
-/// in insertion order), then the conversation's `updated_at`. Nothing for no rows.
-pub fn copy_statements(conversation: &str, rows: &[OutboxRow]) -> Vec<Statement> {
+/// in insertion order), then the conversation's `updated_at` unless `touched` (a session
+/// mirror in the same batch sets it). Nothing for no rows.
+pub fn copy_statements(conversation: &str, rows: &[OutboxRow], touched: bool) -> Vec<Statement> {
     let text = |s: &str| Param::Text(s.to_string());
     let mut out = Vec::with_capacity(rows.len() + 2);
     let mut ensured = false;
@@ -93,7 +94,7 @@ pub fn copy_statements(conversation: &str, rows: &[OutboxRow]) -> Vec<Statement>
             });
         }
     }
-    if let Some(last) = rows.iter().map(|r| r.created_at).max() {
+    if let Some(last) = rows.iter().map(|r| r.created_at).max().filter(|_| !touched) {
         out.push(Statement {
             sql: sql::TOUCH_CONVERSATION,
             params: vec![text(conversation), Param::Num(last)],
@@ -135,7 +136,7 @@ mod tests {
 
     #[test]
     fn nothing_to_copy_is_no_statement() {
-        assert!(copy_statements("c1", &[]).is_empty());
+        assert!(copy_statements("c1", &[], false).is_empty());
     }
 
     #[test]
@@ -144,7 +145,7 @@ mod tests {
             row(1, "user", "hello there\nsecond line", 10),
             row(2, "assistant", "hi", 20),
         ];
-        let s = copy_statements("c1", &rows);
+        let s = copy_statements("c1", &rows, false);
         let sqls: Vec<_> = s.iter().map(|s| s.sql).collect();
         assert_eq!(
             sqls,
@@ -179,7 +180,7 @@ mod tests {
             row(4, "user", "a", 6),
             row(5, "user", "b", 7),
         ];
-        let s = copy_statements("c1", &rows);
+        let s = copy_statements("c1", &rows, false);
         let ensures = s
             .iter()
             .filter(|s| s.sql == sql::ENSURE_CONVERSATION)
@@ -188,6 +189,16 @@ mod tests {
         assert_eq!(s[0].sql, sql::INSERT_MESSAGE);
         assert_eq!(s[1].sql, sql::ENSURE_CONVERSATION);
         assert_eq!(s.last().unwrap().params[1], Param::Num(7));
+    }
+
+    #[test]
+    fn a_batch_with_the_session_mirror_leaves_updated_at_to_it() {
+        let rows = [row(1, "user", "q", 10), row(2, "assistant", "a", 20)];
+        let s = copy_statements("c1", &rows, true);
+        assert!(s.iter().all(|s| s.sql != sql::TOUCH_CONVERSATION));
+        assert_eq!(s.len(), 3);
+        // The mirror it relies on sets updated_at.
+        assert!(sql::SAVE_SESSION.contains("updated_at"));
     }
 
     #[test]

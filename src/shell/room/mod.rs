@@ -147,8 +147,8 @@ pub struct Conversation {
     copied_through: Cell<i64>,
     /// The last outbox row deleted.
     settled_through: Cell<i64>,
-    /// Whether the last live-registry write said a turn runs.
-    live_turning: Cell<bool>,
+    /// What the last live-registry write said: (sockets, whether a turn runs).
+    live_written: Cell<Option<(usize, bool)>>,
     abort: RefCell<Option<AbortController>>,
     aborted: Cell<bool>,
 }
@@ -186,7 +186,7 @@ impl DurableObject for Conversation {
             copy_lock: futures::lock::Mutex::new(0),
             copied_through: Cell::new(0),
             settled_through: Cell::new(0),
-            live_turning: Cell::new(false),
+            live_written: Cell::new(None),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
         }
@@ -374,7 +374,7 @@ impl DurableObject for Conversation {
         if self.outbox_waiting() {
             // A copy to D1 failed earlier; a failure now arms the next retry itself.
             let d = db::db(&self.env)?;
-            if let Err(e) = self.copy_to_d1(&d, Vec::new(), true).await {
+            if let Err(e) = self.copy_to_d1(&d, Vec::new(), true, false).await {
                 console_warn!("retrying the copy to D1: {e}");
             }
         }
@@ -480,7 +480,8 @@ impl Conversation {
         self.save_session_locally();
         if let Ok(d) = db::db(&self.env) {
             let mirror: Vec<_> = self.session_mirror(&d).into_iter().collect();
-            if let Err(e) = self.copy_to_d1(&d, mirror, true).await {
+            let mirrored = !mirror.is_empty();
+            if let Err(e) = self.copy_to_d1(&d, mirror, true, mirrored).await {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }

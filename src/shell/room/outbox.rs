@@ -41,7 +41,8 @@ impl Conversation {
     }
 
     /// Copies every waiting message to D1 in one batch, with `extra` statements after them
-    /// (session mirror, live registry). One copy runs at a time, so D1 numbers the messages in
+    /// (session mirror, live registry; `mirrored` says the mirror is among them, which also
+    /// sets the conversation's `updated_at`). One copy runs at a time, so D1 numbers the messages in
     /// the order they were written. A failure leaves the rows waiting and arms a retry.
     ///
     /// `settle` deletes the copied rows from the outbox. Mid-turn copies only remember them: a
@@ -52,6 +53,7 @@ impl Conversation {
         d: &D1Database,
         extra: Vec<D1PreparedStatement>,
         settle: bool,
+        mirrored: bool,
     ) -> Result<()> {
         let mut failures = self.copy_lock.lock().await;
         let rows = self.waiting_messages()?;
@@ -60,7 +62,7 @@ impl Conversation {
         }
         let id = self.room.borrow().id.clone();
         let mut batch = Vec::with_capacity(rows.len() + 2 + extra.len());
-        for s in outbox::copy_statements(&id, &rows) {
+        for s in outbox::copy_statements(&id, &rows, mirrored) {
             let params: Vec<wasm_bindgen::JsValue> = s
                 .params
                 .iter()
@@ -128,6 +130,11 @@ impl Conversation {
         }
     }
 
+    /// After a failed registry write: the row's state is unknown, so the next one is written.
+    pub(super) fn live_unknown(&self) {
+        self.live_written.set(None);
+    }
+
     /// The statement mirroring the session to D1 (the object's copy is authoritative).
     pub(super) fn session_mirror(&self, d: &D1Database) -> Result<D1PreparedStatement> {
         let (id, text) = {
@@ -141,7 +148,20 @@ impl Conversation {
             .bind(&[db::text(&id), db::text(&text), db::num(now_ms())])
     }
 
-    /// The live-registry statement for `sockets` and whether a turn runs.
+    /// The live-registry statement, only when the row would change (a turn that never reached
+    /// D1_COPY_DELAY_MS never marked itself, so its end has nothing to write).
+    pub(super) fn live_change(
+        &self,
+        d: &D1Database,
+        sockets: usize,
+        turning: bool,
+    ) -> Option<Result<D1PreparedStatement>> {
+        (self.live_written.get() != Some((sockets, turning)))
+            .then(|| self.live_statement(d, sockets, turning))
+    }
+
+    /// The live-registry statement for `sockets` and whether a turn runs. The row is assumed
+    /// written; a caller whose write fails calls `live_unknown`.
     pub(super) fn live_statement(
         &self,
         d: &D1Database,
@@ -149,7 +169,7 @@ impl Conversation {
         turning: bool,
     ) -> Result<D1PreparedStatement> {
         let id = self.room.borrow().id.clone();
-        self.live_turning.set(turning);
+        self.live_written.set(Some((sockets, turning)));
         if sockets == 0 && !turning {
             d.prepare(sql::UNREGISTER_LIVE).bind(&[db::text(&id)])
         } else {

@@ -73,6 +73,7 @@ impl Conversation {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
+            self.live_unknown();
             console_warn!("live registry: {e}");
         }
     }

@@ -145,7 +145,7 @@ impl Conversation {
         };
         self.kv_put("seq", &seq.to_string());
         self.kv_put("turn", "idle");
-        if self.live_turning.get() {
+        if self.live_written.get().is_some_and(|(_, turning)| turning) {
             // The last registry write said a turn was running (a queued message that turned out to
             // be a duplicate ended the loop without a turn of its own).
             self.update_live(self.socket_count()).await;
@@ -271,7 +271,8 @@ impl Conversation {
                     .live_statement(&d, self.socket_count(), true)
                     .into_iter()
                     .collect();
-                if let Err(e) = self.copy_to_d1(&d, live, false).await {
+                if let Err(e) = self.copy_to_d1(&d, live, false, false).await {
+                    self.live_unknown();
                     console_warn!("copying the user message to D1 (will retry): {e}");
                 }
             }
@@ -434,14 +435,14 @@ impl Conversation {
     pub(super) async fn copy_turn_end(&self, d: &D1Database) {
         self.save_session_locally();
         let turning = !self.room.borrow().queue.is_empty();
-        let extra: Vec<_> = [
-            self.session_mirror(d),
-            self.live_statement(d, self.socket_count(), turning),
-        ]
-        .into_iter()
-        .filter_map(|s| s.ok())
-        .collect();
-        if let Err(e) = self.copy_to_d1(d, extra, true).await {
+        let mirror = self.session_mirror(d).ok();
+        let mirrored = mirror.is_some();
+        let live = self
+            .live_change(d, self.socket_count(), turning)
+            .and_then(|s| s.ok());
+        let extra: Vec<_> = mirror.into_iter().chain(live).collect();
+        if let Err(e) = self.copy_to_d1(d, extra, true, mirrored).await {
+            self.live_unknown();
             console_warn!("copying the turn to D1 (will retry): {e}");
         }
     }
