@@ -12,9 +12,14 @@ use serde::Deserialize;
 pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS outbox (n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, role TEXT NOT NULL, author TEXT NOT NULL, content TEXT NOT NULL, metadata TEXT NOT NULL, created_at INTEGER NOT NULL)";
 /// ?1 id, ?2 role, ?3 author, ?4 content, ?5 metadata, ?6 created_at
 pub const INSERT: &str = "INSERT INTO outbox (id, role, author, content, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)";
-/// ?1 the last row known copied: every row after it, oldest first.
-pub const PENDING: &str =
-    "SELECT n, id, role, author, content, metadata, created_at FROM outbox WHERE n > ? ORDER BY n";
+/// ?1 the last row known copied: the rows after it, oldest first, at most `MAX_ROWS_PER_COPY`
+/// (a backlog after a D1 outage goes in several batches, each well inside D1's request limits).
+pub const PENDING: &str = "SELECT n, id, role, author, content, metadata, created_at FROM outbox WHERE n > ? ORDER BY n LIMIT 20";
+/// Rows one copy takes (the `LIMIT` of `PENDING`).
+pub const MAX_ROWS_PER_COPY: usize = 20;
+/// Every row, copied or not, oldest first (history is read from these and D1 together).
+pub const ALL: &str =
+    "SELECT n, id, role, author, content, metadata, created_at FROM outbox ORDER BY n";
 /// ?1 the last row copied
 pub const DELETE_COPIED: &str = "DELETE FROM outbox WHERE n <= ?";
 /// Whether anything waits.
@@ -199,6 +204,11 @@ mod tests {
         assert_eq!(s.len(), 3);
         // The mirror it relies on sets updated_at.
         assert!(sql::SAVE_SESSION.contains("updated_at"));
+    }
+
+    #[test]
+    fn one_copy_takes_a_bounded_number_of_rows() {
+        assert!(PENDING.ends_with(&format!("LIMIT {MAX_ROWS_PER_COPY}")));
     }
 
     #[test]

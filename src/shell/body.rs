@@ -26,8 +26,15 @@ extern "C" {
     fn cancel_reader(reader: &JsValue);
 }
 
-/// What the last read gave: bytes, the end (`None`), or the reason it failed.
-type ReadResult = Result<Option<Vec<u8>>, String>;
+/// Why a read failed.
+enum ReadError {
+    /// The call's abort signal fired.
+    Aborted,
+    Failed(String),
+}
+
+/// What the last read gave: bytes, the end (`None`), or why it failed.
+type ReadResult = Result<Option<Vec<u8>>, ReadError>;
 
 #[derive(Default)]
 struct Slot {
@@ -51,7 +58,7 @@ impl BodyReader {
         let target = slot.clone();
         let done = Closure::new(move |ok: bool, value: JsValue| {
             let result = if !ok {
-                Err(describe(&value))
+                Err(read_error(&value))
             } else if value.is_null() || value.is_undefined() {
                 Ok(None)
             } else {
@@ -76,11 +83,20 @@ impl BodyReader {
     }
 }
 
-/// A rejection's text, as `String(e)` gives it.
-fn describe(error: &JsValue) -> String {
-    match error.dyn_ref::<js_sys::Error>() {
+/// A rejection: the abort of the call (an `AbortError`, or the runtime's `Error: aborted`),
+/// or anything else with its text.
+fn read_error(error: &JsValue) -> ReadError {
+    let name = js_sys::Reflect::get(error, &JsValue::from_str("name"))
+        .ok()
+        .and_then(|n| n.as_string());
+    let text = match error.dyn_ref::<js_sys::Error>() {
         Some(e) => String::from(e.to_string()),
         None => error.as_string().unwrap_or_else(|| format!("{error:?}")),
+    };
+    if name.as_deref() == Some("AbortError") || text == "Error: aborted" {
+        ReadError::Aborted
+    } else {
+        ReadError::Failed(text)
     }
 }
 
@@ -101,11 +117,11 @@ impl Stream for BodyReader {
                     None
                 }
                 // The call's abort signal fired: the body ends here, as a closed stream.
-                Err(e) if e.contains("abort") => {
+                Err(ReadError::Aborted) => {
                     this.finished = true;
                     None
                 }
-                Err(e) => {
+                Err(ReadError::Failed(e)) => {
                     this.finished = true;
                     Some(Err(e))
                 }
@@ -129,7 +145,8 @@ impl Drop for BodyReader {
             cancel_reader(&self.reader);
         }
         if self.reading && self.slot.borrow().result.is_none() {
-            // That read's callback still runs: it must outlive this reader.
+            // That read's callback still runs: it must outlive this reader (one small closure per
+            // stream dropped mid-read: an abort or a stall).
             if let Some(done) = self.done.take() {
                 done.forget();
             }

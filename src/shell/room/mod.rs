@@ -147,6 +147,8 @@ pub struct Conversation {
     copied_through: Cell<i64>,
     /// The last outbox row deleted.
     settled_through: Cell<i64>,
+    /// The running turn's closing copy has started: a delayed copy must not mark it running.
+    closing: Cell<bool>,
     /// What the last live-registry write said: (sockets, whether a turn runs).
     live_written: Cell<Option<(usize, bool)>>,
     abort: RefCell<Option<AbortController>>,
@@ -186,6 +188,7 @@ impl DurableObject for Conversation {
             copy_lock: futures::lock::Mutex::new(0),
             copied_through: Cell::new(0),
             settled_through: Cell::new(0),
+            closing: Cell::new(false),
             live_written: Cell::new(None),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
@@ -371,11 +374,15 @@ impl DurableObject for Conversation {
             }
         }
         self.room.borrow_mut().log.prune(now_ms());
-        if self.outbox_waiting() {
-            // A copy to D1 failed earlier; a failure now arms the next retry itself.
+        // Messages a failed copy or a dead instance left: one copy takes a bounded number of
+        // rows, so a backlog goes in several (a failure arms the next retry itself).
+        let mut copies = 0;
+        while self.outbox_waiting() && copies < 10 {
+            copies += 1;
             let d = db::db(&self.env)?;
-            if let Err(e) = self.copy_to_d1(&d, Vec::new(), true, false).await {
+            if let Err(e) = self.copy_to_d1(&d, true, false, Vec::new).await {
                 console_warn!("retrying the copy to D1: {e}");
+                break;
             }
         }
         if any_sio {
@@ -479,9 +486,8 @@ impl Conversation {
     async fn save_session(&self) {
         self.save_session_locally();
         if let Ok(d) = db::db(&self.env) {
-            let mirror: Vec<_> = self.session_mirror(&d).into_iter().collect();
-            let mirrored = !mirror.is_empty();
-            if let Err(e) = self.copy_to_d1(&d, mirror, true, mirrored).await {
+            let mirror = || self.session_mirror(&d).into_iter().collect();
+            if let Err(e) = self.copy_to_d1(&d, true, true, mirror).await {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }

@@ -32,7 +32,7 @@ impl Conversation {
         Ok(())
     }
 
-    /// Messages stored here and not known to be in D1, oldest first.
+    /// Messages stored here and not known to be in D1, oldest first, at most one copy's worth.
     pub(super) fn waiting_messages(&self) -> Result<Vec<OutboxRow>> {
         let after = self.copied_through.get() as f64;
         self.sql()
@@ -40,10 +40,16 @@ impl Conversation {
             .to_array()
     }
 
-    /// Copies every waiting message to D1 in one batch, with `extra` statements after them
-    /// (session mirror, live registry; `mirrored` says the mirror is among them, which also
-    /// sets the conversation's `updated_at`). One copy runs at a time, so D1 numbers the messages in
-    /// the order they were written. A failure leaves the rows waiting and arms a retry.
+    /// Every message still in the outbox, copied or not, oldest first.
+    pub(super) fn kept_messages(&self) -> Result<Vec<OutboxRow>> {
+        self.sql().exec(outbox::ALL, None)?.to_array()
+    }
+
+    /// Copies the waiting messages to D1 in one batch, with the statements `extra` builds after
+    /// them (session mirror, live registry; `mirrored` says the mirror is among them, which also
+    /// sets the conversation's `updated_at`). One copy runs at a time, so D1 numbers the messages
+    /// in the order they were written, and `extra` is built once this copy holds the lock, so it
+    /// says what is true when it runs. A failure leaves the rows waiting and arms a retry.
     ///
     /// `settle` deletes the copied rows from the outbox. Mid-turn copies only remember them: a
     /// delete is a write, and a write holds every outgoing frame until it commits, which would
@@ -51,12 +57,13 @@ impl Conversation {
     pub(super) async fn copy_to_d1(
         &self,
         d: &D1Database,
-        extra: Vec<D1PreparedStatement>,
         settle: bool,
         mirrored: bool,
+        extra: impl FnOnce() -> Vec<D1PreparedStatement>,
     ) -> Result<()> {
         let mut failures = self.copy_lock.lock().await;
         let rows = self.waiting_messages()?;
+        let extra = extra();
         if rows.is_empty() && extra.is_empty() {
             return Ok(());
         }

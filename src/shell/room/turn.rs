@@ -145,10 +145,11 @@ impl Conversation {
         };
         self.kv_put("seq", &seq.to_string());
         self.kv_put("turn", "idle");
-        if self.live_written.get().is_some_and(|(_, turning)| turning) {
-            // The last registry write said a turn was running (a queued message that turned out to
-            // be a duplicate ended the loop without a turn of its own).
-            self.update_live(self.socket_count()).await;
+        let sockets = self.socket_count();
+        if self.live_written.get() != Some((sockets, false)) {
+            // The registry may still say a turn runs: a queued duplicate ended the loop without a
+            // turn of its own, or the closing copy failed.
+            self.update_live(sockets).await;
         }
     }
 
@@ -230,6 +231,7 @@ impl Conversation {
         }
         let known_history = self.room.borrow().stored_any;
         self.aborted.set(false);
+        self.closing.set(false);
         let message_id = new_id();
         let input = TurnInput {
             id: &id,
@@ -267,11 +269,15 @@ impl Conversation {
                 // A long turn: should this instance die before the turn ends, an alarm copies
                 // what the turn wrote after this copy.
                 self.arm_alarm_within(OUTBOX_ALARM_SLACK_MS).await;
-                let live: Vec<_> = self
-                    .live_statement(&d, self.socket_count(), true)
-                    .into_iter()
-                    .collect();
-                if let Err(e) = self.copy_to_d1(&d, live, false, false).await {
+                // Built under the copy lock: a turn whose closing copy went first is over.
+                let live = || {
+                    let running = !self.closing.get();
+                    self.live_change(&d, self.socket_count(), running)
+                        .and_then(|s| s.ok())
+                        .into_iter()
+                        .collect()
+                };
+                if let Err(e) = self.copy_to_d1(&d, false, false, live).await {
                     self.live_unknown();
                     console_warn!("copying the user message to D1 (will retry): {e}");
                 }
@@ -313,7 +319,7 @@ impl Conversation {
         if let Err(e) = kept {
             // Unlike the seed, no ack without storage: the client may resend safely.
             console_error!("storing the user message: {e}");
-            let msg = "your message could not be stored; nothing was sent to the model";
+            let msg = "your message could not be stored; the turn was cancelled, send it again";
             self.room.borrow_mut().in_flight = None;
             self.refuse(ws, meta, ack, ErrorCode::Internal, msg);
             return false;
@@ -433,15 +439,17 @@ impl Conversation {
     /// The end of a turn in D1, in one batch: the messages still waiting, the session mirror and
     /// the live registry. A failed copy is retried by alarm; the turn ends either way.
     pub(super) async fn copy_turn_end(&self, d: &D1Database) {
+        self.closing.set(true);
         self.save_session_locally();
-        let turning = !self.room.borrow().queue.is_empty();
-        let mirror = self.session_mirror(d).ok();
-        let mirrored = mirror.is_some();
-        let live = self
-            .live_change(d, self.socket_count(), turning)
-            .and_then(|s| s.ok());
-        let extra: Vec<_> = mirror.into_iter().chain(live).collect();
-        if let Err(e) = self.copy_to_d1(d, extra, true, mirrored).await {
+        let extra = || {
+            let turning = !self.room.borrow().queue.is_empty();
+            let live = self
+                .live_change(d, self.socket_count(), turning)
+                .and_then(|s| s.ok());
+            self.session_mirror(d).into_iter().chain(live).collect()
+        };
+        // `mirrored`: the session mirror in the batch sets updated_at.
+        if let Err(e) = self.copy_to_d1(d, true, true, extra).await {
             self.live_unknown();
             console_warn!("copying the turn to D1 (will retry): {e}");
         }
@@ -582,8 +590,10 @@ impl Conversation {
             self.room.borrow_mut().history = Some(Vec::new());
             return Ok(());
         }
+        // The outbox first, all of it: a copy that commits between the two reads then leaves its
+        // rows in both (the ids dedupe them), never in neither.
+        let waiting = self.kept_messages()?;
         let copied = db::list_messages(d, id).await?;
-        let waiting = self.waiting_messages()?;
         let mut seen = std::collections::HashSet::new();
         let rows: Vec<(String, String, Value)> = copied
             .into_iter()
