@@ -240,7 +240,8 @@ async function loadHistory() {
     renderHistory(json.messages ?? []);
     for (const p of S.pending.values()) log.append(p.node); // not yet stored: keep them visible
   } catch (e) {
-    // 404: a conversation that was opened but never got a message is not stored yet.
+    // 404: not in D1 yet: a conversation that never got a message, or whose first one is still
+    // held by the gateway (copied with its reply, or within D1_COPY_DELAY_MS).
     if (e.status !== 404) note(`Could not load the history: ${e.message}`, 'error');
   }
 }
