@@ -105,8 +105,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
   await Promise.all(sockets.map((s) => withTimeout(s.client.close(), 5000, 'close').catch(() => s.client.ws.terminate())));
 
   // --- analysis ---------------------------------------------------------------
-  const latencies = [];
-  const stampedLatencies = []; // [stamp, latency], to split the start-up burst from the steady stream
+  const stampedLatencies = []; // [stamp, latency]: the stamp splits the start-up burst from the steady stream
   const ttfd = [];
   const preUpstream = [];
   const firstDelivery = [];
@@ -197,7 +196,6 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
           seenStamp.add(stamp);
           if (stamp < prevStamp) outOfOrder++;
           prevStamp = stamp;
-          latencies.push(t - stamp);
           stampedLatencies.push([stamp, t - stamp]);
         }
       }
@@ -255,7 +253,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
       streamMs: summarize(upstreamStreamMs),
       idealStreamMs,
     },
-    addedLatencyMs: summarize(latencies),
+    addedLatencyMs: summarize(stampedLatencies.map(([, l]) => l)),
     // Deltas the upstream sent once every conversation's stream had begun: the added latency
     // without the start-up burst (turn planning, first calls) of the phase.
     addedLatencySteadyMs: summarize(stampedLatencies.filter(([stamp]) => stamp > allStartedAt).map(([, l]) => l)),

@@ -347,14 +347,16 @@ pub const KEEPALIVE_PONG: &str = r#"{"event":"pong"}"#;
 
 /// Payload of `agent:text` / `agent:thinking`, built by hand: it is the per-delta hot path.
 pub fn delta_payload(conversation_id_json: &str, text: &str) -> String {
-    let text = json_str(text);
-    let mut s = String::with_capacity(conversation_id_json.len() + text.len() + 32);
-    s.push_str("{\"conversationId\":");
-    s.push_str(conversation_id_json);
-    s.push_str(",\"text\":");
-    s.push_str(&text);
-    s.push('}');
-    s
+    let mut s = Vec::with_capacity(conversation_id_json.len() + text.len() + 32);
+    s.extend_from_slice(b"{\"conversationId\":");
+    s.extend_from_slice(conversation_id_json.as_bytes());
+    s.extend_from_slice(b",\"text\":");
+    // Escaped straight into the payload: one buffer per delta, not one more for the string.
+    if serde_json::to_writer(&mut s, text).is_err() {
+        s.extend_from_slice(b"\"\"");
+    }
+    s.push(b'}');
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// Payload of an `error` event.

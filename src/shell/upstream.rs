@@ -26,6 +26,8 @@ pub struct HttpStream {
     sse: SseDecoder,
     decoder: Box<dyn StreamDecoder>,
     events: Vec<SseEvent>,
+    /// Decoded from the last chunk, before they join `pending` (kept to reuse its allocation).
+    decoded: Vec<StreamEvent>,
     pending: VecDeque<StreamEvent>,
     ended: bool,
     stall_ms: u64,
@@ -96,6 +98,7 @@ pub async fn open(
         sse: SseDecoder::new(),
         decoder,
         events: Vec::new(),
+        decoded: Vec::new(),
         pending: VecDeque::new(),
         ended: false,
         stall_ms,
@@ -164,7 +167,7 @@ impl HttpStream {
                     )));
                 }
             };
-            let mut out = Vec::new();
+            let out = &mut self.decoded;
             match chunk {
                 Some(Ok(bytes)) => {
                     if let Err(e) = self.sse.push(&bytes, &mut self.events) {
@@ -175,7 +178,7 @@ impl HttpStream {
                         )));
                     }
                     for ev in self.events.drain(..) {
-                        self.decoder.on_event(&ev, &mut out);
+                        self.decoder.on_event(&ev, out);
                     }
                 }
                 Some(Err(e)) => {
@@ -189,12 +192,12 @@ impl HttpStream {
                     self.ended = true;
                     self.sse.finish(&mut self.events);
                     for ev in self.events.drain(..) {
-                        self.decoder.on_event(&ev, &mut out);
+                        self.decoder.on_event(&ev, out);
                     }
-                    self.decoder.on_end(&mut out);
+                    self.decoder.on_end(out);
                 }
             }
-            self.pending.extend(out);
+            self.pending.extend(out.drain(..));
         }
     }
 }

@@ -247,7 +247,7 @@ impl Conversation {
                 config.sio_ping_timeout_ms,
                 max_payload,
             ));
-            self.arm_heartbeat(config).await;
+            self.arm_alarm_within(config.sio_ping_interval_ms).await;
         } else {
             let meta = SocketMeta {
                 user: user.clone(),
@@ -296,10 +296,6 @@ impl Conversation {
             .filter_map(|e| Self::frame(e, meta))
             .collect();
         Ok(frames)
-    }
-
-    pub(super) async fn arm_heartbeat(&self, config: &Config) {
-        self.arm_alarm_within(config.sio_ping_interval_ms).await;
     }
 
     pub(super) async fn sio_connect(
