@@ -22,6 +22,36 @@ pub fn load_config(env: &Env) -> std::result::Result<Config, crate::config::Conf
     })
 }
 
+/// Runs once when the module is instantiated, before any request.
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
+fn start() {
+    futures_on_promise_jobs();
+}
+
+/// Makes the futures executor schedule its runs as promise reactions, not `queueMicrotask` calls.
+///
+/// Both run before the runtime's next I/O event, but workerd's `queueMicrotask` wraps each
+/// callback in a new host function (allocated, then finalised by the garbage collector), and the
+/// executor schedules a run for nearly every delta. The executor picks its scheduler once, when
+/// its queue is created, by looking for `queueMicrotask` on the global object, so the name is
+/// shadowed while the queue is created here and put back as it was right after.
+fn futures_on_promise_jobs() {
+    use js_sys::{Object, Reflect};
+    use wasm_bindgen::{JsCast, JsValue};
+    let global: Object = js_sys::global();
+    let key = JsValue::from_str("queueMicrotask");
+    let own = Object::get_own_property_descriptor(&global, &key);
+    if !Reflect::set(&global, &key, &JsValue::UNDEFINED).unwrap_or(false) {
+        return;
+    }
+    wasm_bindgen_futures::spawn_local(async {});
+    if own.is_undefined() {
+        let _ = Reflect::delete_property(&global, &key);
+    } else {
+        Object::define_property(&global, &key, own.unchecked_ref());
+    }
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let config = match load_config(&env) {
