@@ -380,7 +380,7 @@ impl DurableObject for Conversation {
         while self.outbox_waiting() && copies < 10 {
             copies += 1;
             let d = db::db(&self.env)?;
-            if let Err(e) = self.copy_to_d1(&d, true, false, Vec::new).await {
+            if let Err(e) = self.copy_to_d1(&d, true, false, None, Vec::new).await {
                 console_warn!("retrying the copy to D1: {e}");
                 break;
             }
@@ -487,7 +487,7 @@ impl Conversation {
         self.save_session_locally();
         if let Ok(d) = db::db(&self.env) {
             let mirror = || self.session_mirror(&d).into_iter().collect();
-            if let Err(e) = self.copy_to_d1(&d, true, true, mirror).await {
+            if let Err(e) = self.copy_to_d1(&d, true, true, None, mirror).await {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }

@@ -45,11 +45,12 @@ impl Conversation {
         self.sql().exec(outbox::ALL, None)?.to_array()
     }
 
-    /// Copies the waiting messages to D1 in one batch, with the statements `extra` builds after
-    /// them (session mirror, live registry; `mirrored` says the mirror is among them, which also
-    /// sets the conversation's `updated_at`). One copy runs at a time, so D1 numbers the messages
-    /// in the order they were written, and `extra` is built once this copy holds the lock, so it
-    /// says what is true when it runs. A failure leaves the rows waiting and arms a retry.
+    /// Copies the waiting messages to D1 in one batch, then `unkept` (a message not written here:
+    /// the reply at a turn's end), then the statements `extra` builds (session mirror, live
+    /// registry; `mirrored` says the mirror is among them, which also sets the conversation's
+    /// `updated_at`). One copy runs at a time, so D1 numbers the messages in the order they were
+    /// written, and `extra` is built once this copy holds the lock, so it says what is true when
+    /// it runs. A failure leaves the rows waiting and arms a retry; the caller keeps `unkept`.
     ///
     /// `settle` deletes the copied rows from the outbox. Mid-turn copies only remember them: a
     /// delete is a write, and a write holds every outgoing frame until it commits, which would
@@ -59,15 +60,19 @@ impl Conversation {
         d: &D1Database,
         settle: bool,
         mirrored: bool,
+        unkept: Option<&OutboxRow>,
         extra: impl FnOnce() -> Vec<D1PreparedStatement>,
     ) -> Result<()> {
         let mut failures = self.copy_lock.lock().await;
-        let rows = self.waiting_messages()?;
+        let kept = self.waiting_messages()?;
         let extra = extra();
-        if rows.is_empty() && extra.is_empty() {
+        if kept.is_empty() && unkept.is_none() && extra.is_empty() {
             return Ok(());
         }
         let id = self.room.borrow().id.clone();
+        let mut rows = kept;
+        let copied = rows.last().map(|r| r.n);
+        rows.extend(unkept.cloned());
         let mut batch = Vec::with_capacity(rows.len() + 2 + extra.len());
         for s in outbox::copy_statements(&id, &rows, mirrored) {
             let params: Vec<wasm_bindgen::JsValue> = s
@@ -83,8 +88,8 @@ impl Conversation {
         batch.extend(extra);
         match d.batch(batch).await {
             Ok(_) => {
-                if let Some(last) = rows.last() {
-                    self.copied_through.set(last.n);
+                if let Some(n) = copied {
+                    self.copied_through.set(n);
                 }
                 let through = self.copied_through.get();
                 if settle && through > self.settled_through.get() {

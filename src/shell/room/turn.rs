@@ -1,6 +1,7 @@
 //! A conversation's turns: client events, the message queue, planning, the model calls and tools, storing the reply.
 
 use super::*;
+use crate::outbox::OutboxRow;
 
 impl Conversation {
     pub(super) async fn handle_event(
@@ -277,7 +278,7 @@ impl Conversation {
                         .into_iter()
                         .collect()
                 };
-                if let Err(e) = self.copy_to_d1(&d, false, false, live).await {
+                if let Err(e) = self.copy_to_d1(&d, false, false, None, live).await {
                     self.live_unknown();
                     console_warn!("copying the user message to D1 (will retry): {e}");
                 }
@@ -431,16 +432,18 @@ impl Conversation {
     /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
     pub(super) async fn end_early(&self, id: &str, code: ErrorCode, msg: &str, d: &D1Database) {
         self.broadcast("error", protocol::error_payload(Some(id), code, msg));
-        self.copy_turn_end(d).await;
+        self.copy_turn_end(d, None).await;
         let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
         self.broadcast("agent:end", end.to_string());
     }
 
-    /// The end of a turn in D1, in one batch: the messages still waiting, the session mirror and
-    /// the live registry. A failed copy is retried by alarm; the turn ends either way.
-    pub(super) async fn copy_turn_end(&self, d: &D1Database) {
+    /// The end of a turn in D1, in one batch: the messages still waiting, the reply, the session
+    /// mirror and the live registry. The reply is written here only when that batch fails (then
+    /// an alarm retries it): either way it is durable before `agent:end`, and a turn whose copy
+    /// succeeds writes its object storage once, after the copy, not also before it. The session
+    /// is saved in that same write.
+    pub(super) async fn copy_turn_end(&self, d: &D1Database, reply: Option<OutboxRow>) {
         self.closing.set(true);
-        self.save_session_locally();
         let extra = || {
             let turning = !self.room.borrow().queue.is_empty();
             let live = self
@@ -449,10 +452,33 @@ impl Conversation {
             self.session_mirror(d).into_iter().chain(live).collect()
         };
         // `mirrored`: the session mirror in the batch sets updated_at.
-        if let Err(e) = self.copy_to_d1(d, true, true, extra).await {
+        if let Err(e) = self.copy_to_d1(d, true, true, reply.as_ref(), extra).await {
             self.live_unknown();
             console_warn!("copying the turn to D1 (will retry): {e}");
+            if let Some(r) = &reply {
+                let kept = self.keep_message(
+                    &r.id,
+                    &r.role,
+                    &r.author,
+                    &r.content,
+                    &r.metadata,
+                    r.created_at,
+                );
+                if let Err(e) = kept {
+                    console_error!("storing the assistant message: {e}");
+                    let id = self.room.borrow().id.clone();
+                    self.broadcast(
+                        "error",
+                        protocol::error_payload(
+                            Some(&id),
+                            ErrorCode::Internal,
+                            "the reply could not be stored",
+                        ),
+                    );
+                }
+            }
         }
+        self.save_session_locally();
     }
 
     /// Decides the model, agent and context of a turn. Errs only when the history cannot be read.
@@ -975,27 +1001,15 @@ impl Conversation {
                 stop,
                 StopReason::Aborted | StopReason::Error | StopReason::Truncated
             );
-        if store_it {
-            let kept = self.keep_message(
-                &new_id(),
-                "assistant",
-                "",
-                &content,
-                &metadata_text,
-                now_ms(),
-            );
-            if let Err(e) = kept {
-                console_error!("storing the assistant message: {e}");
-                self.broadcast(
-                    "error",
-                    protocol::error_payload(
-                        Some(&id),
-                        ErrorCode::Internal,
-                        "the reply could not be stored",
-                    ),
-                );
-            }
-        }
+        let reply = store_it.then(|| OutboxRow {
+            n: 0,
+            id: new_id(),
+            role: "assistant".into(),
+            author: String::new(),
+            content: content.into_owned(),
+            metadata: metadata_text,
+            created_at: now_ms(),
+        });
         {
             let mut room = self.room.borrow_mut();
             if let Some(h) = room.history.as_mut() {
@@ -1004,7 +1018,7 @@ impl Conversation {
             room.session.metrics.record_turn(&usage);
         }
         // In D1 before agent:end, so a client that reads the history then finds the reply.
-        self.copy_turn_end(d).await;
+        self.copy_turn_end(d, reply).await;
         let mut end = json!({ "conversationId": id, "usage": usage, "stopReason": stop.as_str() });
         if let Some(e) = error {
             end["error"] = json!({ "code": e.kind.code(), "message": e.message });
