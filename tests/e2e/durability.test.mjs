@@ -16,6 +16,12 @@ const MAX_QUEUED = 8; // default MAX_QUEUED_MESSAGES
 const MAX_MESSAGE_BYTES = 65536; // default
 const COPY_DELAY_MS = 300;
 
+// A fault D1 can be made to raise: while a token named FAULT_WINDOW is live (the admin API creates and revokes
+// it), inserting an assistant message whose content has FAULT_MARKER aborts, and with it the whole copy batch.
+const FAULT_WINDOW = 'd1-fault-window';
+const FAULT_MARKER = 'd1-refuses';
+const FAULT_TRIGGER = `CREATE TRIGGER d1_fault BEFORE INSERT ON messages WHEN NEW.role = 'assistant' AND NEW.content LIKE '%${FAULT_MARKER}%' AND EXISTS (SELECT 1 FROM api_tokens WHERE name = '${FAULT_WINDOW}' AND revoked_at IS NULL) BEGIN SELECT RAISE(ABORT, 'injected fault: D1 refuses this copy'); END`;
+
 let up;
 let gw;
 
@@ -23,6 +29,7 @@ before(async () => {
   up = await startFakeUpstream();
   gw = await startGateway({
     upstream: up,
+    d1Sql: [FAULT_TRIGGER],
     vars: {
       UPSTREAM_STALL_TIMEOUT_MS: String(STALL_MS),
       REPLAY_WINDOW_MS: String(REPLAY_WINDOW_MS),
@@ -203,6 +210,33 @@ describe('the conversation keeps the message, D1 gets a copy', () => {
     assert.equal(t.end.data.stopReason, 'stop');
     const stored = await messagesOf(token, conversationId);
     assert.deepEqual(stored.map((m) => [m.role, m.content]), [['user', content], ['assistant', t.text]]);
+    await a.close();
+  });
+});
+
+describe('D1 refuses a turn\'s closing copy', () => {
+  test('agent:end still comes, the reply is kept in the conversation, and a retry copies message and reply once D1 accepts them', async () => {
+    const { token } = await user('d1-refuses');
+    const conversationId = randomUUID();
+    const a = await openJson({ token, conversationId });
+    const opened = await gw.http('POST', '/admin/tokens', { token: gw.adminToken, body: { userId: uniq('fault'), name: FAULT_WINDOW } });
+    assert.ok(opened.status < 300, `${opened.status}: ${opened.text}`);
+    counters.faults++;
+    const content = `${FAULT_MARKER} ${uniq()}`;
+    const t = await turn(a, token, content);
+    assert.equal(t.end.data.stopReason, 'stop', 'the turn ends normally: the reply is durable in the conversation');
+    // The batch was refused whole: the conversation is not in D1 yet.
+    const during = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+    assert.equal(during.status, 404, `nothing copied while D1 refuses: ${during.text}`);
+    await sleep(1200); // the first retry (1 s) is refused too
+    const closed = await gw.http('DELETE', `/admin/tokens/${FAULT_WINDOW}`, { token: gw.adminToken });
+    assert.ok(closed.status < 300, `${closed.status}: ${closed.text}`);
+    const stored = await eventually(async () => {
+      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+      return res.status === 200 && res.json.messages.length >= 2 ? res.json.messages : null;
+    }, { timeout: 8000, interval: 100, what: 'message and reply copied by a retry' });
+    assert.deepEqual(stored.map((m) => [m.role, m.content]), [['user', content], ['assistant', t.text]], 'each once, in order');
+    assert.equal(stored[0].id, t.ack.data.messageId);
     await a.close();
   });
 });

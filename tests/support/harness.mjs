@@ -122,13 +122,18 @@ export function buildOnce(root = ROOT) {
  * Builds (once), migrates a persist dir and starts `wrangler dev` on free loopback ports.
  * `upstream` is a fake upstream (its port fills OPENAI_BASE_URL and ANTHROPIC_BASE_URL); `vars` override any var,
  * `""` included (`{ OPENAI_BASE_URL: '' }` blanks it). `persistDir` reuses a state dir (to test restarts).
+ * `d1Sql` statements run on the local D1 after the migrations, before the gateway starts (fault triggers).
  */
-export async function startGateway({ vars = {}, upstream, persistDir, root = ROOT, readyTimeoutMs = 90_000 } = {}) {
+export async function startGateway({ vars = {}, upstream, persistDir, d1Sql = [], root = ROOT, readyTimeoutMs = 90_000 } = {}) {
   await buildOnce(root);
   const ownsDir = !persistDir;
   const dir = persistDir ?? (await mkdtemp(path.join(tmpdir(), 'gateway-e2e-')));
   const migrate = await run(WRANGLER, ['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', dir], { cwd: root, timeoutMs: 120_000 });
   if (migrate.code !== 0) throw new Error(`wrangler d1 migrations apply failed with exit ${migrate.code}:\n${migrate.output}`);
+  for (const sql of d1Sql) {
+    const exec = await run(WRANGLER, ['d1', 'execute', 'DB', '--local', '--persist-to', dir, '--command', sql], { cwd: root, timeoutMs: 120_000 });
+    if (exec.code !== 0) throw new Error(`wrangler d1 execute failed with exit ${exec.code}:\n${exec.output}`);
+  }
 
   const adminToken = vars.ADMIN_TOKEN ?? randomBytes(24).toString('hex');
   const allVars = {
