@@ -206,7 +206,7 @@ function printReport(results) {
   say('Streaming (latencies in ms; added latency = client receive - upstream send stamp, per delta)');
   const rows = [];
   for (const f of floor) {
-    rows.push(['no gateway (rig floor)', `${f.conversations}x${f.socketsPerConversation}`, `${f.receivedDeltas}/${f.expectedDeltas}`, f.expectedDeltas - f.receivedDeltas, '-', ms(f.addedLatencyMs.p50), ms(f.addedLatencyMs.p99), ms(f.addedLatencyMs.max), '-', '-', '-', '-', '-']);
+    rows.push(['no gateway (rig floor)', `${f.conversations}x${f.socketsPerConversation}`, `${f.receivedDeltas}/${f.expectedDeltas}`, f.expectedDeltas - f.receivedDeltas, '-', ms(f.addedLatencyMs.p50), ms(f.addedLatencyMs.p99), ms(f.addedLatencyMs.max), ms(f.ttfdOverheadMs?.p50), ms(f.ttfdOverheadMs?.p99), '-', '-', '-']);
   }
   for (const m of modes) {
     for (const p of m.phases ?? []) {

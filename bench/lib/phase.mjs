@@ -330,5 +330,55 @@ export async function rigFloor(upstream, { C, S, N, delay, tag }) {
     });
   await Promise.all(Array.from({ length: C * S }, (_, i) => one(i)));
   await upstream.reset();
-  return { conversations: C, socketsPerConversation: S, streams: C * S, expectedDeltas: C * S * N, receivedDeltas: received, addedLatencyMs: summarize(latencies) };
+  const ttfdOverheadMs = await rigTtfd(upstream, { C, N, delay, tag });
+  return { conversations: C, socketsPerConversation: S, streams: C * S, expectedDeltas: C * S * N, receivedDeltas: received, addedLatencyMs: summarize(latencies), ttfdOverheadMs };
+}
+
+/**
+ * The rig's own time-to-first-delta overhead: C model calls sent straight to the fake upstream in one loop, as the
+ * gateway's C conversations make them, on warm keep-alive connections as the runtime's are. Same formula as TTFD+
+ * (client first delta - send, minus the upstream's own first-byte delay), one sample per call: what the client,
+ * loopback and the upstream's queueing of C simultaneous requests add without any gateway.
+ */
+async function rigTtfd(upstream, { C, N, delay, tag }) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: C });
+  const call = (content) =>
+    new Promise((resolve, reject) => {
+      const body = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content }] });
+      const sentAt = preciseNow();
+      let firstAt = null;
+      const req = http.request(
+        `${upstream.url}/v1/chat/completions`,
+        { method: 'POST', agent, headers: { 'content-type': 'application/json', authorization: 'Bearer test-openai-key' } },
+        (res) => {
+          res.setEncoding('utf8');
+          let buf = '';
+          res.on('data', (chunk) => {
+            const t = preciseNow();
+            buf += chunk;
+            if (firstAt === null && stampsOf(buf).length) firstAt = t;
+          });
+          res.on('end', () => resolve({ content, sentAt, firstAt }));
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  const label = (round, i) => `bench-ttfd ${tag} C${C} r${round} ${i} `;
+  try {
+    // Round 0 opens the C connections; round 1 is measured.
+    await Promise.all(Array.from({ length: C }, (_, i) => call(`${label(0, i)}[[stamped deltas=1 delay=${delay}]]`)));
+    const calls = await Promise.all(Array.from({ length: C }, (_, i) => call(`${label(1, i)}[[stamped deltas=${N} delay=${delay}]]`)));
+    const samples = [];
+    for (const c of calls) {
+      const [rec] = await upstream.requestsFor(c.content.slice(0, c.content.indexOf('[[')));
+      const firstStamp = rec ? stampsOf(rec.text)[0] : undefined;
+      if (c.firstAt !== null && firstStamp !== undefined) samples.push(c.firstAt - c.sentAt - (firstStamp - rec.receivedAt));
+    }
+    return summarize(samples);
+  } finally {
+    agent.destroy();
+    await upstream.reset();
+  }
 }
