@@ -1,8 +1,10 @@
-//! A response body read chunk by chunk with one callback for the whole body: per chunk, one call into JavaScript and one back.
+//! A response body read chunk by chunk into one reused buffer, with one callback for the whole body: per chunk, one call into JavaScript and one back.
 //!
 //! `worker::ByteStream` creates two closures and a promise continuation per chunk and reads
 //! the result object field by field; a model stream is hundreds of small chunks, so that
-//! overhead is paid per delta.
+//! overhead is paid per delta. Here the handlers are made once per body, and a byte stream
+//! (every fetch body) is read with a BYOB reader into the same buffer each time, so a chunk
+//! allocates no new buffer for the garbage collector to finalise.
 
 use futures::Stream;
 use js_sys::Uint8Array;
@@ -14,15 +16,29 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 #[wasm_bindgen(inline_js = "
-export function body_reader(stream) { return stream.getReader(); }
-export function read_chunk(reader, done) {
-  reader.read().then((r) => done(true, r.done ? null : r.value), (e) => done(false, e));
+export function body_reader(stream, done) {
+  const s = { reader: null, buffer: null, ok: null, fail: (e) => done(false, e) };
+  try {
+    s.reader = stream.getReader({ mode: 'byob' });
+    s.buffer = new ArrayBuffer(16384);
+  } catch {
+    s.reader = stream.getReader();
+  }
+  s.ok = (r) => {
+    if (r.done) return done(true, null);
+    if (s.buffer) s.buffer = r.value.buffer;
+    done(true, r.value);
+  };
+  return s;
 }
-export function cancel_reader(reader) { reader.cancel().catch(() => {}); }
+export function read_chunk(s) {
+  (s.buffer ? s.reader.read(new Uint8Array(s.buffer)) : s.reader.read()).then(s.ok, s.fail);
+}
+export function cancel_reader(s) { s.reader.cancel().catch(() => {}); }
 ")]
 extern "C" {
-    fn body_reader(stream: &JsValue) -> JsValue;
-    fn read_chunk(reader: &JsValue, done: &Closure<dyn FnMut(bool, JsValue)>);
+    fn body_reader(stream: &JsValue, done: &Closure<dyn FnMut(bool, JsValue)>) -> JsValue;
+    fn read_chunk(reader: &JsValue);
     fn cancel_reader(reader: &JsValue);
 }
 
@@ -57,6 +73,7 @@ impl BodyReader {
         let slot = Rc::new(RefCell::new(Slot::default()));
         let target = slot.clone();
         let done = Closure::new(move |ok: bool, value: JsValue| {
+            // Copied out now: the next read reuses the buffer under this view.
             let result = if !ok {
                 Err(read_error(&value))
             } else if value.is_null() || value.is_undefined() {
@@ -74,7 +91,7 @@ impl BodyReader {
             }
         });
         BodyReader {
-            reader: body_reader(stream),
+            reader: body_reader(stream, &done),
             slot,
             done: Some(done),
             reading: false,
@@ -127,11 +144,10 @@ impl Stream for BodyReader {
                 }
             });
         }
-        if !this.reading {
-            if let Some(done) = &this.done {
-                this.reading = true;
-                read_chunk(&this.reader, done);
-            }
+        // The closure the reader calls back lives as long as this reader (`done`).
+        if !this.reading && this.done.is_some() {
+            this.reading = true;
+            read_chunk(&this.reader);
         }
         this.slot.borrow_mut().waker = Some(cx.waker().clone());
         Poll::Pending
