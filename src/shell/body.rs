@@ -26,7 +26,7 @@ export function body_reader(stream, done) {
   }
   s.ok = (r) => {
     if (r.done) return done(true, null);
-    if (s.buffer) s.buffer = r.value.buffer;
+    if (s.buffer) s.buffer = r.value.buffer.byteLength >= 16384 ? r.value.buffer : new ArrayBuffer(16384);
     done(true, r.value);
   };
   return s;

@@ -23,7 +23,7 @@ pub fn load_config(env: &Env) -> std::result::Result<Config, crate::config::Conf
 }
 
 /// Runs once when the module is instantiated, before any request.
-#[wasm_bindgen::prelude::wasm_bindgen(start)]
+#[wasm_bindgen::prelude::wasm_bindgen(start, private)]
 fn start() {
     futures_on_promise_jobs();
 }

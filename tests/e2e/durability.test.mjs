@@ -16,11 +16,11 @@ const MAX_QUEUED = 8; // default MAX_QUEUED_MESSAGES
 const MAX_MESSAGE_BYTES = 65536; // default
 const COPY_DELAY_MS = 300;
 
-// A fault D1 can be made to raise: while a token named FAULT_WINDOW is live (the admin API creates and revokes
-// it), inserting an assistant message whose content has FAULT_MARKER aborts, and with it the whole copy batch.
+// A fault D1 can be made to raise: while a token whose name starts with FAULT_WINDOW is live (the admin API creates
+// and revokes it), inserting an assistant message whose content has FAULT_MARKER aborts, and with it the whole copy batch.
 const FAULT_WINDOW = 'd1-fault-window';
 const FAULT_MARKER = 'd1-refuses';
-const FAULT_TRIGGER = `CREATE TRIGGER d1_fault BEFORE INSERT ON messages WHEN NEW.role = 'assistant' AND NEW.content LIKE '%${FAULT_MARKER}%' AND EXISTS (SELECT 1 FROM api_tokens WHERE name = '${FAULT_WINDOW}' AND revoked_at IS NULL) BEGIN SELECT RAISE(ABORT, 'injected fault: D1 refuses this copy'); END`;
+const FAULT_TRIGGER = `CREATE TRIGGER IF NOT EXISTS d1_fault BEFORE INSERT ON messages WHEN NEW.role = 'assistant' AND NEW.content LIKE '%${FAULT_MARKER}%' AND EXISTS (SELECT 1 FROM api_tokens WHERE name LIKE '${FAULT_WINDOW}%' AND revoked_at IS NULL) BEGIN SELECT RAISE(ABORT, 'injected fault: D1 refuses this copy'); END`;
 
 let up;
 let gw;
@@ -95,6 +95,18 @@ async function messagesOf(token, conversationId) {
 }
 
 const requestsExactly = (content) => up.requests.filter((r) => r.lastUserText === content);
+
+/** Opens a window in which D1 refuses copies of FAULT_MARKER replies; resolves with a function that closes it. */
+async function refuseD1Copies() {
+  const name = uniq(FAULT_WINDOW);
+  const opened = await gw.http('POST', '/admin/tokens', { token: gw.adminToken, body: { userId: uniq('fault'), name } });
+  assert.ok(opened.status < 300, `${opened.status}: ${opened.text}`);
+  counters.faults++;
+  return async () => {
+    const closed = await gw.http('DELETE', `/admin/tokens/${name}`, { token: gw.adminToken });
+    assert.ok(closed.status < 300, `${closed.status}: ${closed.text}`);
+  };
+}
 
 /** Asserts that stream frames have strictly consecutive seqs (no gap, no duplicate). */
 function assertContiguous(frames, label) {
@@ -219,24 +231,55 @@ describe('D1 refuses a turn\'s closing copy', () => {
     const { token } = await user('d1-refuses');
     const conversationId = randomUUID();
     const a = await openJson({ token, conversationId });
-    const opened = await gw.http('POST', '/admin/tokens', { token: gw.adminToken, body: { userId: uniq('fault'), name: FAULT_WINDOW } });
-    assert.ok(opened.status < 300, `${opened.status}: ${opened.text}`);
-    counters.faults++;
+    const accept = await refuseD1Copies();
     const content = `${FAULT_MARKER} ${uniq()}`;
     const t = await turn(a, token, content);
     assert.equal(t.end.data.stopReason, 'stop', 'the turn ends normally: the reply is durable in the conversation');
-    // The batch was refused whole: the conversation is not in D1 yet.
-    const during = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
-    assert.equal(during.status, 404, `nothing copied while D1 refuses: ${during.text}`);
-    await sleep(1200); // the first retry (1 s) is refused too
-    const closed = await gw.http('DELETE', `/admin/tokens/${FAULT_WINDOW}`, { token: gw.adminToken });
-    assert.ok(closed.status < 300, `${closed.status}: ${closed.text}`);
+    // The closing batch was refused whole: the reply is not in D1 (nor the message, unless a slow turn's
+    // mid-turn copy took it first), and neither is it after the first retry (1 s), refused too.
+    const replyInD1 = async () => {
+      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+      assert.ok(res.status === 200 || res.status === 404, `${res.status}: ${res.text}`);
+      return res.status === 200 && res.json.messages.some((m) => m.role === 'assistant');
+    };
+    assert.equal(await replyInD1(), false, 'no reply in D1 while D1 refuses it');
+    await sleep(1500);
+    assert.equal(await replyInD1(), false, 'the first retry is refused too');
+    await accept();
     const stored = await eventually(async () => {
       const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
       return res.status === 200 && res.json.messages.length >= 2 ? res.json.messages : null;
     }, { timeout: 8000, interval: 100, what: 'message and reply copied by a retry' });
     assert.deepEqual(stored.map((m) => [m.role, m.content]), [['user', content], ['assistant', t.text]], 'each once, in order');
     assert.equal(stored[0].id, t.ack.data.messageId);
+    await a.close();
+  });
+});
+
+describe('D1 refuses ten turns, then a turn ends with the backlog still waiting', () => {
+  test('every message and reply reaches D1 once and in order: the new reply waits behind the backlog one copy cannot take', async () => {
+    const { token } = await user('d1-backlog');
+    const conversationId = randomUUID();
+    const a = await openJson({ token, conversationId });
+    const accept = await refuseD1Copies();
+    // Ten refused turns leave twenty rows waiting: as many as one copy takes.
+    const sent = [];
+    for (let k = 0; k < 10; k++) {
+      const content = `${FAULT_MARKER} backlog ${k} ${uniq()}`;
+      const t = await turn(a, token, content);
+      assert.equal(t.end.data.stopReason, 'stop');
+      sent.push([content, t.text]);
+    }
+    await accept();
+    const last = `after the backlog ${uniq()}`;
+    const t = await turn(a, token, last);
+    sent.push([last, t.text]);
+    const want = sent.flatMap(([content, reply]) => [['user', content], ['assistant', reply]]);
+    const stored = await eventually(async () => {
+      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+      return res.status === 200 && res.json.messages.length >= want.length ? res.json.messages : null;
+    }, { timeout: 10_000, interval: 100, what: 'the backlog and the last turn copied' });
+    assert.deepEqual(stored.map((m) => [m.role, m.content]), want, 'each message once, in the order it was sent');
     await a.close();
   });
 });

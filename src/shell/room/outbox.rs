@@ -4,7 +4,7 @@ use super::*;
 use crate::outbox::{self, OutboxRow, Param};
 
 /// Shortest wait before an alarm retries a failed copy.
-const RETRY_FLOOR_MS: u64 = 1_000;
+pub(super) const RETRY_FLOOR_MS: u64 = 1_000;
 
 impl Conversation {
     /// Stores a message in the object's own storage; once this returns it is durable (the
@@ -50,7 +50,11 @@ impl Conversation {
     /// registry; `mirrored` says the mirror is among them, which also sets the conversation's
     /// `updated_at`). One copy runs at a time, so D1 numbers the messages in the order they were
     /// written, and `extra` is built once this copy holds the lock, so it says what is true when
-    /// it runs. A failure leaves the rows waiting and arms a retry; the caller keeps `unkept`.
+    /// it runs. A failure leaves the rows waiting and arms a retry.
+    ///
+    /// Answers whether `unkept` went with the batch: not when older rows wait beyond this
+    /// batch's bound (it would land in D1 before them) nor when the copy failed; the caller then
+    /// keeps it here, behind the others.
     ///
     /// `settle` deletes the copied rows from the outbox. Mid-turn copies only remember them: a
     /// delete is a write, and a write holds every outgoing frame until it commits, which would
@@ -62,12 +66,16 @@ impl Conversation {
         mirrored: bool,
         unkept: Option<&OutboxRow>,
         extra: impl FnOnce() -> Vec<D1PreparedStatement>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut failures = self.copy_lock.lock().await;
         let kept = self.waiting_messages()?;
+        let unkept = unkept.filter(|_| kept.len() < outbox::MAX_ROWS_PER_COPY);
         let extra = extra();
         if kept.is_empty() && unkept.is_none() && extra.is_empty() {
-            return Ok(());
+            if settle {
+                self.settle_copied();
+            }
+            return Ok(false);
         }
         let id = self.room.borrow().id.clone();
         let mut rows = kept;
@@ -91,14 +99,11 @@ impl Conversation {
                 if let Some(n) = copied {
                     self.copied_through.set(n);
                 }
-                let through = self.copied_through.get();
-                if settle && through > self.settled_through.get() {
-                    self.sql()
-                        .exec(outbox::DELETE_COPIED, vec![(through as f64).into()])?;
-                    self.settled_through.set(through);
+                if settle {
+                    self.settle_copied();
                 }
                 *failures = 0;
-                Ok(())
+                Ok(unkept.is_some())
             }
             Err(e) => {
                 if !rows.is_empty() {
@@ -112,6 +117,22 @@ impl Conversation {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Deletes the rows known to be in D1. A failed delete only leaves them for the next one:
+    /// the copy itself succeeded, and `copied_through` keeps them from being copied again.
+    fn settle_copied(&self) {
+        let through = self.copied_through.get();
+        if through <= self.settled_through.get() {
+            return;
+        }
+        match self
+            .sql()
+            .exec(outbox::DELETE_COPIED, vec![(through as f64).into()])
+        {
+            Ok(_) => self.settled_through.set(through),
+            Err(e) => console_warn!("deleting copied messages from the outbox: {e}"),
         }
     }
 

@@ -1,5 +1,6 @@
 //! A conversation's turns: client events, the message queue, planning, the model calls and tools, storing the reply.
 
+use super::outbox::RETRY_FLOOR_MS;
 use super::*;
 use crate::outbox::OutboxRow;
 
@@ -452,19 +453,28 @@ impl Conversation {
             self.session_mirror(d).into_iter().chain(live).collect()
         };
         // `mirrored`: the session mirror in the batch sets updated_at.
-        if let Err(e) = self.copy_to_d1(d, true, true, reply.as_ref(), extra).await {
-            self.live_unknown();
-            console_warn!("copying the turn to D1 (will retry): {e}");
-            if let Some(r) = &reply {
-                let kept = self.keep_message(
-                    &r.id,
-                    &r.role,
-                    &r.author,
-                    &r.content,
-                    &r.metadata,
-                    r.created_at,
-                );
-                if let Err(e) = kept {
+        let (copied, failed) = match self.copy_to_d1(d, true, true, reply.as_ref(), extra).await {
+            Ok(copied) => (copied, false),
+            Err(e) => {
+                self.live_unknown();
+                console_warn!("copying the turn to D1 (will retry): {e}");
+                (false, true)
+            }
+        };
+        if let (Some(r), false) = (&reply, copied) {
+            let kept = self.keep_message(
+                &r.id,
+                &r.role,
+                &r.author,
+                &r.content,
+                &r.metadata,
+                r.created_at,
+            );
+            match kept {
+                // A failed copy armed its retry; a backlog the batch could not take needs one.
+                Ok(()) if !failed => self.arm_alarm_within(RETRY_FLOOR_MS).await,
+                Ok(()) => {}
+                Err(e) => {
                     console_error!("storing the assistant message: {e}");
                     let id = self.room.borrow().id.clone();
                     self.broadcast(
