@@ -297,37 +297,23 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
 export async function rigFloor(upstream, { C, S, N, delay, tag }) {
   const latencies = [];
   let received = 0;
-  const one = (i) =>
-    new Promise((resolve, reject) => {
-      const body = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: `bench-floor ${tag} ${i} [[stamped deltas=${N} delay=${delay}]]` }] });
-      const req = http.request(
-        `${upstream.url}/v1/chat/completions`,
-        { method: 'POST', agent: false, headers: { 'content-type': 'application/json', authorization: 'Bearer test-openai-key' } },
-        (res) => {
-          res.setEncoding('utf8');
-          let buf = '';
-          res.on('data', (chunk) => {
-            const t = preciseNow();
-            buf += chunk;
-            let end;
-            while ((end = buf.indexOf('\n\n')) >= 0) {
-              const event = buf.slice(0, end);
-              buf = buf.slice(end + 2);
-              if (!event.startsWith('data: {')) continue;
-              const content = JSON.parse(event.slice(6)).choices?.[0]?.delta?.content;
-              for (const stamp of stampsOf(content)) {
-                latencies.push(t - stamp);
-                received++;
-              }
-            }
-          });
-          res.on('end', resolve);
-          res.on('error', reject);
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
+  const one = (i) => {
+    let buf = '';
+    return streamCompletion(upstream, `bench-floor ${tag} ${i} [[stamped deltas=${N} delay=${delay}]]`, false, (t, chunk) => {
+      buf += chunk;
+      let end;
+      while ((end = buf.indexOf('\n\n')) >= 0) {
+        const event = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        if (!event.startsWith('data: {')) continue;
+        const content = JSON.parse(event.slice(6)).choices?.[0]?.delta?.content;
+        for (const stamp of stampsOf(content)) {
+          latencies.push(t - stamp);
+          received++;
+        }
+      }
     });
+  };
   await Promise.all(Array.from({ length: C * S }, (_, i) => one(i)));
   await upstream.reset();
   const ttfdOverheadMs = await rigTtfd(upstream, { C, N, delay, tag });
@@ -342,29 +328,15 @@ export async function rigFloor(upstream, { C, S, N, delay, tag }) {
  */
 async function rigTtfd(upstream, { C, N, delay, tag }) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: C });
-  const call = (content) =>
-    new Promise((resolve, reject) => {
-      const body = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content }] });
-      const sentAt = preciseNow();
-      let firstAt = null;
-      const req = http.request(
-        `${upstream.url}/v1/chat/completions`,
-        { method: 'POST', agent, headers: { 'content-type': 'application/json', authorization: 'Bearer test-openai-key' } },
-        (res) => {
-          res.setEncoding('utf8');
-          let buf = '';
-          res.on('data', (chunk) => {
-            const t = preciseNow();
-            buf += chunk;
-            if (firstAt === null && stampsOf(buf).length) firstAt = t;
-          });
-          res.on('end', () => resolve({ content, sentAt, firstAt }));
-          res.on('error', reject);
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
+  const call = async (content) => {
+    let buf = '';
+    let firstAt = null;
+    const { sentAt } = await streamCompletion(upstream, content, agent, (t, chunk) => {
+      buf += chunk;
+      if (firstAt === null && stampsOf(buf).length) firstAt = t;
     });
+    return { content, sentAt, firstAt };
+  };
   const label = (round, i) => `bench-ttfd ${tag} C${C} r${round} ${i} `;
   try {
     // Round 0 opens the C connections; round 1 is measured.
@@ -381,4 +353,24 @@ async function rigTtfd(upstream, { C, N, delay, tag }) {
     agent.destroy();
     await upstream.reset();
   }
+}
+
+/** Posts one streaming chat completion to the fake upstream; `onData(receiveTime, text)` sees each chunk. Resolves with the send time at the end of the stream. */
+function streamCompletion(upstream, content, agent, onData) {
+  return new Promise((resolve, reject) => {
+    const body = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content }] });
+    const sentAt = preciseNow();
+    const req = http.request(
+      `${upstream.url}/v1/chat/completions`,
+      { method: 'POST', agent, headers: { 'content-type': 'application/json', authorization: 'Bearer test-openai-key' } },
+      (res) => {
+        res.setEncoding('utf8');
+        res.on('data', (chunk) => onData(preciseNow(), chunk));
+        res.on('end', () => resolve({ sentAt }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
 }
