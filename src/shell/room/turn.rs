@@ -439,10 +439,10 @@ impl Conversation {
     }
 
     /// The end of a turn in D1, in one batch: the messages still waiting, the reply, the session
-    /// mirror and the live registry. The reply is written here only when that batch fails (then
-    /// an alarm retries it): either way it is durable before `agent:end`, and a turn whose copy
-    /// succeeds writes its object storage once, after the copy, not also before it. The session
-    /// is saved in that same write.
+    /// mirror and the live registry. The reply is written here only when it did not go with that
+    /// batch (the batch failed, or older rows wait beyond it), and an alarm copies it: either way
+    /// it is durable before `agent:end`, and a turn whose copy succeeds writes its object storage
+    /// once, after the copy, not also before it. The session is saved in that same write.
     pub(super) async fn copy_turn_end(&self, d: &D1Database, reply: Option<OutboxRow>) {
         self.closing.set(true);
         let extra = || {
@@ -1012,6 +1012,7 @@ impl Conversation {
                 StopReason::Aborted | StopReason::Error | StopReason::Truncated
             );
         let reply = store_it.then(|| OutboxRow {
+            // Numbered by the outbox only if it is kept there.
             n: 0,
             id: new_id(),
             role: "assistant".into(),
