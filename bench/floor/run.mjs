@@ -1,0 +1,127 @@
+// The runtime floor: the benchmark's C=10 phase against a minimal Durable Object (bench/floor/src/index.js) instead of the gateway, to show what wrangler dev itself costs for the same per-turn I/O.
+// Run: node bench/floor/run.mjs [--phases 12] [--conversations 10] [--sockets 2] [--deltas 50] [--delay 5]
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { freePort } from '../../tests/support/harness.mjs';
+import { preciseNow } from '../../tests/support/fake-upstream.mjs';
+import { summarize } from '../lib/stats.mjs';
+import { startUpstreamThread } from '../lib/upstream.mjs';
+import { sleep, stampsOf } from '../lib/util.mjs';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const WRANGLER = path.join(HERE, '..', '..', 'node_modules', '.bin', 'wrangler');
+
+const opts = { phases: 12, conversations: 10, sockets: 2, deltas: 50, delay: 5 };
+const argv = process.argv.slice(2);
+for (let i = 0; i < argv.length; i += 2) {
+  const key = argv[i].replace(/^--/, '');
+  if (!(key in opts) || !Number.isInteger(Number(argv[i + 1]))) throw new Error(`bad argument ${argv[i]} ${argv[i + 1] ?? ''}`);
+  opts[key] = Number(argv[i + 1]);
+}
+
+/** Opens a socket to conversation `id`; resolves once its manifest came. */
+async function open(port, id) {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/chat?conversationId=${id}`, { perMessageDeflate: false });
+  const s = { ws, firstTextAt: null, latencies: [] };
+  s.ended = new Promise((resolve) => {
+    ws.on('message', (data) => {
+      const t = preciseNow();
+      const frame = JSON.parse(data.toString());
+      if (frame.event === 'agent:text') {
+        s.firstTextAt ??= t;
+        for (const stamp of stampsOf(frame.data.text)) s.latencies.push(t - stamp);
+      } else if (frame.event === 'agent:end') {
+        resolve();
+      }
+    });
+  });
+  await new Promise((resolve, reject) => {
+    ws.once('message', resolve); // the manifest
+    ws.once('error', reject);
+  });
+  return s;
+}
+
+/** One phase: C conversations x S sockets, one stamped message each, all sent in one loop (as the benchmark does). */
+async function phase(port, upstream, label, { C, S, N, delay }) {
+  const convs = [];
+  for (let i = 0; i < C; i++) {
+    const id = `floor-${label}-${i}`;
+    const sockets = [];
+    for (let k = 0; k < S; k++) sockets.push(await open(port, id));
+    convs.push({ id, sockets });
+  }
+  await sleep(250);
+  for (const c of convs) {
+    c.sentAt = preciseNow();
+    c.sockets[0].ws.send(JSON.stringify({ event: 'message', data: { conversationId: c.id, content: `floor ${c.id} [[stamped deltas=${N} delay=${delay}]]` } }));
+  }
+  await Promise.all(convs.flatMap((c) => c.sockets.map((s) => s.ended)));
+  const ttfd = [];
+  const latencies = [];
+  for (const c of convs) {
+    const [rec] = await upstream.requestsFor(`floor ${c.id} `);
+    const firstStamp = stampsOf(rec.text)[0];
+    for (const s of c.sockets) {
+      ttfd.push(s.firstTextAt - c.sentAt - (firstStamp - rec.receivedAt));
+      latencies.push(...s.latencies);
+      s.ws.close();
+    }
+  }
+  return { ttfd: summarize(ttfd), latency: summarize(latencies) };
+}
+
+const upstream = await startUpstreamThread();
+const port = await freePort();
+const state = mkdtempSync(path.join(tmpdir(), 'runtime-floor-'));
+// Inspector proxy off, as the benchmark's budget mode.
+const wrangler = spawn(WRANGLER, ['dev', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(await freePort()), '--persist-to', state, '--show-interactive-dev-session=false', '--log-level', 'warn', '--var', `UPSTREAM:${upstream.url}`], {
+  cwd: HERE,
+  env: { ...process.env, VSCODE_INSPECTOR_OPTIONS: '{}' },
+  detached: true,
+  stdio: 'ignore',
+});
+const stop = () => {
+  try {
+    process.kill(-wrangler.pid, 'SIGTERM');
+  } catch {
+    // gone already
+  }
+};
+process.on('SIGINT', () => {
+  stop();
+  process.exit(130);
+});
+try {
+  for (let waited = 0; ; waited += 200) {
+    if (waited > 60_000) throw new Error('wrangler dev did not answer /health within 60 s');
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/health`)).status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    await sleep(200);
+  }
+  await phase(port, upstream, 'warmup', { C: 1, S: 1, N: 5, delay: 1 });
+  const C = opts.conversations;
+  const rows = [];
+  for (let p = 0; p < opts.phases; p++) rows.push(await phase(port, upstream, `p${p}`, { C, S: opts.sockets, N: opts.deltas, delay: opts.delay }));
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const range = (values) => `${Math.min(...values).toFixed(2)}-${Math.max(...values).toFixed(2)}`;
+  const ttfd = rows.map((r) => r.ttfd.p50);
+  const p50 = rows.map((r) => r.latency.p50);
+  const p99 = rows.map((r) => r.latency.p99);
+  process.stdout.write(
+    `runtime floor, ${opts.phases} phases of C=${C} x ${opts.sockets} sockets x ${opts.deltas} deltas (${opts.delay} ms apart), inspector proxy off; median (range) of the phases:\n` +
+      `  TTFD+ p50 ${median(ttfd).toFixed(2)} ms (${range(ttfd)})\n` +
+      `  added latency p50 ${median(p50).toFixed(2)} ms (${range(p50)}), p99 ${median(p99).toFixed(2)} ms (${range(p99)})\n`,
+  );
+} finally {
+  stop();
+  await upstream.close();
+  rmSync(state, { recursive: true, force: true });
+}
