@@ -219,7 +219,6 @@ impl Turn {
         self.step.output
     }
 
-    /// Feeds one decoded stream event; returns what to send to clients.
     /// Takes one stream event and adds what it emits to `emits`, merged into the last emit when
     /// both are text (or both thinking): deltas decoded together go out as one frame, so a
     /// gateway that fell behind catches up with fewer, larger frames instead of one per delta.
@@ -234,6 +233,7 @@ impl Turn {
         }
     }
 
+    /// Feeds one decoded stream event; returns what to send to clients.
     pub fn on_stream_event(&mut self, event: StreamEvent) -> Option<Emit> {
         if self.step.error.is_some() {
             return None; // nothing after an error counts
@@ -648,6 +648,8 @@ pub fn context_from_rows(rows: &[(String, String, Value)]) -> Vec<ChatMessage> {
 mod tests {
     use super::*;
 
+    use crate::llm::UpstreamErrorKind;
+
     #[test]
     fn deltas_taken_together_merge_by_kind_in_order() {
         let mut turn = Turn::default();
@@ -676,7 +678,6 @@ mod tests {
         );
         assert_eq!(turn.text, "Hello!");
     }
-    use crate::llm::UpstreamErrorKind;
 
     fn call(id: &str) -> ToolCall {
         ToolCall {

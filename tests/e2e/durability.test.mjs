@@ -96,6 +96,14 @@ async function messagesOf(token, conversationId) {
 
 const requestsExactly = (content) => up.requests.filter((r) => r.lastUserText === content);
 
+/** The conversation's messages in D1 once there are at least `count` (its history answers 404 until its first copy). */
+function eventuallyInD1(token, conversationId, count, { timeout, interval = 100, what }) {
+  return eventually(async () => {
+    const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+    return res.status === 200 && res.json.messages.length >= count ? res.json.messages : null;
+  }, { timeout, interval, what });
+}
+
 /** Opens a window in which D1 refuses copies of FAULT_MARKER replies; resolves with a function that closes it. */
 async function refuseD1Copies() {
   const name = uniq(FAULT_WINDOW);
@@ -193,10 +201,7 @@ describe('the conversation keeps the message, D1 gets a copy', () => {
     a.send('message', { conversationId, content });
     const ack = await a.next('message:ack');
     // Until the copy the conversation is not in D1 yet: its history answers 404.
-    const stored = await eventually(async () => {
-      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
-      return res.status === 200 && res.json.messages.length > 0 ? res.json.messages : null;
-    }, { timeout: 2000, interval: 50, what: 'the user message in D1 while the turn runs' });
+    const stored = await eventuallyInD1(token, conversationId, 1, { timeout: 2000, interval: 50, what: 'the user message in D1 while the turn runs' });
     assert.equal(a.events.some((f) => f.event === 'agent:end'), false, 'checked while the turn was still running');
     assert.deepEqual(stored.map((m) => [m.id, m.role, m.content]), [[ack.data.messageId, 'user', content]]);
     const stats = await gw.http('GET', '/admin/stats', { token: gw.adminToken });
@@ -246,10 +251,7 @@ describe('D1 refuses a turn\'s closing copy', () => {
     await sleep(1500);
     assert.equal(await replyInD1(), false, 'the first retry is refused too');
     await accept();
-    const stored = await eventually(async () => {
-      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
-      return res.status === 200 && res.json.messages.length >= 2 ? res.json.messages : null;
-    }, { timeout: 8000, interval: 100, what: 'message and reply copied by a retry' });
+    const stored = await eventuallyInD1(token, conversationId, 2, { timeout: 8000, interval: 100, what: 'message and reply copied by a retry' });
     assert.deepEqual(stored.map((m) => [m.role, m.content]), [['user', content], ['assistant', t.text]], 'each once, in order');
     assert.equal(stored[0].id, t.ack.data.messageId);
     await a.close();
@@ -275,10 +277,7 @@ describe('D1 refuses ten turns, then a turn ends with the backlog still waiting'
     const t = await turn(a, token, last);
     sent.push([last, t.text]);
     const want = sent.flatMap(([content, reply]) => [['user', content], ['assistant', reply]]);
-    const stored = await eventually(async () => {
-      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
-      return res.status === 200 && res.json.messages.length >= want.length ? res.json.messages : null;
-    }, { timeout: 10_000, interval: 100, what: 'the backlog and the last turn copied' });
+    const stored = await eventuallyInD1(token, conversationId, want.length, { timeout: 10_000, interval: 100, what: 'the backlog and the last turn copied' });
     assert.deepEqual(stored.map((m) => [m.role, m.content]), want, 'each message once, in the order it was sent');
     await a.close();
   });

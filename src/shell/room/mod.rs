@@ -376,13 +376,15 @@ impl DurableObject for Conversation {
         self.room.borrow_mut().log.prune(now_ms());
         // Messages a failed copy or a dead instance left: one copy takes a bounded number of
         // rows, so a backlog goes in several (a failure arms the next retry itself).
-        let mut copies = 0;
-        while self.outbox_waiting() && copies < 10 {
-            copies += 1;
+        if self.outbox_waiting() {
             let d = db::db(&self.env)?;
-            if let Err(e) = self.copy_to_d1(&d, true, false, None, Vec::new).await {
-                console_warn!("retrying the copy to D1: {e}");
-                break;
+            let mut copies = 0;
+            while copies < 10 && self.outbox_waiting() {
+                copies += 1;
+                if let Err(e) = self.copy_to_d1(&d, true, false, None, Vec::new).await {
+                    console_warn!("retrying the copy to D1: {e}");
+                    break;
+                }
             }
         }
         if any_sio {

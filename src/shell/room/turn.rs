@@ -652,23 +652,19 @@ impl Conversation {
         Ok(())
     }
 
-    /// Operator configuration (catalog rows, routing rules, agents), read together and reused for
-    /// `OPERATOR_CACHE_MS`; admin changes push an invalidation to live conversations at once.
-    pub(super) async fn operator(&self) -> Rc<Operator> {
-        self.operator_load().await
-    }
-
     /// Starts reading operator configuration now (a socket attached), so the first turn finds it.
     pub(super) fn prefetch_operator(&self) {
-        let load = self.operator_load();
+        let load = self.operator();
         wasm_bindgen_futures::spawn_local(async move {
             load.await;
         });
     }
 
-    /// The cached or in-flight read, or a new one. Concurrent callers share one D1 round trip; a
+    /// Operator configuration (catalog rows, routing rules, agents), read together and reused for
+    /// `OPERATOR_CACHE_MS`; admin changes push an invalidation to live conversations at once.
+    /// The cached or in-flight read, or a new one: concurrent callers share one D1 round trip; a
     /// failed read (built-in defaults) is not reused.
-    fn operator_load(&self) -> OperatorLoad {
+    pub(super) fn operator(&self) -> OperatorLoad {
         if let Some((started, load)) = self.operator.borrow().as_ref() {
             let failed = load.peek().is_some_and(|o| o.failed);
             if !failed && now_ms() - started < OPERATOR_CACHE_MS {
