@@ -1,5 +1,5 @@
 // Latency benchmark of the gateway under `wrangler dev`: start-up time, bundle size, and per-delta latency, time to first delta, throughput, losses and runtime memory at 1/10/100 conversations, with and without wrangler's inspector proxy.
-// Run: node bench/run.mjs [--conversations 1,10,100] [--sockets 2] [--deltas 50] [--delay 5] [--inspector on,off] [--timeout 60] [--max-seconds 285]
+// Run: node bench/run.mjs [--conversations 1,10,10,10,10,10,100] [--sockets 2] [--deltas 50] [--delay 5] [--inspector on,off] [--timeout 60] [--max-seconds 285]
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -12,7 +12,7 @@ import { ROOT, buildOnce } from '../tests/support/harness.mjs';
 import { MODES, startBenchGateway } from './lib/gateway.mjs';
 import { rigFloor, runPhase } from './lib/phase.mjs';
 import { sumCpuMs, sumRss } from './lib/proc.mjs';
-import { fmtMB, fmtMs, roundDeep, table } from './lib/stats.mjs';
+import { fmtMB, fmtMs, roundDeep, summarize, table } from './lib/stats.mjs';
 import { startUpstreamThread } from './lib/upstream.mjs';
 import { note, sleep } from './lib/util.mjs';
 
@@ -22,12 +22,13 @@ const say = (line = '') => process.stdout.write(`${line}\n`);
 // ---------------------------------------------------------------------------
 // Options
 
-const USAGE = `usage: node bench/run.mjs [--conversations 1,10,100] [--sockets 2] [--deltas 50] [--delay 5]
+const USAGE = `usage: node bench/run.mjs [--conversations 1,10,10,10,10,10,100] [--sockets 2] [--deltas 50] [--delay 5]
                          [--inspector on,off] [--timeout 60] [--max-seconds 285] [--out bench/results/latest.json]`;
 
 function parseArgs(argv) {
   const opts = {
-    conversations: [1, 10, 100],
+    // C=10 five times: the C=10 budgets are read from the five phases' samples together.
+    conversations: [1, 10, 10, 10, 10, 10, 100],
     sockets: 2,
     deltas: 50,
     delay: 5,
@@ -294,13 +295,17 @@ function checkBudgets(bundle, modes) {
   const add = (mode, name, measured, limit, ok) => budgets.push({ mode, name, measured, limit, verdict: measured === null || measured === undefined ? 'N/A' : ok ? 'PASS' : 'OVER' });
   for (const m of modes) {
     const mode = `inspector ${m.mode}`;
-    const c10 = (m.phases ?? []).find((p) => p.conversations === 10);
+    // Every C=10 phase's samples together: one phase is ten turn starts and a thousand deltas, whose
+    // percentiles move by milliseconds from one phase to the next on a shared 2-core machine.
+    const c10 = (m.phases ?? []).filter((p) => p.conversations === 10);
     const c100 = (m.phases ?? []).find((p) => p.conversations === 100);
-    const lat = c10?.addedLatencyMs;
-    add(mode, 'C=10 added latency p50', lat?.p50 === undefined ? null : `${ms(lat.p50)} ms`, '<= 1 ms', lat?.p50 <= 1);
-    add(mode, 'C=10 added latency p99', lat?.p99 === undefined ? null : `${ms(lat.p99)} ms`, '<= 5 ms', lat?.p99 <= 5);
-    const t = c10?.ttfdOverheadMs;
-    add(mode, 'C=10 TTFD overhead p50', t?.p50 === undefined ? null : `${ms(t.p50)} ms`, '<= 10 ms', t?.p50 <= 10);
+    const pooled = (key) => (c10.length ? summarize(c10.flatMap((p) => p.samples?.[key] ?? [])) : null);
+    const spread = (pick) => (c10.length > 1 ? ` (${c10.length} phases pooled; each ${ms(Math.min(...c10.map(pick)))}-${ms(Math.max(...c10.map(pick)))})` : '');
+    const lat = pooled('addedLatencyMs');
+    add(mode, 'C=10 added latency p50', lat?.p50 == null ? null : `${ms(lat.p50)} ms${spread((p) => p.addedLatencyMs.p50)}`, '<= 1 ms', lat?.p50 <= 1);
+    add(mode, 'C=10 added latency p99', lat?.p99 == null ? null : `${ms(lat.p99)} ms${spread((p) => p.addedLatencyMs.p99)}`, '<= 5 ms', lat?.p99 <= 5);
+    const t = pooled('ttfdOverheadMs');
+    add(mode, 'C=10 TTFD overhead p50', t?.p50 == null ? null : `${ms(t.p50)} ms${spread((p) => p.ttfdOverheadMs.p50)}`, '<= 10 ms', t?.p50 <= 10);
     add(
       mode,
       'C=100 nothing lost',

@@ -219,7 +219,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
   const upstreamDeltas = sent.reduce((n, c) => n + (c.upstream ? stampsOf(c.upstream.text).length : 0), 0);
   const idealStreamMs = (N - 1) * delay;
 
-  return {
+  const result = {
     label,
     conversations: C,
     socketsPerConversation: S,
@@ -289,6 +289,9 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
       topForeignProcesses: topForeign(before.procs, after.procs, ownPids),
     },
   };
+  // The raw samples, for budgets pooled over several phases of one size; kept out of the JSON.
+  Object.defineProperty(result, 'samples', { value: { addedLatencyMs: stampedLatencies.map(([, l]) => l), ttfdOverheadMs: ttfd }, enumerable: false });
+  return result;
 }
 
 // Rig floor: the same stamped streams read straight from the fake upstream (SSE over HTTP, no gateway),
