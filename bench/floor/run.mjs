@@ -22,6 +22,7 @@ for (let i = 0; i < argv.length; i += 2) {
   if (!(key in opts) || !Number.isInteger(Number(argv[i + 1]))) throw new Error(`bad argument ${argv[i]} ${argv[i + 1] ?? ''}`);
   opts[key] = Number(argv[i + 1]);
 }
+if (opts.phases < 1 || opts.conversations < 1 || opts.sockets < 1 || opts.deltas < 1) throw new Error('--phases, --conversations, --sockets and --deltas take 1 or more');
 
 /** Opens a socket to conversation `id`; resolves once its manifest came. */
 async function open(port, id) {

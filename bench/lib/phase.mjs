@@ -290,7 +290,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
     },
   };
   // The raw samples, for budgets pooled over several phases of one size; kept out of the JSON.
-  Object.defineProperty(result, 'samples', { value: { addedLatencyMs: stampedLatencies.map(([, l]) => l), ttfdOverheadMs: ttfd }, enumerable: false });
+  Object.defineProperty(result, 'samples', { value: { addedLatencyMs: stampedLatencies.map(([, l]) => l), ttfdOverheadMs: ttfd, sendToUpstreamRequestMs: preUpstream }, enumerable: false });
   return result;
 }
 
