@@ -219,6 +219,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
   const upstreamDeltas = sent.reduce((n, c) => n + (c.upstream ? stampsOf(c.upstream.text).length : 0), 0);
   const idealStreamMs = (N - 1) * delay;
 
+  const addedLatencies = stampedLatencies.map(([, l]) => l);
   const result = {
     label,
     conversations: C,
@@ -253,7 +254,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
       streamMs: summarize(upstreamStreamMs),
       idealStreamMs,
     },
-    addedLatencyMs: summarize(stampedLatencies.map(([, l]) => l)),
+    addedLatencyMs: summarize(addedLatencies),
     // Deltas the upstream sent once every conversation's stream had begun: the added latency
     // without the start-up burst (turn planning, first calls) of the phase.
     addedLatencySteadyMs: summarize(stampedLatencies.filter(([stamp]) => stamp > allStartedAt).map(([, l]) => l)),
@@ -290,7 +291,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
     },
   };
   // The raw samples, for budgets pooled over several phases of one size; kept out of the JSON.
-  Object.defineProperty(result, 'samples', { value: { addedLatencyMs: stampedLatencies.map(([, l]) => l), ttfdOverheadMs: ttfd, sendToUpstreamRequestMs: preUpstream }, enumerable: false });
+  Object.defineProperty(result, 'samples', { value: { addedLatencyMs: addedLatencies, ttfdOverheadMs: ttfd, sendToUpstreamRequestMs: preUpstream }, enumerable: false });
   return result;
 }
 

@@ -182,15 +182,25 @@ impl Conversation {
     }
 
     /// The live-registry statement, only when the row would change (a turn that never reached
-    /// D1_COPY_DELAY_MS never marked itself, so its end has nothing to write).
+    /// D1_COPY_DELAY_MS never marked itself, so its end has nothing to write). A statement that
+    /// cannot be built is left out and the row's state becomes unknown, so the next write goes.
     pub(super) fn live_change(
         &self,
         d: &D1Database,
         sockets: usize,
         turning: bool,
-    ) -> Option<Result<D1PreparedStatement>> {
-        (self.live_written.get() != Some((sockets, turning)))
-            .then(|| self.live_statement(d, sockets, turning))
+    ) -> Option<D1PreparedStatement> {
+        if self.live_written.get() == Some((sockets, turning)) {
+            return None;
+        }
+        match self.live_statement(d, sockets, turning) {
+            Ok(statement) => Some(statement),
+            Err(e) => {
+                self.live_unknown();
+                console_warn!("live registry: {e}");
+                None
+            }
+        }
     }
 
     /// The live-registry statement for `sockets` and whether a turn runs. The row is assumed

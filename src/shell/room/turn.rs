@@ -275,7 +275,6 @@ impl Conversation {
                 let live = || {
                     let running = !self.closing.get();
                     self.live_change(&d, self.socket_count(), running)
-                        .and_then(|s| s.ok())
                         .into_iter()
                         .collect()
                 };
@@ -447,9 +446,7 @@ impl Conversation {
         self.closing.set(true);
         let extra = || {
             let turning = !self.room.borrow().queue.is_empty();
-            let live = self
-                .live_change(d, self.socket_count(), turning)
-                .and_then(|s| s.ok());
+            let live = self.live_change(d, self.socket_count(), turning);
             self.session_mirror(d).into_iter().chain(live).collect()
         };
         // `mirrored`: the session mirror in the batch sets updated_at.
