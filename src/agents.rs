@@ -38,6 +38,13 @@ pub struct AgentConfig {
     pub thinking_level: Option<ThinkingLevel>,
     #[serde(default)]
     pub tools: Vec<HttpTool>,
+    /// Users who may run this agent, besides everyone when it is public.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// Whether every user may run it. Unset: public unless a tool carries a secret or `users`
+    /// names who may (an agent that holds the operator's secrets is private until said otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
 }
 
 impl AgentConfig {
@@ -50,6 +57,14 @@ impl AgentConfig {
         }
         if self.system_prompt.len() > 100_000 {
             return Err("systemPrompt is longer than 100000 bytes".into());
+        }
+        if self.users.len() > 1000 {
+            return Err("at most 1000 users".into());
+        }
+        if let Some(bad) = self.users.iter().find(|u| !crate::auth::valid_user_id(u)) {
+            return Err(format!(
+                "users: \"{bad}\" is not a user id (1 to 128 printable characters without spaces)"
+            ));
         }
         if self.tools.len() > 64 {
             return Err("at most 64 tools".into());
@@ -91,6 +106,38 @@ impl AgentConfig {
     pub fn tool(&self, name: &str) -> Option<&HttpTool> {
         self.tools.iter().find(|t| t.name == name)
     }
+
+    /// Whether `user` may run this agent.
+    pub fn allows(&self, user: &str) -> bool {
+        if self.users.iter().any(|u| u == user) {
+            return true;
+        }
+        self.public.unwrap_or_else(|| {
+            self.users.is_empty() && !self.tools.iter().any(|t| t.secret.is_some())
+        })
+    }
+}
+
+/// The agent named `name` (by name or row id) that `user` may run; one the user may not run is
+/// not found, so its existence is not revealed.
+pub fn find_for<'a>(
+    agents: &'a [(String, AgentConfig)],
+    name: &str,
+    user: &str,
+) -> Option<&'a AgentConfig> {
+    agents
+        .iter()
+        .find(|(id, a)| (a.name == name || id == name) && a.allows(user))
+        .map(|(_, a)| a)
+}
+
+/// The names of the agents `user` may run, for a listing.
+pub fn names_for<'a>(agents: &'a [(String, AgentConfig)], user: &str) -> Vec<&'a str> {
+    agents
+        .iter()
+        .filter(|(_, a)| a.allows(user))
+        .map(|(_, a)| a.name.as_str())
+        .collect()
 }
 
 fn valid_name(s: &str) -> bool {
@@ -119,6 +166,41 @@ mod tests {
         assert_eq!(a.thinking_level, Some(ThinkingLevel::Low));
         assert_eq!(a.tool_specs()[0].name, "add");
         assert!(a.tool("add").is_some());
+    }
+
+    #[test]
+    fn who_may_run_an_agent() {
+        let open = agent(serde_json::json!({"name": "open"}));
+        assert!(open.allows("anyone"));
+        let secret = agent(serde_json::json!({"name": "ops", "tools": [
+            {"name": "t", "url": "http://x/", "secret": "s3cret"}]}));
+        assert!(
+            !secret.allows("anyone"),
+            "a tool with a secret makes it private"
+        );
+        let listed = agent(
+            serde_json::json!({"name": "ops", "users": ["ann"], "tools": [
+            {"name": "t", "url": "http://x/", "secret": "s3cret"}]}),
+        );
+        assert!(listed.allows("ann"));
+        assert!(!listed.allows("bob"));
+        let only = agent(serde_json::json!({"name": "mine", "users": ["ann"]}));
+        assert!(!only.allows("bob"), "a users list alone makes it private");
+        let public = agent(serde_json::json!({"name": "pub", "public": true, "tools": [
+            {"name": "t", "url": "http://x/", "secret": "s3cret"}]}));
+        assert!(public.allows("bob"));
+        let closed = agent(serde_json::json!({"name": "closed", "public": false}));
+        assert!(!closed.allows("bob"));
+        let agents = vec![
+            ("a1".to_string(), open),
+            ("a2".to_string(), listed),
+            ("a3".to_string(), closed),
+        ];
+        assert_eq!(names_for(&agents, "bob"), vec!["open"]);
+        assert_eq!(names_for(&agents, "ann"), vec!["open", "ops"]);
+        assert!(find_for(&agents, "ops", "bob").is_none());
+        assert!(find_for(&agents, "a2", "ann").is_some());
+        assert!(find_for(&agents, "closed", "bob").is_none());
     }
 
     #[test]

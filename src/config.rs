@@ -29,7 +29,8 @@ pub struct Config {
     pub upstream_stall_ms: u64,
     /// Retries of a retryable failure before the first byte, per candidate.
     pub upstream_retries: u32,
-    /// Messages a user may send per minute on one conversation.
+    /// Events that change a conversation (messages, commands, `set:thinking`) a user may send per
+    /// minute, across all of that user's conversations.
     pub rate_limit_per_minute: u32,
     /// Messages waiting behind a running turn.
     pub max_queued_messages: usize,
@@ -45,6 +46,8 @@ pub struct Config {
     /// How long a running turn keeps its user message in the conversation's storage before
     /// copying it to D1 (a turn that ends sooner copies it with the reply, in one batch).
     pub d1_copy_delay_ms: u64,
+    /// How long a socket.io connection may stay open without authenticating.
+    pub connect_timeout_ms: u64,
 }
 
 /// A variable that is present but unusable.
@@ -187,6 +190,7 @@ impl Config {
             tool_timeout_ms: number(&var, "TOOL_TIMEOUT_MS", 30_000, 100, 600_000)?,
             max_output_tokens: number(&var, "MAX_OUTPUT_TOKENS", 4_096, 1, 1_000_000)? as u32,
             d1_copy_delay_ms: number(&var, "D1_COPY_DELAY_MS", 1_000, 0, 60_000)?,
+            connect_timeout_ms: number(&var, "CONNECT_TIMEOUT_MS", 10_000, 100, 60_000)?,
         })
     }
 
@@ -201,6 +205,13 @@ impl Config {
             None => true,
             Some(list) => list.iter().any(|o| o == origin.trim_end_matches('/')),
         }
+    }
+
+    /// Whether an origin is named in `ALLOWED_ORIGINS` (a `*` names none).
+    pub fn origin_listed(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|o| o == origin.trim_end_matches('/')))
     }
 }
 

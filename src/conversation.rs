@@ -562,28 +562,6 @@ impl StreamLog {
     }
 }
 
-/// A sliding one-minute window of message times for one user.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    times: HashMap<String, VecDeque<i64>>,
-}
-
-impl RateLimiter {
-    /// Admits a message at `now_ms`, or says how many ms until one is admitted.
-    pub fn admit(&mut self, user: &str, now_ms: i64, per_minute: u32) -> Result<(), i64> {
-        let q = self.times.entry(user.to_string()).or_default();
-        while q.front().is_some_and(|t| now_ms - t >= 60_000) {
-            q.pop_front();
-        }
-        if q.len() >= per_minute as usize {
-            let oldest = q.front().copied().unwrap_or(now_ms);
-            return Err(60_000 - (now_ms - oldest));
-        }
-        q.push_back(now_ms);
-        Ok(())
-    }
-}
-
 /// Remembers which `clientMessageId`s were accepted and their message ids (bounded, oldest forgotten first).
 #[derive(Debug, Default)]
 pub struct SeenMessages {
@@ -791,16 +769,6 @@ mod tests {
         let log = StreamLog::new(100, 1000, 1 << 20);
         assert_eq!(log.after(99).unwrap().count(), 0);
         assert_eq!(log.after(50).err(), Some(ReplayGap { oldest: 100 }));
-    }
-
-    #[test]
-    fn rate_limit_is_a_sliding_minute() {
-        let mut r = RateLimiter::default();
-        assert!(r.admit("u", 0, 2).is_ok());
-        assert!(r.admit("u", 1000, 2).is_ok());
-        assert_eq!(r.admit("u", 2000, 2), Err(58_000));
-        assert!(r.admit("other", 2000, 2).is_ok());
-        assert!(r.admit("u", 60_000, 2).is_ok());
     }
 
     #[test]

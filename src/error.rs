@@ -14,6 +14,8 @@ pub enum ApiError {
     /// A feature that needs configuration the operator did not give.
     Unavailable(String),
     Internal(String),
+    /// The gateway's own storage failed before anything was decided: try again (503, code `internal`).
+    InternalRetry(String),
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             ApiError::UpgradeRequired => 426,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
+            ApiError::InternalRetry(_) => 503,
         }
     }
 
@@ -45,7 +48,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::Internal(_) | ApiError::InternalRetry(_) => "internal",
         }
     }
 
@@ -59,7 +62,8 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::PayloadTooLarge(m)
             | ApiError::Unavailable(m)
-            | ApiError::Internal(m) => m,
+            | ApiError::Internal(m)
+            | ApiError::InternalRetry(m) => m,
             ApiError::MethodNotAllowed => "method not allowed on this route",
             ApiError::UpgradeRequired => {
                 "this route needs a WebSocket upgrade (Upgrade: websocket)"
@@ -95,5 +99,7 @@ mod tests {
         );
         assert_eq!(ApiError::UpgradeRequired.status(), 426);
         assert_eq!(ApiError::Unavailable("no ADMIN_TOKEN".into()).status(), 503);
+        let e = ApiError::InternalRetry("try again".into());
+        assert_eq!((e.status(), e.code()), (503, "internal"));
     }
 }

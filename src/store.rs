@@ -129,7 +129,7 @@ pub mod sql {
     /// ?1 token_hash, ?2 user_id, ?3 name, ?4 created_at, ?5 expires_at
     pub const INSERT_TOKEN: &str = "INSERT INTO api_tokens (token_hash, user_id, name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)";
     /// ?1 name or hash, ?2 now
-    pub const REVOKE_TOKEN: &str = "UPDATE api_tokens SET revoked_at = ?2 WHERE (name = ?1 OR token_hash = ?1) AND revoked_at IS NULL";
+    pub const REVOKE_TOKEN: &str = "UPDATE api_tokens SET revoked_at = ?2 WHERE (name = ?1 OR token_hash = ?1) AND revoked_at IS NULL RETURNING token_hash";
     /// Every token, newest first.
     pub const LIST_TOKENS: &str = "SELECT token_hash, user_id, name, created_at, expires_at, revoked_at FROM api_tokens ORDER BY created_at DESC";
 

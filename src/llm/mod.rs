@@ -2,6 +2,7 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod redact;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     RateLimited,
     QueueFull,
     ProviderNotConfigured,
+    /// An agent that does not exist or that this user may not run (the two look the same).
+    UnknownAgent,
     ToolError,
     Unauthorized,
     Internal,
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ProviderNotConfigured => "provider_not_configured",
+            ErrorCode::UnknownAgent => "unknown_agent",
             ErrorCode::ToolError => "tool_error",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",

@@ -37,12 +37,9 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
         ));
     }
     let path = req.path();
-    let parts: Vec<String> = path
-        .trim_end_matches('/')
-        .split('/')
-        .skip(2)
-        .map(|s| s.to_string())
-        .collect();
+    // Decoded once, so a token named "alice laptop" is revoked at /admin/tokens/alice%20laptop.
+    let parts = crate::http::path_segments(&path, 1)
+        .map_err(|_| ApiError::BadRequest("the path is not valid percent-encoded UTF-8".into()))?;
     let parts: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
     let method = req.method();
     let db = db::db(env).map_err(|e| internal("database binding", e))?;
@@ -52,7 +49,7 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
     let result = match (method, parts.as_slice()) {
         (Method::Post, ["tokens"]) => mint_token(body(&mut req).await?, &db).await,
         (Method::Get, ["tokens"]) => list_tokens(&db).await,
-        (Method::Delete, ["tokens", key]) => revoke_token(key, &db).await,
+        (Method::Delete, ["tokens", key]) => revoke_token(key, env, &db).await,
         (Method::Post, ["reload"]) => reload(body_or_empty(&mut req).await?, env, &db).await,
         (Method::Get, ["stats"]) => stats(&db).await,
         (Method::Put, ["conversations", id, "model"]) => {
@@ -211,16 +208,25 @@ async fn list_tokens(db: &worker::D1Database) -> ApiResult {
     ok(json!({ "tokens": tokens }))
 }
 
-async fn revoke_token(key: &str, db: &worker::D1Database) -> ApiResult {
-    let changed = db::run(db, sql::REVOKE_TOKEN, &[db::text(key), db::num(now_ms())])
+/// Revokes a token by name or hash, then closes every open socket it authenticated: a socket
+/// holds its token's hash, and every live conversation is asked to shut the ones that match.
+async fn revoke_token(key: &str, env: &Env, db: &worker::D1Database) -> ApiResult {
+    #[derive(Deserialize)]
+    struct Revoked {
+        token_hash: String,
+    }
+    let revoked: Vec<Revoked> = db::all(db, sql::REVOKE_TOKEN, &[db::text(key), db::num(now_ms())])
         .await
         .map_err(|e| internal("revoke token", e))?;
-    if changed == 0 {
+    if revoked.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no active token named or hashed \"{key}\""
         )));
     }
-    ok(json!({ "revoked": key }))
+    let hashes: Vec<&str> = revoked.iter().map(|r| r.token_hash.as_str()).collect();
+    let body = json!({ "tokens": hashes }).to_string();
+    let (_, sockets, failed) = fan_out(env, db, "revoke", Some(body)).await?;
+    ok(json!({ "revoked": key, "socketsClosed": sockets, "failed": failed }))
 }
 
 async fn reload(body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {

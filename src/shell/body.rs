@@ -169,3 +169,61 @@ impl Drop for BodyReader {
         }
     }
 }
+
+/// A body read up to a bound: at most `limit` bytes are kept, and reading stops (the rest is
+/// cancelled, closing the connection) as soon as the bound is passed, so an endless or huge
+/// answer costs `limit` bytes of memory.
+pub struct Bounded {
+    pub bytes: Vec<u8>,
+    /// More bytes followed than were kept.
+    pub truncated: bool,
+}
+
+/// Reads `resp`'s body up to `limit` bytes.
+pub async fn read_bounded(resp: &mut worker::Response, limit: usize) -> Result<Bounded, String> {
+    use futures::StreamExt;
+    let mut bytes = Vec::new();
+    let mut reader = match resp.body() {
+        worker::ResponseBody::Stream(stream) => BodyReader::new(stream.as_ref()),
+        worker::ResponseBody::Body(b) => {
+            let truncated = b.len() > limit;
+            bytes.extend_from_slice(&b[..b.len().min(limit)]);
+            return Ok(Bounded { bytes, truncated });
+        }
+        worker::ResponseBody::Empty => {
+            return Ok(Bounded {
+                bytes,
+                truncated: false,
+            })
+        }
+    };
+    while let Some(chunk) = reader.next().await {
+        let chunk = chunk?;
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            // Dropping the reader cancels the rest of the body.
+            return Ok(Bounded {
+                bytes,
+                truncated: true,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bounded {
+        bytes,
+        truncated: false,
+    })
+}
+
+/// Bytes as text, cutting a character split by a bound.
+pub fn lossy_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(e) if e.error_len().is_none() => {
+            // Only the last character is incomplete: the bound cut it.
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}

@@ -50,8 +50,17 @@ pub async fn first<T: for<'de> Deserialize<'de>>(
     db.prepare(query).bind(params)?.first::<T>(None).await
 }
 
-/// The user a token belongs to, when it is valid at `now`.
-pub async fn user_for_token(db: &D1Database, token: &str, now: i64) -> Result<Option<String>> {
+/// What a valid token grants: whose it is, and what identifies it for revocation and expiry.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub user: String,
+    /// The token's SHA-256, as stored; the handle a revocation names it by.
+    pub hash: String,
+    pub expires_at: Option<i64>,
+}
+
+/// What a token grants, when it is valid at `now`.
+pub async fn token_grant(db: &D1Database, token: &str, now: i64) -> Result<Option<TokenGrant>> {
     let hash = crate::auth::token_hash(token);
     let row: Option<TokenRow> = first(db, sql::TOKEN_BY_HASH, &[text(&hash)]).await?;
     Ok(row
@@ -62,7 +71,11 @@ pub async fn user_for_token(db: &D1Database, token: &str, now: i64) -> Result<Op
                 now,
             )
         })
-        .map(|r| r.user_id))
+        .map(|r| TokenGrant {
+            user: r.user_id,
+            hash: r.token_hash,
+            expires_at: r.expires_at.map(|e| e as i64),
+        }))
 }
 
 #[derive(Deserialize)]

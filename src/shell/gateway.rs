@@ -1,9 +1,11 @@
 //! The stateless Worker: authenticates, checks origins and ownership, and hands each socket to its conversation's object.
 
+use super::db::TokenGrant;
 use super::{db, error_response, json_response, new_id, now_ms};
 use crate::auth;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::{self, CredentialSource};
 use crate::protocol::{sio, valid_id};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
 
@@ -12,6 +14,10 @@ pub const H_USER: &str = "x-gateway-user";
 pub const H_FRAMING: &str = "x-gateway-framing";
 pub const H_CONVERSATION: &str = "x-gateway-conversation";
 pub const H_LAST_SEQ: &str = "x-gateway-last-seq";
+/// The SHA-256 of the token that authenticated the socket, so a revocation can find it.
+pub const H_TOKEN: &str = "x-gateway-token";
+/// When that token expires (ms since the epoch).
+pub const H_TOKEN_EXPIRES: &str = "x-gateway-token-expires";
 
 /// Dispatches one request.
 pub async fn route(
@@ -73,8 +79,11 @@ fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The token a request presents: `Authorization: Bearer`, the `token` cookie, or `?token=`.
-fn presented_token(req: &Request, query: &[(String, String)]) -> Option<String> {
+/// The token a request presents, and how: `Authorization: Bearer`, `?token=`, or the `token` cookie.
+fn presented_token(
+    req: &Request,
+    query: &[(String, String)],
+) -> Option<(String, CredentialSource)> {
     let headers = req.headers();
     if let Some(t) = headers
         .get("authorization")
@@ -83,47 +92,50 @@ fn presented_token(req: &Request, query: &[(String, String)]) -> Option<String> 
         .as_deref()
         .and_then(auth::bearer)
     {
-        return Some(t.to_string());
+        return Some((t.to_string(), CredentialSource::Explicit));
     }
-    if let Some(t) = headers
+    if let Some(t) = query_get(query, "token").filter(|t| !t.is_empty()) {
+        return Some((t.to_string(), CredentialSource::Explicit));
+    }
+    headers
         .get("cookie")
         .ok()
         .flatten()
         .as_deref()
         .and_then(|c| auth::cookie(c, "token").map(str::to_string))
-    {
-        return Some(t);
-    }
-    query_get(query, "token")
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
+        .map(|t| (t, CredentialSource::Ambient))
 }
 
-/// The authenticated user of a request, or 401.
-async fn authenticate(
-    req: &Request,
-    env: &Env,
-    query: &[(String, String)],
-) -> std::result::Result<String, ApiError> {
-    let token = presented_token(req, query).ok_or_else(|| {
-        ApiError::Unauthorized(
-            "missing token: send Authorization: Bearer <token> or ?token=".into(),
-        )
-    })?;
-    let db = db::db(env).map_err(|e| super::internal("database binding", e))?;
-    db::user_for_token(&db, &token, now_ms())
+/// What the request's token grants, or 401; a database failure is a 503, never the client's fault.
+async fn authenticate(env: &Env, token: &str) -> std::result::Result<TokenGrant, ApiError> {
+    let db = db::db(env).map_err(|e| unavailable("database binding", e))?;
+    db::token_grant(&db, token, now_ms())
         .await
-        .map_err(|e| super::internal("token lookup", e))?
+        .map_err(|e| unavailable("token lookup", e))?
         .ok_or_else(|| ApiError::Unauthorized("invalid, expired or revoked token".into()))
 }
 
-fn check_origin(req: &Request, config: &Config) -> std::result::Result<(), ApiError> {
-    match req.headers().get("origin").ok().flatten() {
-        Some(origin) if !config.origin_allowed(&origin) => Err(ApiError::Forbidden(format!(
-            "origin {origin} is not in ALLOWED_ORIGINS"
-        ))),
-        _ => Ok(()),
-    }
+/// The refusal for a request whose credential is missing.
+fn missing_token() -> ApiError {
+    ApiError::Unauthorized("missing token: send Authorization: Bearer <token> or ?token=".into())
+}
+
+/// A storage failure before anything was decided: logged in full, answered with a generic 503.
+fn unavailable(context: &str, e: impl std::fmt::Display) -> ApiError {
+    worker::console_error!("{context}: {e}");
+    ApiError::InternalRetry("the gateway could not complete the request; try again".into())
+}
+
+/// Refuses a browser origin that may not make this request with this kind of credential.
+fn check_origin(
+    req: &Request,
+    config: &Config,
+    source: Option<CredentialSource>,
+) -> std::result::Result<(), ApiError> {
+    let origin = req.headers().get("origin").ok().flatten();
+    let own = req.url().ok().and_then(|u| http::origin_of(u.as_str()));
+    http::check_origin(origin.as_deref(), own.as_deref(), config, source)
+        .map_err(|refusal| ApiError::Forbidden(refusal.message()))
 }
 
 fn require_upgrade(req: &Request) -> std::result::Result<(), ApiError> {
@@ -156,8 +168,10 @@ async fn chat_upgrade(
 ) -> std::result::Result<Response, ApiError> {
     let query = query_pairs(&req);
     require_upgrade(&req)?;
-    check_origin(&req, config)?;
-    let user = authenticate(&req, env, &query).await?;
+    let presented = presented_token(&req, &query);
+    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
+    let (token, _) = presented.ok_or_else(missing_token)?;
+    let grant = authenticate(env, &token).await?;
     let conversation = conversation_param(&query)?;
     let last_seq = match query_get(&query, "lastSeq") {
         None | Some("") => None,
@@ -166,8 +180,8 @@ async fn chat_upgrade(
                 .map_err(|_| ApiError::BadRequest("lastSeq must be a whole number".into()))?,
         ),
     };
-    check_owner(env, &conversation, &user).await?;
-    forward(req, env, &conversation, "json", Some(&user), last_seq).await
+    check_owner(env, &conversation, &grant.user).await?;
+    forward(req, env, &conversation, "json", Some(&grant), last_seq).await
 }
 
 async fn socketio_upgrade(
@@ -178,31 +192,34 @@ async fn socketio_upgrade(
     let query = query_pairs(&req);
     sio::check_handshake_query(&query).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     require_upgrade(&req)?;
-    check_origin(&req, config)?;
+    let presented = presented_token(&req, &query);
+    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
     let conversation = conversation_param(&query)?;
-    // socket.io clients usually send their token in the CONNECT packet, after the upgrade, where
-    // the object checks it; a token on the upgrade itself (header, cookie, ?token=) is checked now.
-    let user = match presented_token(&req, &query) {
-        Some(_) => {
-            let user = authenticate(&req, env, &query).await?;
-            check_owner(env, &conversation, &user).await?;
-            Some(user)
+    // socket.io clients usually send their token in the CONNECT packet, after the upgrade; such a
+    // socket waits in the object unauthenticated, touching none of its storage, until CONNECT
+    // proves who it is. A token on the upgrade itself (header, cookie, ?token=) is checked now.
+    let grant = match presented {
+        Some((token, _)) => {
+            let grant = authenticate(env, &token).await?;
+            check_owner(env, &conversation, &grant.user).await?;
+            Some(grant)
         }
         None => None,
     };
-    forward(req, env, &conversation, "sio", user.as_deref(), None).await
+    forward(req, env, &conversation, "sio", grant.as_ref(), None).await
 }
 
-/// Refuses a conversation that exists and belongs to someone else.
+/// Refuses a conversation that exists in D1 and belongs to someone else (the object decides
+/// new conversations atomically; this spares it a wake-up for a known refusal).
 async fn check_owner(
     env: &Env,
     conversation: &str,
     user: &str,
 ) -> std::result::Result<(), ApiError> {
-    let db = db::db(env).map_err(|e| super::internal("database binding", e))?;
+    let db = db::db(env).map_err(|e| unavailable("database binding", e))?;
     match db::conversation_owner(&db, conversation)
         .await
-        .map_err(|e| super::internal("owner lookup", e))?
+        .map_err(|e| unavailable("owner lookup", e))?
     {
         Some(owner) if owner != user => Err(ApiError::Forbidden(
             "this conversation belongs to another user".into(),
@@ -216,7 +233,7 @@ async fn forward(
     env: &Env,
     conversation: &str,
     framing: &str,
-    user: Option<&str>,
+    grant: Option<&TokenGrant>,
     last_seq: Option<u64>,
 ) -> std::result::Result<Response, ApiError> {
     let headers = Headers::new();
@@ -228,8 +245,12 @@ async fn forward(
     let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| super::internal("headers", e));
     set(H_FRAMING, framing)?;
     set(H_CONVERSATION, conversation)?;
-    if let Some(u) = user {
-        set(H_USER, u)?;
+    if let Some(g) = grant {
+        set(H_USER, &g.user)?;
+        set(H_TOKEN, &g.hash)?;
+        if let Some(at) = g.expires_at {
+            set(H_TOKEN_EXPIRES, &at.to_string())?;
+        }
     }
     if let Some(s) = last_seq {
         set(H_LAST_SEQ, &s.to_string())?;
@@ -256,13 +277,17 @@ pub fn conversation_stub(
 
 async fn api(req: Request, env: &Env, config: &Config) -> std::result::Result<Response, ApiError> {
     let query = query_pairs(&req);
-    check_origin(&req, config)?;
+    let presented = presented_token(&req, &query);
+    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
     if req.method() != Method::Get {
         return Err(ApiError::MethodNotAllowed);
     }
-    let user = authenticate(&req, env, &query).await?;
+    let (token, _) = presented.ok_or_else(missing_token)?;
+    let user = authenticate(env, &token).await?.user;
     let path = req.path();
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+    let segments = http::path_segments(&path, 1)
+        .map_err(|_| ApiError::BadRequest("the path is not valid percent-encoded UTF-8".into()))?;
+    let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
     let db = db::db(env).map_err(|e| super::internal("database binding", e))?;
     match parts.as_slice() {
         ["conversations"] => {
@@ -270,6 +295,7 @@ async fn api(req: Request, env: &Env, config: &Config) -> std::result::Result<Re
             json_response(200, &serde_json::json!({ "conversations": rows }))
         }
         ["conversations", id, "messages"] => {
+            let id = *id;
             // Another user's conversation and a missing one look the same: 404.
             match db::conversation_owner(&db, id).await.map_err(|e| super::internal("owner lookup", e))? {
                 Some(owner) if owner == user => {}

@@ -4,6 +4,7 @@ mod admin;
 mod body;
 mod db;
 mod gateway;
+pub(crate) mod limiter;
 mod room;
 mod tools;
 mod upstream;

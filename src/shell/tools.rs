@@ -1,11 +1,12 @@
 //! Runs an HTTP tool: POST the arguments as JSON, bounded by a timeout and the turn's abort signal.
 
+use super::body::{lossy_text, read_bounded};
 use crate::agents::HttpTool;
 use futures::future::{select, Either};
 use std::time::Duration;
 use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-/// Largest tool result handed to the model; more is cut with a marker.
+/// Largest tool result read and handed to the model; reading stops there, with a marker.
 const MAX_RESULT_BYTES: usize = 256 * 1024;
 
 /// The tool's answer as text, and whether it is an error the model should see as one.
@@ -40,10 +41,13 @@ pub async fn run(
         Err(e) => return (format!("tool {}: bad request: {e}", tool.name), true),
     };
     let call = async {
-        let mut resp = Fetch::Request(req).send_with_signal(signal).await?;
+        let mut resp = Fetch::Request(req)
+            .send_with_signal(signal)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = resp.status_code();
-        let text = resp.text().await?;
-        Ok::<_, worker::Error>((status, text))
+        let body = read_bounded(&mut resp, MAX_RESULT_BYTES).await?;
+        Ok::<_, String>((status, body))
     };
     match select(
         Box::pin(call),
@@ -51,8 +55,14 @@ pub async fn run(
     )
     .await
     {
-        Either::Left((Ok((status, text)), _)) => {
-            let text = cut(text);
+        Either::Left((Ok((status, body)), _)) => {
+            let mut text = lossy_text(&body.bytes);
+            if body.truncated {
+                text.push_str(&format!(
+                    "\n[truncated by the gateway: the first {} bytes of a longer answer]",
+                    body.bytes.len()
+                ));
+            }
             if (200..300).contains(&status) {
                 (text, false)
             } else {
@@ -68,19 +78,4 @@ pub async fn run(
             true,
         ),
     }
-}
-
-fn cut(mut text: String) -> String {
-    if text.len() > MAX_RESULT_BYTES {
-        let mut end = MAX_RESULT_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let total = text.len();
-        text.truncate(end);
-        text.push_str(&format!(
-            "\n[truncated by the gateway: {end} of {total} bytes]"
-        ));
-    }
-    text
 }

@@ -1,6 +1,6 @@
 //! One streaming model call: fetch with an abort signal, SSE decoding as bytes arrive, stall detection; plus the built-in echo provider.
 
-use super::body::BodyReader;
+use super::body::{lossy_text, read_bounded, BodyReader};
 use crate::config::ProviderConfig;
 use crate::llm::sse::{SseDecoder, SseEvent};
 use crate::llm::{
@@ -13,6 +13,9 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit, ResponseBody};
+
+/// Bytes of a provider's error answer read before it is classified.
+const MAX_ERROR_BODY_BYTES: usize = 256 * 1024;
 
 /// A model call in progress: yields decoded stream events until it ends.
 pub enum ModelStream {
@@ -79,14 +82,22 @@ pub async fn open(
     let status = resp.status_code();
     if !(200..300).contains(&status) {
         let retry_after = resp.headers().get("retry-after").ok().flatten();
-        let body = resp.text().await.unwrap_or_default();
+        // An error body is read only so far: a provider (or a proxy) answering an endless body
+        // must not cost the conversation its memory.
+        let body = read_bounded(&mut resp, MAX_ERROR_BODY_BYTES)
+            .await
+            .map(|b| lossy_text(&b.bytes))
+            .unwrap_or_default();
         let mut e = match provider.kind {
             ProviderKind::Anthropic => {
                 anthropic::classify_error(status, retry_after.as_deref(), &body)
             }
             _ => openai::classify_error(status, retry_after.as_deref(), &body),
         };
-        e.message = format!("{} answered {status}: {}", provider.name, e.message);
+        // The provider's own words may name the key, the account or the organisation: the full
+        // text goes to the log, the client gets the class, the status and a masked excerpt.
+        worker::console_warn!("{} answered {status}: {}", provider.name, e.message);
+        e.message = crate::llm::redact::public_message(provider.name, &e);
         return Err(e);
     }
     let body = match resp.body() {

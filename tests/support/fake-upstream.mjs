@@ -151,7 +151,9 @@ function buildPlan({ provider, body, lastUserText, toolResults, directives, stri
   const d = Object.fromEntries(directives.map((x) => [x.name, x.params]));
   if (d.reset) return { failure: { kind: 'reset' } };
   if (d.context) return { failure: { kind: 'status', code: 400, context: true } };
-  if (d.status) return { failure: { kind: 'status', code: int(d.status.code, 500), retryAfter: d.status.retry_after } };
+  if (d.status) {
+    return { failure: { kind: 'status', code: int(d.status.code, 500), retryAfter: d.status.retry_after, message: d.status.message, endless: d.status.endless === '1' } };
+  }
   if (d.flaky && flakyCount <= int(d.flaky.times, 1)) {
     return { failure: { kind: 'status', code: int(d.flaky.code, 503), retryAfter: d.flaky.retry_after } };
   }
@@ -565,7 +567,25 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
     if (plan.failure?.kind === 'status') {
       const headers = plan.failure.retryAfter !== undefined ? { 'retry-after': String(plan.failure.retryAfter) } : {};
       if (provider === 'anthropic') headers['request-id'] = `req_fake${plan.failure.code}`;
-      return sendJson(plan.failure.code, errorBody(provider, plan.failure.code, { context: plan.failure.context }), headers);
+      if (plan.failure.endless) {
+        // An error answer that never ends: a JSON prefix, then filler until the client hangs up.
+        rec.sent.status = plan.failure.code;
+        rec.endlessBytes = 0;
+        res.writeHead(plan.failure.code, { 'content-type': 'application/json', ...headers });
+        const chunk = Buffer.alloc(64 * 1024, 'x');
+        res.write('{"error":{"message":"');
+        const pump = () => {
+          while (!res.destroyed && res.write(chunk)) rec.endlessBytes += chunk.length;
+          if (!res.destroyed) res.once('drain', pump);
+        };
+        res.on('close', () => {
+          rec.finishedAt = preciseNow();
+          notify();
+        });
+        pump();
+        return;
+      }
+      return sendJson(plan.failure.code, errorBody(provider, plan.failure.code, { context: plan.failure.context, message: plan.failure.message }), headers);
     }
 
     rec.sent.finishReason = plan.finish;

@@ -18,6 +18,7 @@ const sleep = (ms, signal) =>
  * - `add`: `{a, b}` → `{sum}` (400 when either is not a number);
  * - `slow`: waits `ms` (default 1000) then answers `{waited}`; the record says whether the client went away first;
  * - `fail`: always 500 `{error}`;
+ * - `endless`: 200 with a body that never ends, until the client hangs up;
  * - `secret`: 401 unless `authorization: Bearer <secret>`, then `{ok: true}`.
  */
 export async function startToolServer({ secret = 'test-tool-secret' } = {}) {
@@ -89,6 +90,19 @@ export async function startToolServer({ secret = 'test-tool-secret' } = {}) {
       }
       case 'fail':
         return answer(500, { error: 'the fail tool always fails' });
+      case 'endless': {
+        // An answer that never ends: 64 KiB chunks until the client hangs up (bytesSent counts them).
+        call.status = 200;
+        call.bytesSent = 0;
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        const chunk = Buffer.alloc(64 * 1024, 'y');
+        const pump = () => {
+          while (!res.destroyed && res.write(chunk)) call.bytesSent += chunk.length;
+          if (!res.destroyed) res.once('drain', pump);
+        };
+        pump();
+        return;
+      }
       case 'secret':
         if (req.headers.authorization !== `Bearer ${secret}`) return answer(401, { error: 'missing or wrong bearer token' });
         return answer(200, { ok: true });

@@ -10,9 +10,7 @@ use crate::agents::AgentConfig;
 use crate::catalog::{self, Catalog};
 use crate::commands::{self, Command};
 use crate::config::{Config, ProviderConfig};
-use crate::conversation::{
-    self, Emit, RateLimiter, SessionState, StepOutcome, StopReason, StreamLog, Turn,
-};
+use crate::conversation::{self, Emit, SessionState, StepOutcome, StopReason, StreamLog, Turn};
 use crate::llm::{
     CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
 };
@@ -55,6 +53,62 @@ struct SocketMeta {
     sid: String,
     /// socket.io recovery id.
     pid: String,
+    /// The conversation an unauthenticated socket.io socket asked for: the object's storage is
+    /// not touched (not even to record its id) until CONNECT proves who the socket is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    conversation: String,
+    /// SHA-256 of the token that authenticated the socket: a revocation closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// When that token expires (ms since the epoch): the socket is closed then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<i64>,
+    /// Closed by the gateway (revoked or expired): whatever it still sends is ignored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    shut: bool,
+}
+
+/// Why a user may not use this conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimError {
+    /// It belongs to someone else: the client's fault.
+    Forbidden,
+    /// The owner could not be read: the gateway's fault, worth a retry; the detail is only logged.
+    Internal,
+}
+
+impl ClaimError {
+    fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        console_error!("{context}: {e}");
+        ClaimError::Internal
+    }
+
+    /// The reason given to the client.
+    fn message(self) -> String {
+        match self {
+            ClaimError::Forbidden => FORBIDDEN.into(),
+            ClaimError::Internal => {
+                "internal: the gateway could not check who owns this conversation; try again".into()
+            }
+        }
+    }
+
+    /// The error code of an `error` event.
+    fn code(self) -> ErrorCode {
+        match self {
+            ClaimError::Forbidden => ErrorCode::Unauthorized,
+            ClaimError::Internal => ErrorCode::Internal,
+        }
+    }
+
+    /// The refusal of an upgrade: 403, or 503 when the gateway itself failed.
+    fn http_response(self) -> Result<Response> {
+        let (status, code) = match self {
+            ClaimError::Forbidden => (403, "forbidden"),
+            ClaimError::Internal => (503, "internal"),
+        };
+        crate::shell::json_response(status, &json!({ "error": self.message(), "code": code }))
+    }
 }
 
 /// A message waiting for the running turn to end.
@@ -82,7 +136,6 @@ struct Room {
     /// The clientMessageId of the message whose turn runs, until it is stored and in `seen`.
     in_flight: Option<String>,
     queue: VecDeque<Pending>,
-    rate: RateLimiter,
     sockets: Option<Vec<(WebSocket, SocketMeta)>>,
 }
 
@@ -153,6 +206,9 @@ pub struct Conversation {
     live_written: Cell<Option<(usize, bool)>>,
     abort: RefCell<Option<AbortController>>,
     aborted: Cell<bool>,
+    /// Held from reading a conversation's owner to recording it, so two users racing for a new
+    /// conversation cannot both claim it.
+    claim_lock: futures::lock::Mutex<()>,
 }
 
 impl DurableObject for Conversation {
@@ -181,7 +237,6 @@ impl DurableObject for Conversation {
                 turn_running: false,
                 in_flight: None,
                 queue: VecDeque::new(),
-                rate: RateLimiter::default(),
                 sockets: None,
             }),
             operator: RefCell::new(None),
@@ -192,6 +247,7 @@ impl DurableObject for Conversation {
             live_written: Cell::new(None),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
+            claim_lock: futures::lock::Mutex::new(()),
         }
     }
 
@@ -200,10 +256,25 @@ impl DurableObject for Conversation {
             .headers()
             .get(super::gateway::H_CONVERSATION)?
             .unwrap_or_default();
-        self.load(Some(&conversation)).await?;
         let config = self.config()?;
-        match req.path().as_str() {
+        let path = req.path();
+        if path == "/connect" && req.headers().get(super::gateway::H_USER)?.is_none() {
+            // A socket.io socket that authenticates in its CONNECT packet: held without loading.
+            return self.attach_unauthenticated(&conversation, &config).await;
+        }
+        self.load(Some(&conversation)).await?;
+        match path.as_str() {
             "/connect" => self.attach(&req, &config).await,
+            "/revoke" => {
+                let body: Value = req.json().await.unwrap_or(Value::Null);
+                let hashes: Vec<String> = body
+                    .get("tokens")
+                    .and_then(|t| serde_json::from_value(t.clone()).ok())
+                    .unwrap_or_default();
+                let closed = self
+                    .shut_sockets(|meta| meta.token.as_ref().is_some_and(|t| hashes.contains(t)));
+                super::json_response(200, &json!({ "sockets": closed, "failed": 0 }))
+            }
             "/reload" => {
                 let body: Value = req.json().await.unwrap_or(Value::Null);
                 self.reload(body).await
@@ -233,9 +304,26 @@ impl DurableObject for Conversation {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        self.load(None).await?;
         let config = self.config()?;
         let meta: SocketMeta = ws.deserialize_attachment()?.unwrap_or_default();
+        if meta.shut {
+            return Ok(());
+        }
+        if meta.sio && meta.user.is_none() {
+            // Not authenticated yet: only the handshake is served, and nothing is loaded or stored.
+            if let WebSocketIncomingMessage::String(text) = &message {
+                self.unauthenticated_packet(&ws, meta, text, &config)
+                    .await?;
+            } else {
+                let _ = ws.close(Some(1003), Some("binary packets are not supported"));
+            }
+            return Ok(());
+        }
+        self.load(None).await?;
+        if meta.expires.is_some_and(|at| at <= now_ms()) {
+            self.shut_socket(&ws, &meta, "unauthorized: the token has expired");
+            return Ok(());
+        }
         let limits = Limits {
             max_content_bytes: config.max_message_bytes,
         };
@@ -285,7 +373,7 @@ impl DurableObject for Conversation {
                 let _ = ws.close(Some(1000), Some("closed by client"));
             }
             Ok(sio::Inbound::Connect { nsp, auth }) => {
-                self.sio_connect(&ws, meta, &nsp, auth).await?
+                self.sio_connect(&ws, meta, &nsp, auth, &config).await?
             }
             Ok(sio::Inbound::Disconnect { .. }) => {
                 let mut meta = meta;
@@ -365,6 +453,7 @@ impl DurableObject for Conversation {
     async fn alarm(&self) -> Result<Response> {
         self.load(None).await?;
         let config = self.config()?;
+        let next_expiry = self.shut_expired(now_ms());
         let sockets = self.sockets();
         let mut any_sio = false;
         for (ws, meta) in &sockets {
@@ -390,6 +479,7 @@ impl DurableObject for Conversation {
         if any_sio {
             self.arm_alarm_within(config.sio_ping_interval_ms).await;
         }
+        self.arm_expiry(next_expiry).await;
         Response::ok("ok")
     }
 }

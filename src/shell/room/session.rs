@@ -104,7 +104,12 @@ impl Conversation {
         Ok(info)
     }
 
-    pub(super) async fn execute_command(&self, command: &str, args: Option<&Value>) -> Value {
+    pub(super) async fn execute_command(
+        &self,
+        command: &str,
+        args: Option<&Value>,
+        user: &str,
+    ) -> Value {
         let id = self.room.borrow().id.clone();
         let parsed = match commands::parse(command, args) {
             Ok(c) => c,
@@ -177,9 +182,8 @@ impl Conversation {
             }
             Command::SetAgent(name) => {
                 let operator = self.operator().await;
-                let found = &operator.agents;
-                match found.iter().find(|(aid, a)| a.name == name || *aid == name) {
-                    Some((_, a)) => {
+                match crate::agents::find_for(&operator.agents, &name, user) {
+                    Some(a) => {
                         self.room.borrow_mut().session.agent = Some(a.name.clone());
                         self.save_session().await;
                         self.broadcast("session:info", self.session_info(&operator.catalog));
@@ -189,19 +193,11 @@ impl Conversation {
                             json!({ "agentName": a.name }),
                         )
                     }
-                    None => {
-                        let names: Vec<&str> = found.iter().map(|(_, a)| a.name.as_str()).collect();
-                        let list = if names.is_empty() {
-                            "none are configured".to_string()
-                        } else {
-                            names.join(", ")
-                        };
-                        (
-                            false,
-                            format!("Unknown agent \"{name}\". Available: {list}"),
-                            Value::Null,
-                        )
-                    }
+                    None => (
+                        false,
+                        super::turn::unknown_agent_message(&name, &operator.agents, user),
+                        json!({ "code": ErrorCode::UnknownAgent.as_str() }),
+                    ),
                 }
             }
             Command::ClearAgent => {

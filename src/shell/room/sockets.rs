@@ -35,9 +35,15 @@ impl Conversation {
         self.room.borrow().sockets.clone().unwrap_or_default()
     }
 
+    /// Authenticated sockets: what the live registry counts (a socket.io socket that has not
+    /// authenticated yet is nobody's and costs the registry nothing).
     pub(super) fn socket_count(&self) -> usize {
         self.ensure_sockets();
-        self.room.borrow().sockets.as_ref().map_or(0, |l| l.len())
+        self.room
+            .borrow()
+            .sockets
+            .as_ref()
+            .map_or(0, |l| l.iter().filter(|(_, m)| m.user.is_some()).count())
     }
 
     pub(super) fn set_meta(&self, ws: &WebSocket, meta: &SocketMeta) -> Result<()> {
@@ -54,14 +60,16 @@ impl Conversation {
 
     pub(super) async fn forget_socket(&self, ws: &WebSocket) {
         self.ensure_sockets();
-        let remaining = {
+        let was_counted = {
             let mut room = self.room.borrow_mut();
-            if let Some(list) = room.sockets.as_mut() {
-                list.retain(|(w, _)| !same(w, ws));
-            }
-            room.sockets.as_ref().map(|l| l.len()).unwrap_or(0)
+            let list = room.sockets.get_or_insert_with(Vec::new);
+            let counted = list.iter().any(|(w, m)| same(w, ws) && m.user.is_some());
+            list.retain(|(w, _)| !same(w, ws));
+            counted
         };
-        self.update_live(remaining).await;
+        if was_counted {
+            self.update_live(self.socket_count()).await;
+        }
     }
 
     /// Keeps this conversation's row in the live registry in step with its sockets and turn.
@@ -194,23 +202,23 @@ impl Conversation {
     // ---- connecting ----------------------------------------------------------------------
 
     pub(super) async fn attach(&self, req: &Request, config: &Config) -> Result<Response> {
-        let framing = req
-            .headers()
+        let headers = req.headers();
+        let framing = headers
             .get(crate::shell::gateway::H_FRAMING)?
             .unwrap_or_default();
-        let user = req.headers().get(crate::shell::gateway::H_USER)?;
-        let last_seq: Option<u64> = req
-            .headers()
+        let user = headers.get(crate::shell::gateway::H_USER)?;
+        let token = headers.get(crate::shell::gateway::H_TOKEN)?;
+        let expires: Option<i64> = headers
+            .get(crate::shell::gateway::H_TOKEN_EXPIRES)?
+            .and_then(|s| s.parse().ok());
+        let last_seq: Option<u64> = headers
             .get(crate::shell::gateway::H_LAST_SEQ)?
             .and_then(|s| s.parse().ok());
         // The first authenticated user claims the conversation before any socket of it opens, so
         // nobody else can attach, listen or send commands before its first message is stored.
         if let Some(user) = &user {
-            if let Err(message) = self.claim(user).await {
-                return crate::shell::json_response(
-                    403,
-                    &json!({ "error": message, "code": "forbidden" }),
-                );
+            if let Err(e) = self.claim(user).await {
+                return e.http_response();
             }
         }
         // A conversation that was idle may have missed configuration changes pushed to live ones.
@@ -221,7 +229,65 @@ impl Conversation {
         self.prefetch_operator();
         let pair = WebSocketPair::new()?;
         let ws = pair.server;
-        self.state.accept_web_socket(&ws);
+        self.accept(&ws);
+        let mut meta = SocketMeta {
+            user: user.clone(),
+            sio: framing == "sio",
+            connected: framing != "sio",
+            token,
+            expires,
+            ..SocketMeta::default()
+        };
+        if meta.sio {
+            meta.sid = new_id();
+            self.set_meta(&ws, &meta)?;
+            self.send_open(&ws, &meta, config);
+            self.arm_alarm_within(config.sio_ping_interval_ms).await;
+        } else {
+            self.set_meta(&ws, &meta)?;
+            self.greet(&ws, &meta, last_seq);
+        }
+        self.arm_expiry(expires).await;
+        let count = self.socket_count();
+        self.update_live(count).await;
+        Response::from_websocket(pair.client)
+    }
+
+    /// Holds a socket.io socket that will authenticate in its CONNECT packet. Until it does it
+    /// touches none of the conversation's storage, no live-registry row and no alarm, and it is
+    /// closed when `CONNECT_TIMEOUT_MS` passes without a successful CONNECT.
+    pub(super) async fn attach_unauthenticated(
+        &self,
+        conversation: &str,
+        config: &Config,
+    ) -> Result<Response> {
+        let pair = WebSocketPair::new()?;
+        let ws = pair.server;
+        self.accept(&ws);
+        let meta = SocketMeta {
+            sio: true,
+            sid: new_id(),
+            conversation: conversation.to_string(),
+            ..SocketMeta::default()
+        };
+        self.set_meta(&ws, &meta)?;
+        self.send_open(&ws, &meta, config);
+        let timeout = config.connect_timeout_ms;
+        let socket = ws.clone();
+        // A timer, not an alarm: an alarm is storage, and this socket may never be anybody's.
+        wasm_bindgen_futures::spawn_local(async move {
+            Delay::from(Duration::from_millis(timeout)).await;
+            let meta: Option<SocketMeta> = socket.deserialize_attachment().ok().flatten();
+            if meta.is_some_and(|m| m.user.is_none() && !m.shut) {
+                let _ = socket.close(Some(1008), Some("authenticate with CONNECT first"));
+            }
+        });
+        Response::from_websocket(pair.client)
+    }
+
+    /// Accepts a socket for hibernation.
+    fn accept(&self, ws: &WebSocket) {
+        self.state.accept_web_socket(ws);
         // JSON clients' keepalives are answered by the runtime, so an idle socket never wakes the object.
         // (socket.io pongs arrive right after the alarm's ping, while the object is awake anyway.)
         if let Ok(keepalive) =
@@ -229,39 +295,113 @@ impl Conversation {
         {
             self.state.set_websocket_auto_response(&keepalive);
         }
-        if framing == "sio" {
-            let meta = SocketMeta {
-                user: user.clone(),
-                sio: true,
-                connected: false,
-                sid: new_id(),
-                pid: String::new(),
-            };
-            self.set_meta(&ws, &meta)?;
-            let max_payload = protocol::max_frame_bytes(&Limits {
-                max_content_bytes: config.max_message_bytes,
-            }) as u64;
-            let _ = ws.send_with_str(sio::open_packet(
-                &meta.sid,
-                config.sio_ping_interval_ms,
-                config.sio_ping_timeout_ms,
-                max_payload,
-            ));
-            self.arm_alarm_within(config.sio_ping_interval_ms).await;
-        } else {
-            let meta = SocketMeta {
-                user: user.clone(),
-                sio: false,
-                connected: true,
-                sid: String::new(),
-                pid: String::new(),
-            };
-            self.set_meta(&ws, &meta)?;
-            self.greet(&ws, &meta, last_seq);
+    }
+
+    /// The Engine.IO OPEN packet.
+    fn send_open(&self, ws: &WebSocket, meta: &SocketMeta, config: &Config) {
+        let max_payload = protocol::max_frame_bytes(&Limits {
+            max_content_bytes: config.max_message_bytes,
+        }) as u64;
+        let _ = ws.send_with_str(sio::open_packet(
+            &meta.sid,
+            config.sio_ping_interval_ms,
+            config.sio_ping_timeout_ms,
+            max_payload,
+        ));
+    }
+
+    /// Makes sure the alarm fires when a socket's token expires.
+    pub(super) async fn arm_expiry(&self, expires: Option<i64>) {
+        if let Some(at) = expires {
+            self.arm_alarm_within((at - now_ms()).max(0) as u64).await;
         }
-        let count = self.socket_count();
-        self.update_live(count).await;
-        Response::from_websocket(pair.client)
+    }
+
+    /// Serves a packet of a socket.io socket that has not authenticated: the Engine.IO
+    /// heartbeat, a close, and CONNECT; anything else is refused without loading the object.
+    pub(super) async fn unauthenticated_packet(
+        &self,
+        ws: &WebSocket,
+        meta: SocketMeta,
+        text: &str,
+        config: &Config,
+    ) -> Result<()> {
+        match sio::decode(text) {
+            Ok(sio::Inbound::Ping) => {
+                let _ = ws.send_with_str("3");
+            }
+            Ok(sio::Inbound::Close) => {
+                let _ = ws.close(Some(1000), Some("closed by client"));
+            }
+            Ok(sio::Inbound::Connect { nsp, auth }) => {
+                self.sio_connect(ws, meta, &nsp, auth, config).await?
+            }
+            Ok(sio::Inbound::Event { nsp, .. }) => {
+                let _ = ws.send_with_str(sio::connect_error(
+                    &nsp,
+                    "connect to the /chat namespace first",
+                    None,
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reason: String = e.to_string().chars().take(120).collect();
+                let _ = ws.close(Some(1008), Some(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the sockets `which` picks, telling each it is no longer authorized; returns how many.
+    pub(super) fn shut_sockets(&self, which: impl Fn(&SocketMeta) -> bool) -> usize {
+        let chosen: Vec<(WebSocket, SocketMeta)> = self
+            .sockets()
+            .into_iter()
+            .filter(|(_, m)| !m.shut && which(m))
+            .collect();
+        for (ws, meta) in &chosen {
+            self.shut_socket(ws, meta, "unauthorized: the token was revoked");
+        }
+        chosen.len()
+    }
+
+    /// Tells a socket it is no longer authorized and closes it; it is forgotten at once, and
+    /// whatever it sent meanwhile is ignored (its attachment says so).
+    pub(super) fn shut_socket(&self, ws: &WebSocket, meta: &SocketMeta, message: &str) {
+        self.send_error(ws, meta, ErrorCode::Unauthorized, message);
+        if meta.sio && meta.connected {
+            let _ = ws.send_with_str(sio::disconnect(NSP));
+        }
+        let shut = SocketMeta {
+            user: None,
+            connected: false,
+            shut: true,
+            ..meta.clone()
+        };
+        let _ = ws.serialize_attachment(&shut);
+        if let Some(list) = self.room.borrow_mut().sockets.as_mut() {
+            list.retain(|(w, _)| !same(w, ws));
+        }
+        let _ = ws.close(Some(1008), Some("unauthorized"));
+        // The registry row follows at the socket's close event (or the next write).
+        self.live_unknown();
+    }
+
+    /// Closes the sockets whose token has expired; returns the earliest expiry still ahead.
+    pub(super) fn shut_expired(&self, now: i64) -> Option<i64> {
+        self.shut_sockets_expired(now);
+        self.sockets().iter().filter_map(|(_, m)| m.expires).min()
+    }
+
+    fn shut_sockets_expired(&self, now: i64) {
+        let expired: Vec<(WebSocket, SocketMeta)> = self
+            .sockets()
+            .into_iter()
+            .filter(|(_, m)| m.expires.is_some_and(|at| at <= now))
+            .collect();
+        for (ws, meta) in &expired {
+            self.shut_socket(ws, meta, "unauthorized: the token has expired");
+        }
     }
 
     /// On connect: the manifest, then what a resuming client missed.
@@ -304,29 +444,37 @@ impl Conversation {
         mut meta: SocketMeta,
         nsp: &str,
         auth: Option<Value>,
+        config: &Config,
     ) -> Result<()> {
         if nsp != NSP {
             let _ = ws.send_with_str(sio::connect_error(nsp, "Invalid namespace", None));
             return Ok(());
         }
-        let user = match (sio::connect_auth_token(&auth), meta.user.clone()) {
-            (Some(token), _) => match self.user_for_token(token).await {
-                Ok(user) => user,
+        let was_counted = meta.user.is_some();
+        if let Some(token) = sio::connect_auth_token(&auth) {
+            match self.token_grant(token).await {
+                Ok(grant) => {
+                    meta.user = Some(grant.user);
+                    meta.token = Some(grant.hash);
+                    meta.expires = grant.expires_at;
+                }
                 Err(message) => {
                     let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
                     return Ok(());
                 }
-            },
-            // Authenticated by the Worker from the upgrade request.
-            (None, Some(user)) => user,
-            (None, None) => {
-                let message = "unauthorized: pass auth: { token } to io()";
-                let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
-                return Ok(());
             }
+        }
+        let Some(user) = meta.user.clone() else {
+            let message = "unauthorized: pass auth: { token } to io()";
+            let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
+            return Ok(());
         };
-        if let Err(message) = self.claim(&user).await {
-            let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
+        if !meta.conversation.is_empty() {
+            // Authenticated at last: the conversation's storage may be read and written now.
+            self.load(Some(&meta.conversation)).await?;
+        }
+        if let Err(e) = self.claim(&user).await {
+            let _ = ws.send_with_str(sio::connect_error(NSP, &e.message(), None));
             return Ok(());
         }
         // A pid longer than the ones the gateway issues is not ours (and would not fit the attachment).
@@ -336,7 +484,7 @@ impl Conversation {
         let recovered = recovery
             .as_ref()
             .is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
-        meta.user = Some(user);
+        meta.conversation.clear();
         meta.connected = true;
         meta.pid = match (&recovery, recovered) {
             (Some((pid, _)), true) => pid.clone(),
@@ -350,25 +498,36 @@ impl Conversation {
                 let _ = ws.send_with_str(frame);
             }
         }
+        if !was_counted {
+            self.prefetch_operator();
+            self.arm_alarm_within(config.sio_ping_interval_ms).await;
+            self.update_live(self.socket_count()).await;
+        }
+        self.arm_expiry(meta.expires).await;
         Ok(())
     }
 
-    /// The user of a CONNECT token, or the reason to refuse it.
-    async fn user_for_token(&self, token: &str) -> std::result::Result<String, &'static str> {
-        let d =
-            db::db(&self.env).map_err(|_| "the gateway could not check the token; try again")?;
-        match db::user_for_token(&d, token, now_ms()).await {
-            Ok(Some(user)) => Ok(user),
+    /// What a CONNECT token grants, or the reason to refuse it.
+    async fn token_grant(&self, token: &str) -> std::result::Result<db::TokenGrant, &'static str> {
+        const UNCHECKED: &str = "internal: the gateway could not check the token; try again";
+        let d = db::db(&self.env).map_err(|_| UNCHECKED)?;
+        match db::token_grant(&d, token, now_ms()).await {
+            Ok(Some(grant)) => Ok(grant),
             Ok(None) => Err("unauthorized: invalid, expired or revoked token"),
             Err(e) => {
                 console_error!("token lookup: {e}");
-                Err("the gateway could not check the token; try again")
+                Err(UNCHECKED)
             }
         }
     }
 
     /// Makes `user` the owner of a conversation that has none yet; refuses anyone else.
-    pub(super) async fn claim(&self, user: &str) -> std::result::Result<(), String> {
+    ///
+    /// Atomic within the object (the only place a conversation is decided): the lock is held
+    /// from reading the owner to recording it, so of two users racing for a new conversation
+    /// exactly one gets it.
+    pub(super) async fn claim(&self, user: &str) -> std::result::Result<(), ClaimError> {
+        let _claiming = self.claim_lock.lock().await;
         self.check_owner(user).await?;
         if self.room.borrow().owner.is_none() {
             self.room.borrow_mut().owner = Some(user.to_string());
@@ -378,7 +537,7 @@ impl Conversation {
     }
 
     /// Refuses a user who does not own this conversation.
-    pub(super) async fn check_owner(&self, user: &str) -> std::result::Result<(), String> {
+    pub(super) async fn check_owner(&self, user: &str) -> std::result::Result<(), ClaimError> {
         let (id, owner) = {
             let room = self.room.borrow();
             (room.id.clone(), room.owner.clone())
@@ -386,14 +545,15 @@ impl Conversation {
         let owner = match owner {
             Some(o) => Some(o),
             None => {
-                let d = db::db(&self.env).map_err(|e| e.to_string())?;
+                let d =
+                    db::db(&self.env).map_err(|e| ClaimError::internal("database binding", e))?;
                 db::conversation_owner(&d, &id)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| ClaimError::internal("owner lookup", e))?
             }
         };
         match owner {
-            Some(o) if o != user => Err(FORBIDDEN.into()),
+            Some(o) if o != user => Err(ClaimError::Forbidden),
             _ => Ok(()),
         }
     }

@@ -27,6 +27,24 @@ impl Conversation {
             self.send_error(ws, meta, ErrorCode::Unauthorized, "not authenticated");
             return;
         };
+        // Everything that changes the conversation counts against the user's limit; abort and
+        // ping do not, so a limited user can still stop a turn and keep the socket alive.
+        if matches!(
+            event,
+            ClientEvent::Message(_)
+                | ClientEvent::SetThinking { .. }
+                | ClientEvent::CommandExecute { .. }
+        ) {
+            let limit = config.rate_limit_per_minute;
+            if let Err(wait) = crate::shell::limiter::admit(&self.env, &user, limit).await {
+                let msg = format!(
+                    "rate limit of {limit} messages, commands and settings per minute reached; retry in {} s",
+                    (wait + 999) / 1000
+                );
+                self.refuse(ws, meta, ack, ErrorCode::RateLimited, &msg);
+                return;
+            }
+        }
         match event {
             ClientEvent::Message(message) => {
                 self.on_message(ws, meta, &user, message, ack, config).await
@@ -51,7 +69,7 @@ impl Conversation {
                 let _ = ws.send_with_str(protocol::KEEPALIVE_PONG);
             }
             ClientEvent::CommandExecute { command, args, .. } => {
-                let result = self.execute_command(&command, args.as_ref()).await;
+                let result = self.execute_command(&command, args.as_ref(), &user).await;
                 let event = OutEvent::unsequenced("command:result", result.to_string());
                 self.send_to(ws, meta, &event);
                 Self::send_ack(ws, ack, &event.data);
@@ -75,20 +93,15 @@ impl Conversation {
         ack: Option<u64>,
         config: &Config,
     ) {
-        // Bound first: a guard in the `if let` scrutinee would live through the block below.
-        let admitted =
-            self.room
-                .borrow_mut()
-                .rate
-                .admit(user, now_ms(), config.rate_limit_per_minute);
-        if let Err(wait) = admitted {
-            let msg = format!(
-                "rate limit of {} messages per minute reached; retry in {} s",
-                config.rate_limit_per_minute,
-                (wait + 999) / 1000
-            );
-            self.refuse(ws, meta, ack, ErrorCode::RateLimited, &msg);
-            return;
+        if let Some(name) = &message.agent_id {
+            // Checked before anything is stored: an agent this user may not run is refused as if
+            // it did not exist, and the listing names only the agents the user may run.
+            let operator = self.operator().await;
+            if crate::agents::find_for(&operator.agents, name, user).is_none() {
+                let msg = unknown_agent_message(name, &operator.agents, user);
+                self.refuse(ws, meta, ack, ErrorCode::UnknownAgent, &msg);
+                return;
+            }
         }
         if let Some(client_id) = &message.client_message_id {
             if let Some(message_id) = self.seen_message(client_id) {
@@ -226,9 +239,9 @@ impl Conversation {
         };
         // Claimed when its first socket attached; an instance that lost the owner asks D1 again.
         self.room.borrow_mut().in_flight = message.client_message_id.clone();
-        if let Err(msg) = self.claim(&user).await {
+        if let Err(e) = self.claim(&user).await {
             self.room.borrow_mut().in_flight = None;
-            self.send_error(&ws, &meta, ErrorCode::Unauthorized, &msg);
+            self.send_error(&ws, &meta, e.code(), &e.message());
             return;
         }
         let known_history = self.room.borrow().stored_any;
@@ -513,13 +526,10 @@ impl Conversation {
             self.room.borrow_mut().session.agent = Some(agent.clone());
         }
         let agent_name = self.room.borrow().session.agent.clone();
-        let agent: Option<AgentConfig> = agent_name.as_ref().and_then(|n| {
-            operator
-                .agents
-                .iter()
-                .find(|(aid, a)| &a.name == n || aid == n)
-                .map(|(_, a)| a.clone())
-        });
+        // Checked again at every turn: an agent made private since it was chosen stops here.
+        let agent: Option<AgentConfig> = agent_name
+            .as_ref()
+            .and_then(|n| crate::agents::find_for(&operator.agents, n, user).cloned());
         if agent_name.is_some() && agent.is_none() {
             self.room.borrow_mut().session.agent = None;
         }
@@ -777,7 +787,15 @@ impl Conversation {
                                 let mut room = self.room.borrow_mut();
                                 room.session.use_model(&next.provider, &next.model);
                                 room.session.routing_decision = Some(RoutingDecision {
-                                    reason: format!("fallover: {}", error.message),
+                                    // The class and status only: provider text stays in the log.
+                                    reason: format!(
+                                        "fallover: {} {} {}",
+                                        target.provider,
+                                        error.kind.code(),
+                                        error.status.map(|s| s.to_string()).unwrap_or_default()
+                                    )
+                                    .trim_end()
+                                    .to_string(),
                                     ..next
                                 });
                             }
@@ -802,7 +820,7 @@ impl Conversation {
                         protocol::error_payload(
                             Some(s.id),
                             ErrorCode::Upstream(error.kind.code()),
-                            &error.message,
+                            &crate::llm::redact::redact(&error.message),
                         ),
                     );
                     break (stop, Some(error));
@@ -1025,10 +1043,26 @@ impl Conversation {
         self.copy_turn_end(d, reply).await;
         let mut end = json!({ "conversationId": id, "usage": usage, "stopReason": stop.as_str() });
         if let Some(e) = error {
-            end["error"] = json!({ "code": e.kind.code(), "message": e.message });
+            end["error"] =
+                json!({ "code": e.kind.code(), "message": crate::llm::redact::redact(&e.message) });
         }
         self.broadcast("agent:end", end.to_string());
         self.aborted.set(false);
         // The sequence number is saved once the queue drains (on_message), for every way a turn ends.
     }
+}
+
+/// The refusal of an agent that does not exist or that `user` may not run (the two read the same).
+pub(super) fn unknown_agent_message(
+    name: &str,
+    agents: &[(String, AgentConfig)],
+    user: &str,
+) -> String {
+    let names = crate::agents::names_for(agents, user);
+    let list = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    format!("Unknown agent \"{name}\". Available: {list}")
 }
