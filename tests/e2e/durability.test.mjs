@@ -808,7 +808,7 @@ describe('malformed frames', () => {
 });
 
 describe('rate limit', () => {
-  test(`more than RATE_LIMIT_PER_MINUTE (${RATE_LIMIT}) messages from a user → error rate_limited, nothing stored or sent`, async () => {
+  test(`more than RATE_LIMIT_PER_MINUTE (${RATE_LIMIT}) messages from a user → error rate_limited, nothing stored or sent, commands limited too`, async () => {
     const { token } = await user('rate');
     const conversationId = randomUUID();
     const client = await openJson({ token, conversationId });
@@ -828,9 +828,11 @@ describe('rate limit', () => {
     const stored = await messagesOf(token, conversationId);
     assert.equal(stored.length, 2 * RATE_LIMIT);
     assert.ok(!stored.some((m) => m.content === over));
-    // The socket stays open and answers commands.
+    // Commands count against the same limit; the socket stays open, and abort (never limited) is answered.
     client.send('command:execute', { conversationId, command: '/status' });
-    assert.equal((await client.next('command:result')).data.success, true);
+    assert.equal((await client.next('error')).data.code, 'rate_limited');
+    client.send('abort', { conversationId });
+    assert.equal((await client.next('error')).data.code, 'no_active_turn');
     await client.close();
   });
 });

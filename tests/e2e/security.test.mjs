@@ -87,6 +87,7 @@ function rawSio(g, conversationId, { headers = {} } = {}) {
     ws.once('error', reject);
   });
   socket.closing = socket.opened.then(() => closeFrameAt(ws)).then((at) => (socket.closingAt = at));
+  socket.closing.catch(() => {}); // a refused upgrade is asserted through `opened`
   socket.closed = new Promise((resolve) =>
     ws.once('close', (code) => {
       socket.closedAt = Date.now();
