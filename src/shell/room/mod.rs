@@ -433,21 +433,17 @@ impl DurableObject for Conversation {
         _reason: String,
         _was_clean: bool,
     ) -> Result<()> {
-        self.load(None).await?;
         // Reciprocate; reserved codes cannot be sent back.
         let code = match code {
             1005 | 1006 | 1015 => 1000,
             c => c as u16,
         };
         let _ = ws.close(Some(code), Some("closing"));
-        self.forget_socket(&ws).await;
-        Ok(())
+        self.socket_gone(&ws).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
-        self.load(None).await?;
-        self.forget_socket(&ws).await;
-        Ok(())
+        self.socket_gone(&ws).await
     }
 
     async fn alarm(&self) -> Result<Response> {

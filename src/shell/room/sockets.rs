@@ -60,16 +60,32 @@ impl Conversation {
 
     pub(super) async fn forget_socket(&self, ws: &WebSocket) {
         self.ensure_sockets();
-        let was_counted = {
-            let mut room = self.room.borrow_mut();
-            let list = room.sockets.get_or_insert_with(Vec::new);
-            let counted = list.iter().any(|(w, m)| same(w, ws) && m.user.is_some());
+        self.forget_cached(ws);
+        self.update_live(self.socket_count()).await;
+    }
+
+    /// Drops a socket from the cache.
+    pub(super) fn forget_cached(&self, ws: &WebSocket) {
+        if let Some(list) = self.room.borrow_mut().sockets.as_mut() {
             list.retain(|(w, _)| !same(w, ws));
-            counted
-        };
-        if was_counted {
-            self.update_live(self.socket_count()).await;
         }
+    }
+
+    /// A socket closed or failed: forgets it and updates the registry, except for a socket that
+    /// never authenticated, which must not make the object load or write anything.
+    pub(super) async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
+        let meta: SocketMeta = ws
+            .deserialize_attachment()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if meta.sio && meta.user.is_none() && !meta.shut {
+            self.forget_cached(ws);
+            return Ok(());
+        }
+        self.load(None).await?;
+        self.forget_socket(ws).await;
+        Ok(())
     }
 
     /// Keeps this conversation's row in the live registry in step with its sockets and turn.
@@ -379,12 +395,9 @@ impl Conversation {
             ..meta.clone()
         };
         let _ = ws.serialize_attachment(&shut);
-        if let Some(list) = self.room.borrow_mut().sockets.as_mut() {
-            list.retain(|(w, _)| !same(w, ws));
-        }
+        self.forget_cached(ws);
+        // The registry row follows at the socket's close event.
         let _ = ws.close(Some(1008), Some("unauthorized"));
-        // The registry row follows at the socket's close event (or the next write).
-        self.live_unknown();
     }
 
     /// Closes the sockets whose token has expired; returns the earliest expiry still ahead.
