@@ -44,6 +44,14 @@ impl Gcra {
     }
 }
 
+/// The shard (of `shards`) a user's state lives in: FNV-1a of the id, stable across releases.
+pub fn shard_of(user: &str, shards: u32) -> u32 {
+    let hash = user.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % shards.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +121,17 @@ mod tests {
             late.windows(2).all(|w| w[1] - w[0] >= 2_000),
             "one per 2 s once the burst is spent"
         );
+    }
+
+    #[test]
+    fn users_spread_over_shards_the_same_way_every_time() {
+        assert_eq!(shard_of("", 16), 0x811c_9dc5 % 16);
+        assert_eq!(shard_of("alice", 16), shard_of("alice", 16));
+        let mut seen = [0u32; 16];
+        for k in 0..1600 {
+            seen[shard_of(&format!("user-{k}"), 16) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
     }
 
     #[test]

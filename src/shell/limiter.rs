@@ -1,71 +1,193 @@
-//! The per-user rate limiter: one Durable Object per user, holding that user's GCRA state in its own storage so the limit spans every conversation and survives eviction.
+//! The per-user rate limit across conversations: a fixed set of shard Durable Objects, each holding its users' GCRA states in memory and, written in coalesced batches, in its own storage, so the limit spans every conversation of a user and survives eviction.
+//!
+//! Shards rather than one object per user: a user's first event after a while would otherwise
+//! create (and store) an object of its own on the turn's critical path, while a few shards stay
+//! warm and commit many users' states in one write.
 
 use crate::rate::{Admission, Gcra};
 use serde::Deserialize;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
 use worker::*;
 
-/// Answers `POST /admit?limit=N` with `{"ok": true}` or `{"ok": false, "retryAfterMs": ms}`.
+/// Shards users are spread over (by a hash of the user id).
+const SHARDS: u32 = 16;
+/// How long admitted events wait to be written together.
+const WRITE_COALESCE_MS: u64 = 200;
+/// Users whose state is kept in memory per shard; beyond it, fully refilled ones are dropped.
+const MEMORY_USERS: usize = 10_000;
+
+/// Answers `/admit?user=U&limit=N` with `{"ok": true}` or `{"ok": false, "retryAfterMs": ms}`.
 #[durable_object]
 pub struct RateLimit {
     state: State,
-    /// The stored state, read once per instance.
-    gcra: Cell<Option<Gcra>>,
+    shared: Rc<Shard>,
+}
+
+/// A shard's state, shared with its pending write.
+struct Shard {
+    /// Users' states known to this instance.
+    users: RefCell<HashMap<String, Gcra>>,
+    /// Users admitted since the last write.
+    dirty: RefCell<HashSet<String>>,
+    write_pending: Cell<bool>,
+    /// This instance created (or found) the table.
+    table_ready: Cell<bool>,
 }
 
 impl DurableObject for RateLimit {
     fn new(state: State, _env: Env) -> Self {
         RateLimit {
             state,
-            gcra: Cell::new(None),
+            shared: Rc::new(Shard {
+                users: RefCell::new(HashMap::new()),
+                dirty: RefCell::new(HashSet::new()),
+                write_pending: Cell::new(false),
+                table_ready: Cell::new(false),
+            }),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        let limit: u32 = req
-            .url()?
-            .query_pairs()
-            .find(|(k, _)| k == "limit")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(60);
-        let mut gcra = match self.gcra.get() {
-            Some(g) => g,
-            None => self.read()?,
+        let url = req.url()?;
+        let mut user = None;
+        let mut limit = 60u32;
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "user" => user = Some(v.into_owned()),
+                "limit" => limit = v.parse().unwrap_or(limit),
+                _ => {}
+            }
+        }
+        let Some(user) = user else {
+            return super::json_response(400, &serde_json::json!({ "error": "user is required" }));
         };
-        let answer = match gcra.admit(super::now_ms(), limit) {
+        let known = self.shared.users.borrow().get(&user).copied();
+        let mut gcra = match known {
+            Some(g) => g,
+            None => self.read(&user),
+        };
+        if url.path() == "/warm" {
+            // A socket of this user attached: have the state in memory before its first event.
+            self.shared.users.borrow_mut().insert(user, gcra);
+            return super::json_response(200, &serde_json::json!({ "ok": true }));
+        }
+        let now = super::now_ms();
+        let answer = match gcra.admit(now, limit) {
             Admission::Admitted => {
-                // One row write per admitted event; a refusal writes nothing, so a flood costs
-                // at most the limit's worth of writes a minute.
-                self.state.storage().sql().exec(
-                    "INSERT OR REPLACE INTO gcra (k, tat) VALUES ('tat', ?)",
-                    vec![(gcra.tat as f64).into()],
-                )?;
+                self.remember(user, gcra, now);
                 serde_json::json!({ "ok": true })
             }
             Admission::Refused { retry_after_ms } => {
                 serde_json::json!({ "ok": false, "retryAfterMs": retry_after_ms })
             }
         };
-        self.gcra.set(Some(gcra));
         super::json_response(200, &answer)
     }
 }
 
 impl RateLimit {
-    fn read(&self) -> Result<Gcra> {
+    /// A user's stored state (a user never seen, or fully refilled, has none).
+    ///
+    /// Reads only: the table is created by the first write, off every answer's path, so a
+    /// shard's first answer does not wait for a commit. A read that fails admits (logged).
+    fn read(&self, user: &str) -> Gcra {
         #[derive(Deserialize)]
         struct Row {
             tat: f64,
         }
+        let rows: Result<Vec<Row>> = self
+            .state
+            .storage()
+            .sql()
+            .exec("SELECT tat FROM gcra WHERE user = ?", vec![user.into()])
+            .and_then(|c| c.to_array());
+        match rows {
+            Ok(rows) => Gcra {
+                tat: rows.first().map_or(0, |r| r.tat as i64),
+            },
+            Err(e) => {
+                if self.shared.table_ready.get() {
+                    console_error!("reading the rate limit: {e}");
+                }
+                Gcra::default()
+            }
+        }
+    }
+
+    /// Keeps an admitted user's state and schedules the write that stores it.
+    ///
+    /// A refusal changes nothing and writes nothing; admissions within `WRITE_COALESCE_MS` are
+    /// written in one commit, off every answer's path. What that risks: a crash within those
+    /// 200 ms forgets the events admitted in them; an eviction (after idleness) forgets nothing.
+    fn remember(&self, user: String, gcra: Gcra, now: i64) {
+        {
+            let mut users = self.shared.users.borrow_mut();
+            if users.len() >= MEMORY_USERS {
+                // A state whose next arrival time has passed is the same as no state at all.
+                users.retain(|_, g| g.tat > now);
+            }
+            users.insert(user.clone(), gcra);
+        }
+        self.shared.dirty.borrow_mut().insert(user);
+        if self.shared.write_pending.replace(true) {
+            return;
+        }
         let sql = self.state.storage().sql();
-        sql.exec(
-            "CREATE TABLE IF NOT EXISTS gcra (k TEXT PRIMARY KEY, tat INTEGER NOT NULL)",
-            None,
-        )?;
-        let rows: Vec<Row> = sql.exec("SELECT tat FROM gcra", None)?.to_array()?;
-        Ok(Gcra {
-            tat: rows.first().map_or(0, |r| r.tat as i64),
-        })
+        let shard = self.shared.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            Delay::from(Duration::from_millis(WRITE_COALESCE_MS)).await;
+            shard.write_pending.set(false);
+            if !shard.table_ready.get() {
+                let created = sql.exec(
+                    "CREATE TABLE IF NOT EXISTS gcra (user TEXT PRIMARY KEY, tat INTEGER NOT NULL)",
+                    None,
+                );
+                if let Err(e) = created {
+                    console_error!("storing the rate limit: {e}");
+                    return;
+                }
+                shard.table_ready.set(true);
+            }
+            let dirty: Vec<String> = shard.dirty.borrow_mut().drain().collect();
+            let users = shard.users.borrow();
+            for user in dirty {
+                let Some(g) = users.get(&user) else { continue };
+                if let Err(e) = sql.exec(
+                    "INSERT OR REPLACE INTO gcra (user, tat) VALUES (?, ?)",
+                    vec![user.as_str().into(), (g.tat as f64).into()],
+                ) {
+                    console_error!("storing the rate limit: {e}");
+                }
+            }
+            // Rows fully refilled are the same as no row: keep the table to active users.
+            let _ = sql.exec(
+                "DELETE FROM gcra WHERE tat <= ?",
+                vec![(super::now_ms() as f64).into()],
+            );
+        });
+    }
+}
+
+/// The shard object holding `user`'s limiter.
+fn shard_stub(env: &Env, user: &str) -> Result<Stub> {
+    env.durable_object("RATE_LIMIT")?
+        .id_from_name(&format!("shard-{}", crate::rate::shard_of(user, SHARDS)))?
+        .get_stub()
+}
+
+/// Asks the user's limiter to load the user's state, so that the first event does not wait
+/// for it (called, not awaited, when a socket of the user attaches).
+pub async fn warm(env: &Env, user: &str) {
+    let call = async {
+        let mut url = Url::parse("https://rate-limit/warm")?;
+        url.query_pairs_mut().append_pair("user", user);
+        shard_stub(env, user)?.fetch_with_str(url.as_str()).await
+    };
+    if let Err(e) = call.await {
+        console_warn!("warming the rate limiter: {e}");
     }
 }
 
@@ -75,13 +197,12 @@ impl RateLimit {
 /// resources, and an outage of it must not stop every conversation.
 pub async fn admit(env: &Env, user: &str, per_minute: u32) -> std::result::Result<(), i64> {
     let call = async {
-        let stub = env
-            .durable_object("RATE_LIMIT")?
-            .id_from_name(user)?
-            .get_stub()?;
-        let mut resp = stub
-            .fetch_with_str(&format!("https://rate-limit/admit?limit={per_minute}"))
-            .await?;
+        let stub = shard_stub(env, user)?;
+        let mut url = Url::parse("https://rate-limit/admit")?;
+        url.query_pairs_mut()
+            .append_pair("user", user)
+            .append_pair("limit", &per_minute.to_string());
+        let mut resp = stub.fetch_with_str(url.as_str()).await?;
         resp.json::<serde_json::Value>().await
     };
     match call.await {

@@ -264,6 +264,9 @@ impl Conversation {
             self.greet(&ws, &meta, last_seq);
         }
         self.arm_expiry(expires).await;
+        if let Some(user) = user {
+            self.warm_rate_limit(user);
+        }
         let count = self.socket_count();
         self.update_live(count).await;
         Response::from_websocket(pair.client)
@@ -299,6 +302,14 @@ impl Conversation {
             }
         });
         Response::from_websocket(pair.client)
+    }
+
+    /// Loads the user's rate-limit state in its shard while the client opens its socket.
+    fn warm_rate_limit(&self, user: String) {
+        let env = self.env.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            crate::shell::limiter::warm(&env, &user).await;
+        });
     }
 
     /// Accepts a socket for hibernation.
@@ -512,6 +523,7 @@ impl Conversation {
             }
         }
         if !was_counted {
+            self.warm_rate_limit(user);
             self.prefetch_operator();
             self.arm_alarm_within(config.sio_ping_interval_ms).await;
             self.update_live(self.socket_count()).await;
