@@ -8,7 +8,7 @@ use crate::protocol::OutEvent;
 use crate::routing::RoutingDecision;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Accumulated figures of a conversation, for `/status` and admin stats.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -136,6 +136,18 @@ impl StopReason {
             StopReason::Error => "error",
             StopReason::Truncated => "truncated",
             StopReason::MaxSteps => "max_steps",
+        }
+    }
+
+    /// How a turn ends on a failure nothing will retry: a stream that broke after text went out
+    /// was cut (`truncated`); anything else is an `error`.
+    pub fn after_failure(kind: crate::llm::UpstreamErrorKind, text_sent: bool) -> StopReason {
+        use crate::llm::UpstreamErrorKind as K;
+        let broke = matches!(kind, K::Malformed | K::Network | K::Timeout);
+        if text_sent && broke {
+            StopReason::Truncated
+        } else {
+            StopReason::Error
         }
     }
 }
@@ -562,31 +574,27 @@ impl StreamLog {
     }
 }
 
-/// Remembers which `clientMessageId`s were accepted and their message ids (bounded, oldest forgotten first).
-#[derive(Debug, Default)]
-pub struct SeenMessages {
-    order: VecDeque<String>,
-    ids: HashMap<String, String>,
-}
+/// How the conversation's table of accepted `clientMessageId`s (the dedupe of resends) stays
+/// bounded: the newest `MAX_ENTRIES` ids younger than `MAX_AGE_MS` are kept, and the rest are
+/// pruned every `PRUNE_EVERY` inserts. A resend older than either bound starts a new turn.
+pub mod seen {
+    /// Ids kept at most.
+    pub const MAX_ENTRIES: u64 = 1024;
+    /// Age after which an id is forgotten (a client resends within seconds, not days).
+    pub const MAX_AGE_MS: i64 = 24 * 3_600_000;
+    /// Inserts between two prunes: the prune is a scan, not a per-message cost.
+    pub const PRUNE_EVERY: u64 = 64;
+    /// ?1 the oldest `at` kept, ?2 `MAX_ENTRIES`.
+    pub const PRUNE: &str = "DELETE FROM seen WHERE at < ?1 OR client_id IN (SELECT client_id FROM seen ORDER BY at DESC LIMIT -1 OFFSET ?2)";
 
-impl SeenMessages {
-    const CAPACITY: usize = 1024;
-
-    /// The message id stored for this client id.
-    pub fn get(&self, client_id: &str) -> Option<&str> {
-        self.ids.get(client_id).map(|s| s.as_str())
+    /// Whether the insert numbered `inserts` (from 1) is followed by a prune.
+    pub fn prune_due(inserts: u64) -> bool {
+        inserts > 0 && inserts.is_multiple_of(PRUNE_EVERY)
     }
 
-    /// Remembers a client id.
-    pub fn insert(&mut self, client_id: String, message_id: String) {
-        if self.ids.insert(client_id.clone(), message_id).is_none() {
-            self.order.push_back(client_id);
-            if self.order.len() > Self::CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
-            }
-        }
+    /// The parameters of [`PRUNE`] at `now_ms`.
+    pub fn prune_params(now_ms: i64) -> (i64, u64) {
+        (now_ms - MAX_AGE_MS, MAX_ENTRIES)
     }
 }
 
@@ -772,13 +780,35 @@ mod tests {
     }
 
     #[test]
-    fn seen_messages_are_bounded() {
-        let mut s = SeenMessages::default();
-        for i in 0..1100 {
-            s.insert(format!("c{i}"), format!("m{i}"));
-        }
-        assert_eq!(s.get("c0"), None);
-        assert_eq!(s.get("c1099"), Some("m1099"));
+    fn a_failure_after_text_is_a_cut_only_when_the_stream_broke() {
+        use crate::llm::UpstreamErrorKind as K;
+        assert_eq!(
+            StopReason::after_failure(K::Network, true),
+            StopReason::Truncated
+        );
+        assert_eq!(
+            StopReason::after_failure(K::Timeout, true),
+            StopReason::Truncated
+        );
+        assert_eq!(
+            StopReason::after_failure(K::Network, false),
+            StopReason::Error
+        );
+        assert_eq!(
+            StopReason::after_failure(K::Overloaded, true),
+            StopReason::Error
+        );
+    }
+
+    #[test]
+    fn the_dedupe_table_is_pruned_every_64_inserts_to_a_day_and_1024_ids() {
+        let due: Vec<u64> = (0..=200).filter(|&n| seen::prune_due(n)).collect();
+        assert_eq!(due, vec![64, 128, 192]);
+        assert_eq!(
+            seen::prune_params(100_000_000),
+            (100_000_000 - 86_400_000, 1024)
+        );
+        assert!(seen::PRUNE.contains("OFFSET ?2") && seen::PRUNE.contains("at < ?1"));
     }
 
     #[test]

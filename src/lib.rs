@@ -12,6 +12,7 @@ pub mod llm;
 pub mod outbox;
 pub mod protocol;
 pub mod rate;
+pub mod retry;
 pub mod routing;
 pub mod selection;
 pub mod store;

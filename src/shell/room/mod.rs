@@ -209,6 +209,8 @@ pub struct Conversation {
     /// Held from reading a conversation's owner to recording it, so two users racing for a new
     /// conversation cannot both claim it.
     claim_lock: futures::lock::Mutex<()>,
+    /// clientMessageIds remembered by this instance: every `seen::PRUNE_EVERY`th prunes the table.
+    seen_inserts: Cell<u64>,
 }
 
 impl DurableObject for Conversation {
@@ -248,6 +250,7 @@ impl DurableObject for Conversation {
             abort: RefCell::new(None),
             aborted: Cell::new(false),
             claim_lock: futures::lock::Mutex::new(()),
+            seen_inserts: Cell::new(0),
         }
     }
 

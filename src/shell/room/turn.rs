@@ -612,6 +612,15 @@ impl Conversation {
             ) {
                 console_warn!("remembering clientMessageId: {e}");
             }
+            let inserts = self.seen_inserts.get() + 1;
+            self.seen_inserts.set(inserts);
+            if conversation::seen::prune_due(inserts) {
+                let (oldest, keep) = conversation::seen::prune_params(now_ms());
+                let params = vec![(oldest as f64).into(), (keep as f64).into()];
+                if let Err(e) = self.sql().exec(conversation::seen::PRUNE, params) {
+                    console_warn!("pruning remembered clientMessageIds: {e}");
+                }
+            }
         }
         self.room.borrow_mut().session.metrics.messages += 1;
     }
@@ -760,19 +769,26 @@ impl Conversation {
                     error,
                     before_output,
                 } => {
+                    let policy = crate::retry::RetryPolicy::new(s.config.upstream_retries);
+                    let next = policy.next(
+                        &error,
+                        before_output,
+                        attempts,
+                        candidate,
+                        s.candidates.len(),
+                    );
                     if before_output && error.kind.retryable() {
+                        // A call that produced nothing does not use up a step.
                         turn.forget_failed_step();
-                        if attempts < s.config.upstream_retries {
+                    }
+                    match next {
+                        crate::retry::Next::Retry { after_ms } => {
                             attempts += 1;
-                            let backoff = error
-                                .retry_after_ms
-                                .unwrap_or(250u64 << attempts)
-                                .min(10_000);
-                            Delay::from(Duration::from_millis(backoff)).await;
+                            Delay::from(Duration::from_millis(after_ms)).await;
                             continue;
                         }
-                        if candidate + 1 < s.candidates.len() {
-                            candidate += 1;
+                        crate::retry::Next::FallOver { to } => {
+                            candidate = to;
                             attempts = 0;
                             let next = s.candidates[candidate].clone();
                             console_log!(
@@ -802,19 +818,9 @@ impl Conversation {
                             self.broadcast("session:info", self.session_info(s.catalog));
                             continue;
                         }
+                        crate::retry::Next::GiveUp => {}
                     }
-                    // The stream broke after text went out: say it was cut, not that the model failed.
-                    let broke = matches!(
-                        error.kind,
-                        UpstreamErrorKind::Malformed
-                            | UpstreamErrorKind::Network
-                            | UpstreamErrorKind::Timeout
-                    );
-                    let stop = if !turn.text.is_empty() && broke {
-                        StopReason::Truncated
-                    } else {
-                        StopReason::Error
-                    };
+                    let stop = StopReason::after_failure(error.kind, !turn.text.is_empty());
                     self.broadcast(
                         "error",
                         protocol::error_payload(
