@@ -226,11 +226,6 @@ impl Turn {
         self.steps = self.steps.saturating_sub(1);
     }
 
-    /// Whether the current call has produced output that reached clients.
-    pub fn step_has_output(&self) -> bool {
-        self.step.output
-    }
-
     /// Takes one stream event and adds what it emits to `emits`, merged into the last emit when
     /// both are text (or both thinking): deltas decoded together go out as one frame, so a
     /// gateway that fell behind catches up with fewer, larger frames instead of one per delta.

@@ -1,4 +1,6 @@
-//! HTTP-facing errors: one enum, mapped to a status and a JSON body in one place.
+//! The gateway's errors: `ApiError` for HTTP routes, `RoomError` for a conversation; each says whose fault it is and is mapped to the wire in one place.
+
+use crate::protocol::{self, ErrorCode};
 
 /// A request the gateway refuses, with the reason it gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +87,167 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something the gateway refuses; it must change the request.
+    Client,
+    /// A model provider (or a tool) failed.
+    Upstream,
+    /// The gateway itself failed; the client did nothing wrong.
+    Internal,
+}
+
+/// Why a conversation refused or failed something a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomError {
+    /// A request the gateway refuses, with the code and reason the client gets.
+    Client { code: ErrorCode, message: String },
+    /// The conversation belongs to another user.
+    Forbidden,
+    /// A provider failed; its message is already fit for clients (masked).
+    Upstream {
+        code: &'static str,
+        message: String,
+        retryable: bool,
+    },
+    /// The gateway failed; `message` is generic, the detail went to the log.
+    Internal { message: String },
+}
+
+impl RoomError {
+    /// A refusal of the client's request.
+    pub fn client(code: ErrorCode, message: impl Into<String>) -> Self {
+        RoomError::Client {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of the gateway, with what the client should do.
+    pub fn internal(message: impl Into<String>) -> Self {
+        RoomError::Internal {
+            message: message.into(),
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            RoomError::Client { .. } | RoomError::Forbidden => Fault::Client,
+            RoomError::Upstream { .. } => Fault::Upstream,
+            RoomError::Internal { .. } => Fault::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again unchanged.
+    pub fn retryable(&self) -> bool {
+        match self {
+            RoomError::Client { code, .. } => {
+                matches!(code, ErrorCode::RateLimited | ErrorCode::QueueFull)
+            }
+            RoomError::Forbidden => false,
+            RoomError::Upstream { retryable, .. } => *retryable,
+            RoomError::Internal { .. } => true,
+        }
+    }
+
+    /// The `error.code` clients see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RoomError::Client { code, .. } => *code,
+            // The code the gateway has always sent for another user's conversation.
+            RoomError::Forbidden => ErrorCode::Unauthorized,
+            RoomError::Upstream { code, .. } => ErrorCode::Upstream(code),
+            RoomError::Internal { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// The reason clients see.
+    pub fn message(&self) -> &str {
+        match self {
+            RoomError::Client { message, .. }
+            | RoomError::Upstream { message, .. }
+            | RoomError::Internal { message } => message,
+            RoomError::Forbidden => "forbidden: this conversation belongs to another user",
+        }
+    }
+
+    /// The payload of an `error` event (and of a refused event's ack).
+    pub fn event_payload(&self, conversation_id: Option<&str>) -> String {
+        protocol::error_payload(conversation_id, self.code(), self.message())
+    }
+
+    /// The message of a socket.io `CONNECT_ERROR`: a gateway failure says `internal:` first,
+    /// so a client can tell it from a refusal.
+    pub fn connect_error(&self) -> String {
+        match self {
+            RoomError::Internal { message } => format!("internal: {message}"),
+            e => e.message().to_string(),
+        }
+    }
+}
+
+/// The HTTP answer to a refused upgrade or route: 403 for another user's conversation, 503 for
+/// a gateway failure worth retrying.
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::Forbidden => ApiError::Forbidden(e.message().to_string()),
+            RoomError::Internal { message } => ApiError::InternalRetry(message),
+            RoomError::Upstream { message, .. } => ApiError::Unavailable(message),
+            RoomError::Client { code, message } => match code {
+                ErrorCode::Unauthorized => ApiError::Unauthorized(message),
+                ErrorCode::PayloadTooLarge => ApiError::PayloadTooLarge(message),
+                _ => ApiError::BadRequest(message),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_errors_say_whose_fault_and_map_to_each_wire_in_one_place() {
+        let forbidden = RoomError::Forbidden;
+        assert_eq!(forbidden.fault(), Fault::Client);
+        assert!(!forbidden.retryable());
+        assert_eq!(
+            forbidden.event_payload(Some("c1")),
+            r#"{"code":"unauthorized","conversationId":"c1","error":"forbidden: this conversation belongs to another user"}"#
+        );
+        assert_eq!(ApiError::from(forbidden).status(), 403);
+
+        let down = RoomError::internal("the gateway could not check the owner; try again");
+        assert_eq!(down.fault(), Fault::Internal);
+        assert!(down.retryable());
+        assert_eq!(
+            down.connect_error(),
+            "internal: the gateway could not check the owner; try again"
+        );
+        assert_eq!(
+            down.event_payload(None),
+            r#"{"code":"internal","error":"the gateway could not check the owner; try again"}"#
+        );
+        let http = ApiError::from(down);
+        assert_eq!((http.status(), http.code()), (503, "internal"));
+
+        let limited = RoomError::client(ErrorCode::RateLimited, "slow down");
+        assert_eq!(
+            (limited.fault(), limited.retryable()),
+            (Fault::Client, true)
+        );
+        assert_eq!(limited.connect_error(), "slow down");
+        let upstream = RoomError::Upstream {
+            code: "upstream_overloaded",
+            message: "anthropic answered 529: Overloaded".into(),
+            retryable: true,
+        };
+        assert_eq!(upstream.fault(), Fault::Upstream);
+        assert_eq!(upstream.code().as_str(), "upstream_overloaded");
+    }
 
     #[test]
     fn maps_to_status_and_body() {

@@ -16,6 +16,7 @@ pub mod retry;
 pub mod routing;
 pub mod selection;
 pub mod store;
+pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 mod shell;

@@ -47,14 +47,10 @@ pub fn fit_content(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
     if text.len() <= MAX_STORED_CONTENT_BYTES {
         return (std::borrow::Cow::Borrowed(text), false);
     }
-    let mut end = MAX_STORED_CONTENT_BYTES - 128;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let kept = crate::text::prefix_bytes(text, MAX_STORED_CONTENT_BYTES - 128);
     let cut = format!(
-        "{}\n\n[truncated by the gateway: {} of {} bytes stored]",
-        &text[..end],
-        end,
+        "{kept}\n\n[truncated by the gateway: {} of {} bytes stored]",
+        kept.len(),
         text.len()
     );
     (std::borrow::Cow::Owned(cut), true)
@@ -115,8 +111,8 @@ pub fn title_from(content: &str) -> String {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .trim();
-    let mut t: String = line.chars().take(80).collect();
-    if line.chars().count() > 80 {
+    let mut t = crate::text::prefix_chars(line, 80).to_string();
+    if t.len() < line.len() {
         t.push('…');
     }
     t
@@ -138,9 +134,6 @@ pub mod sql {
     /// ?1 id, ?2 owner, ?3 title, ?4 now — creates the row if new; the owner never changes.
     pub const ENSURE_CONVERSATION: &str =
         "INSERT INTO conversations (id, owner_id, title, session_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?1, ?4, ?4) ON CONFLICT(id) DO NOTHING";
-    /// ?1 id
-    pub const CONVERSATION_STATE: &str =
-        "SELECT owner_id, session_state FROM conversations WHERE id = ?1";
     /// ?1 id, ?2 session_state JSON, ?3 now
     pub const SAVE_SESSION: &str =
         "UPDATE conversations SET session_state = ?2, updated_at = ?3 WHERE id = ?1";
@@ -177,9 +170,6 @@ pub mod sql {
     /// ?1 id
     pub const DELETE_RULE: &str = "DELETE FROM routing_rules WHERE id = ?1 OR name = ?1";
 
-    /// ?1 name or id
-    pub const AGENT_BY_NAME: &str =
-        "SELECT id, config FROM agent_configs WHERE name = ?1 OR id = ?1";
     /// ?1 id, ?2 name, ?3 config JSON, ?4 now
     pub const UPSERT_AGENT: &str = "INSERT INTO agent_configs (id, name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(id) DO UPDATE SET name = ?2, config = ?3, updated_at = ?4";
     /// ?1 id or name

@@ -373,11 +373,9 @@ pub fn non_empty_str(v: Option<&serde_json::Value>) -> Option<&str> {
 
 /// `s` cut to at most `max_chars` characters (never inside a character), surrounding whitespace trimmed.
 pub fn truncate_chars(s: &str, max_chars: usize) -> String {
-    let s = s.trim();
-    match s.char_indices().nth(max_chars) {
-        Some((cut, _)) => s.get(..cut).unwrap_or(s).trim_end().to_string(),
-        None => s.to_string(),
-    }
+    crate::text::prefix_chars(s.trim(), max_chars)
+        .trim_end()
+        .to_string()
 }
 
 /// Longest retry delay reported, in milliseconds (a day): keeps `now + delay` far from overflow.
@@ -462,14 +460,7 @@ fn parse_duration_prefix(s: &str) -> Option<u64> {
 
 /// The first [`MAX_ERROR_SCAN_BYTES`] of `s`, cut on a char boundary.
 fn scan_prefix(s: &str) -> &str {
-    if s.len() <= MAX_ERROR_SCAN_BYTES {
-        return s;
-    }
-    let mut cut = MAX_ERROR_SCAN_BYTES;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.get(..cut).unwrap_or("")
+    crate::text::prefix_bytes(s, MAX_ERROR_SCAN_BYTES)
 }
 
 /// Whether an error text says the prompt does not fit the model's context window.

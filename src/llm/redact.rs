@@ -22,10 +22,8 @@ pub fn public_message(provider: &str, error: &UpstreamError) -> String {
             "{provider} answered{status}: the provider refused the gateway's credentials"
         );
     }
-    let text: String = redact(&error.message)
-        .chars()
-        .take(MAX_PUBLIC_CHARS)
-        .collect();
+    let text = redact(&error.message);
+    let text = crate::text::prefix_chars(&text, MAX_PUBLIC_CHARS);
     format!("{provider} answered{status}: {text}")
 }
 

@@ -22,7 +22,6 @@ pub enum ErrorCode {
     ProviderNotConfigured,
     /// An agent that does not exist or that this user may not run (the two look the same).
     UnknownAgent,
-    ToolError,
     Unauthorized,
     Internal,
     /// An upstream failure; the code comes from its class.
@@ -44,7 +43,6 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ProviderNotConfigured => "provider_not_configured",
             ErrorCode::UnknownAgent => "unknown_agent",
-            ErrorCode::ToolError => "tool_error",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
             ErrorCode::Upstream(code) => code,
@@ -340,7 +338,19 @@ impl OutEvent {
 
 /// Serialises a string as a JSON string literal.
 pub fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    let mut out = String::with_capacity(s.len() + 2);
+    push_json_str(&mut out, s);
+    out
+}
+
+/// Appends `s` as a JSON string literal: the gateway's one string escaper (serde_json's, so
+/// hand-built frames are byte-identical to serialised ones).
+pub fn push_json_str(out: &mut String, s: &str) {
+    let mut bytes = std::mem::take(out).into_bytes();
+    bytes.reserve(s.len() + 2);
+    // Writing a `str` into a Vec cannot fail, and serde_json writes UTF-8.
+    let _ = serde_json::to_writer(&mut bytes, s);
+    *out = String::from_utf8(bytes).unwrap_or_default();
 }
 
 /// The keepalive a JSON client sends, byte for byte, and the answer the runtime gives without waking the object.
@@ -350,16 +360,14 @@ pub const KEEPALIVE_PONG: &str = r#"{"event":"pong"}"#;
 
 /// Payload of `agent:text` / `agent:thinking`, built by hand: it is the per-delta hot path.
 pub fn delta_payload(conversation_id_json: &str, text: &str) -> String {
-    let mut s = Vec::with_capacity(conversation_id_json.len() + text.len() + 32);
-    s.extend_from_slice(b"{\"conversationId\":");
-    s.extend_from_slice(conversation_id_json.as_bytes());
-    s.extend_from_slice(b",\"text\":");
+    let mut s = String::with_capacity(conversation_id_json.len() + text.len() + 32);
+    s.push_str("{\"conversationId\":");
+    s.push_str(conversation_id_json);
+    s.push_str(",\"text\":");
     // Escaped straight into the payload: one buffer per delta, not one more for the string.
-    if serde_json::to_writer(&mut s, text).is_err() {
-        s.extend_from_slice(b"\"\"");
-    }
-    s.push(b'}');
-    String::from_utf8(s).unwrap_or_default()
+    push_json_str(&mut s, text);
+    s.push('}');
+    s
 }
 
 /// Payload of an `error` event.

@@ -8,6 +8,7 @@
 //! The module is sans-IO: ids, intervals and offsets are passed in, nothing reads a clock or a
 //! random source, and `decode` returns an error instead of panicking on any input.
 
+use super::push_json_str;
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
@@ -436,7 +437,7 @@ pub fn check_handshake_query(query: &[(String, String)]) -> Result<(), SioError>
 
 /// Keep echoed client text short, so an error message cannot grow with hostile input.
 fn truncate(s: &str) -> String {
-    s.chars().take(32).collect()
+    crate::text::prefix_chars(s, 32).to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,11 +472,6 @@ pub fn open_packet(
 /// a ping, so this must go out at least every `pingInterval`, even mid-stream.
 pub fn ping() -> &'static str {
     "2"
-}
-
-/// The Engine.IO NOOP, which the client ignores (useful as an auto-response to `3`).
-pub fn noop() -> &'static str {
-    "6"
 }
 
 /// Accept a namespace CONNECT. Passing `pid` turns on connection state recovery in the client,
@@ -570,28 +566,6 @@ fn push_nsp(out: &mut String, nsp: &str) {
     }
 }
 
-/// Write `s` as a JSON string literal, escaping exactly as serde_json does (so output is
-/// byte-identical to serializing through it) without its fallible writer API.
-fn push_json_str(out: &mut String, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            // Other C0 controls have no short form; serde_json writes them as lowercase `\u00xx`.
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,7 +600,6 @@ mod tests {
     #[test]
     fn ping_and_noop_wire() {
         assert_eq!(ping(), "2");
-        assert_eq!(noop(), "6");
     }
 
     #[test]
@@ -1248,7 +1221,7 @@ mod tests {
             })
         );
         assert_eq!(decode(ping()), Ok(Inbound::Ping));
-        assert_eq!(decode(noop()), Ok(Inbound::Noop));
+        assert_eq!(decode("6"), Ok(Inbound::Noop));
     }
 
     proptest! {

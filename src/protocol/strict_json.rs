@@ -91,7 +91,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!(
                     "duplicate key \"{}\"",
-                    key.chars().take(64).collect::<String>()
+                    crate::text::prefix_chars(&key, 64)
                 )));
             }
             out.insert(key, value);

@@ -11,6 +11,7 @@ use crate::catalog::{self, Catalog};
 use crate::commands::{self, Command};
 use crate::config::{Config, ProviderConfig};
 use crate::conversation::{self, Emit, SessionState, StepOutcome, StopReason, StreamLog, Turn};
+use crate::error::RoomError;
 use crate::llm::{
     CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
 };
@@ -29,8 +30,6 @@ use worker::*;
 
 /// The socket.io namespace the gateway serves.
 const NSP: &str = "/chat";
-/// What a user hears about someone else's conversation.
-const FORBIDDEN: &str = "forbidden: this conversation belongs to another user";
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
 /// When the alarm a long turn arms copies what the turn wrote, should its instance die first.
@@ -66,49 +65,6 @@ struct SocketMeta {
     /// Closed by the gateway (revoked or expired): whatever it still sends is ignored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     shut: bool,
-}
-
-/// Why a user may not use this conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClaimError {
-    /// It belongs to someone else: the client's fault.
-    Forbidden,
-    /// The owner could not be read: the gateway's fault, worth a retry; the detail is only logged.
-    Internal,
-}
-
-impl ClaimError {
-    fn internal(context: &str, e: impl std::fmt::Display) -> Self {
-        console_error!("{context}: {e}");
-        ClaimError::Internal
-    }
-
-    /// The reason given to the client.
-    fn message(self) -> String {
-        match self {
-            ClaimError::Forbidden => FORBIDDEN.into(),
-            ClaimError::Internal => {
-                "internal: the gateway could not check who owns this conversation; try again".into()
-            }
-        }
-    }
-
-    /// The error code of an `error` event.
-    fn code(self) -> ErrorCode {
-        match self {
-            ClaimError::Forbidden => ErrorCode::Unauthorized,
-            ClaimError::Internal => ErrorCode::Internal,
-        }
-    }
-
-    /// The refusal of an upgrade: 403, or 503 when the gateway itself failed.
-    fn http_response(self) -> Result<Response> {
-        let (status, code) = match self {
-            ClaimError::Forbidden => (403, "forbidden"),
-            ClaimError::Internal => (503, "internal"),
-        };
-        crate::shell::json_response(status, &json!({ "error": self.message(), "code": code }))
-    }
 }
 
 /// A message waiting for the running turn to end.
@@ -336,12 +292,11 @@ impl DurableObject for Conversation {
                 if meta.sio {
                     let _ = ws.close(Some(1003), Some("binary packets are not supported"));
                 } else {
-                    self.send_error(
-                        &ws,
-                        &meta,
+                    let e = RoomError::client(
                         ErrorCode::InvalidPayload,
                         "binary frames are not supported; send JSON text frames",
                     );
+                    self.send_error(&ws, &meta, &e);
                 }
                 return Ok(());
             }
@@ -349,17 +304,16 @@ impl DurableObject for Conversation {
         if !meta.sio {
             match protocol::decode_json_frame(&text, &limits) {
                 Ok(event) => self.handle_event(&ws, &meta, event, None, &config).await,
-                Err(e) => self.send_error(&ws, &meta, e.code, &e.message),
+                Err(e) => self.send_error(&ws, &meta, &RoomError::client(e.code, e.message)),
             }
             return Ok(());
         }
         if text.len() > protocol::max_frame_bytes(&limits) {
-            self.send_error(
-                &ws,
-                &meta,
+            let e = RoomError::client(
                 ErrorCode::PayloadTooLarge,
                 "packet larger than the gateway accepts",
             );
+            self.send_error(&ws, &meta, &e);
             return Ok(());
         }
         match sio::decode(&text) {
@@ -401,12 +355,13 @@ impl DurableObject for Conversation {
                 match protocol::decode_event(&name, data, &limits) {
                     Ok(event) => self.handle_event(&ws, &meta, event, ack_id, &config).await,
                     Err(e) => {
-                        self.send_error(&ws, &meta, e.code, &e.message);
+                        let e = RoomError::client(e.code, e.message);
+                        self.send_error(&ws, &meta, &e);
                         if let Some(id) = ack_id {
                             let _ = ws.send_with_str(sio::ack(
                                 NSP,
                                 id,
-                                &format!("[{}]", protocol::error_payload(None, e.code, &e.message)),
+                                &format!("[{}]", e.event_payload(None)),
                             ));
                         }
                     }
@@ -414,14 +369,13 @@ impl DurableObject for Conversation {
             }
             Err(e) => {
                 if meta.connected {
-                    self.send_error(
-                        &ws,
-                        &meta,
+                    let e = RoomError::client(
                         ErrorCode::InvalidPayload,
-                        &format!("malformed socket.io packet: {e}"),
+                        format!("malformed socket.io packet: {e}"),
                     );
+                    self.send_error(&ws, &meta, &e);
                 } else {
-                    let reason: String = e.to_string().chars().take(120).collect();
+                    let reason = crate::text::prefix_chars(&e.to_string(), 120).to_string();
                     let _ = ws.close(Some(1008), Some(reason));
                 }
             }

@@ -172,19 +172,11 @@ impl Conversation {
         (sent, failed)
     }
 
-    pub(super) fn send_error(
-        &self,
-        ws: &WebSocket,
-        meta: &SocketMeta,
-        code: ErrorCode,
-        message: &str,
-    ) {
+    /// Sends an `error` to one socket.
+    pub(super) fn send_error(&self, ws: &WebSocket, meta: &SocketMeta, error: &RoomError) {
         let id = self.room.borrow().id.clone();
-        self.send_to(
-            ws,
-            meta,
-            &OutEvent::unsequenced("error", protocol::error_payload(Some(&id), code, message)),
-        );
+        let payload = error.event_payload(Some(&id));
+        self.send_to(ws, meta, &OutEvent::unsequenced("error", payload));
     }
 
     /// Refuses a client event: an `error` to the sender, and the same payload as its ack.
@@ -193,12 +185,11 @@ impl Conversation {
         ws: &WebSocket,
         meta: &SocketMeta,
         ack: Option<u64>,
-        code: ErrorCode,
-        message: &str,
+        error: &RoomError,
     ) {
-        self.send_error(ws, meta, code, message);
+        self.send_error(ws, meta, error);
         let id = self.room.borrow().id.clone();
-        Self::send_ack(ws, ack, &protocol::error_payload(Some(&id), code, message));
+        Self::send_ack(ws, ack, &error.event_payload(Some(&id)));
     }
 
     pub(super) fn send_ack(ws: &WebSocket, ack: Option<u64>, payload: &str) {
@@ -234,7 +225,7 @@ impl Conversation {
         // nobody else can attach, listen or send commands before its first message is stored.
         if let Some(user) = &user {
             if let Err(e) = self.claim(user).await {
-                return e.http_response();
+                return crate::shell::error_response(&e.into());
             }
         }
         // A conversation that was idle may have missed configuration changes pushed to live ones.
@@ -372,7 +363,7 @@ impl Conversation {
             }
             Ok(_) => {}
             Err(e) => {
-                let reason: String = e.to_string().chars().take(120).collect();
+                let reason = crate::text::prefix_chars(&e.to_string(), 120).to_string();
                 let _ = ws.close(Some(1008), Some(reason));
             }
         }
@@ -395,7 +386,11 @@ impl Conversation {
     /// Tells a socket it is no longer authorized and closes it; it is forgotten at once, and
     /// whatever it sent meanwhile is ignored (its attachment says so).
     pub(super) fn shut_socket(&self, ws: &WebSocket, meta: &SocketMeta, message: &str) {
-        self.send_error(ws, meta, ErrorCode::Unauthorized, message);
+        self.send_error(
+            ws,
+            meta,
+            &RoomError::client(ErrorCode::Unauthorized, message),
+        );
         if meta.sio && meta.connected {
             let _ = ws.send_with_str(sio::disconnect(NSP));
         }
@@ -498,7 +493,7 @@ impl Conversation {
             self.load(Some(&meta.conversation)).await?;
         }
         if let Err(e) = self.claim(&user).await {
-            let _ = ws.send_with_str(sio::connect_error(NSP, &e.message(), None));
+            let _ = ws.send_with_str(sio::connect_error(NSP, &e.connect_error(), None));
             return Ok(());
         }
         // A pid longer than the ones the gateway issues is not ours (and would not fit the attachment).
@@ -551,7 +546,7 @@ impl Conversation {
     /// Atomic within the object (the only place a conversation is decided): the lock is held
     /// from reading the owner to recording it, so of two users racing for a new conversation
     /// exactly one gets it.
-    pub(super) async fn claim(&self, user: &str) -> std::result::Result<(), ClaimError> {
+    pub(super) async fn claim(&self, user: &str) -> std::result::Result<(), RoomError> {
         let _claiming = self.claim_lock.lock().await;
         self.check_owner(user).await?;
         if self.room.borrow().owner.is_none() {
@@ -562,7 +557,7 @@ impl Conversation {
     }
 
     /// Refuses a user who does not own this conversation.
-    pub(super) async fn check_owner(&self, user: &str) -> std::result::Result<(), ClaimError> {
+    pub(super) async fn check_owner(&self, user: &str) -> std::result::Result<(), RoomError> {
         let (id, owner) = {
             let room = self.room.borrow();
             (room.id.clone(), room.owner.clone())
@@ -570,15 +565,14 @@ impl Conversation {
         let owner = match owner {
             Some(o) => Some(o),
             None => {
-                let d =
-                    db::db(&self.env).map_err(|e| ClaimError::internal("database binding", e))?;
+                let d = db::db(&self.env).map_err(|e| owner_unknown("database binding", e))?;
                 db::conversation_owner(&d, &id)
                     .await
-                    .map_err(|e| ClaimError::internal("owner lookup", e))?
+                    .map_err(|e| owner_unknown("owner lookup", e))?
             }
         };
         match owner {
-            Some(o) if o != user => Err(ClaimError::Forbidden),
+            Some(o) if o != user => Err(RoomError::Forbidden),
             _ => Ok(()),
         }
     }
@@ -594,4 +588,10 @@ impl Conversation {
         }
         crate::shell::json_response(200, &json!({ "sockets": sent, "failed": failed }))
     }
+}
+
+/// The owner could not be read: the gateway's fault, logged in full, told generically.
+fn owner_unknown(context: &str, e: impl std::fmt::Display) -> RoomError {
+    console_error!("{context}: {e}");
+    RoomError::internal("the gateway could not check who owns this conversation; try again")
 }

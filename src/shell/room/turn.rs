@@ -19,12 +19,18 @@ impl Conversation {
                 let msg = format!(
                     "this socket is bound to conversation {id}; open another socket for {named}"
                 );
-                self.refuse(ws, meta, ack, ErrorCode::ConversationMismatch, &msg);
+                self.refuse(
+                    ws,
+                    meta,
+                    ack,
+                    &RoomError::client(ErrorCode::ConversationMismatch, msg),
+                );
                 return;
             }
         }
         let Some(user) = meta.user.clone() else {
-            self.send_error(ws, meta, ErrorCode::Unauthorized, "not authenticated");
+            let e = RoomError::client(ErrorCode::Unauthorized, "not authenticated");
+            self.send_error(ws, meta, &e);
             return;
         };
         // Everything that changes the conversation counts against the user's limit; abort and
@@ -41,7 +47,12 @@ impl Conversation {
                     "rate limit of {limit} messages, commands and settings per minute reached; retry in {} s",
                     (wait + 999) / 1000
                 );
-                self.refuse(ws, meta, ack, ErrorCode::RateLimited, &msg);
+                self.refuse(
+                    ws,
+                    meta,
+                    ack,
+                    &RoomError::client(ErrorCode::RateLimited, msg),
+                );
                 return;
             }
         }
@@ -53,7 +64,12 @@ impl Conversation {
                 let result = self.set_thinking(&level).await;
                 match result {
                     Ok(()) => Self::send_ack(ws, ack, &json!({ "ok": true }).to_string()),
-                    Err(msg) => self.refuse(ws, meta, ack, ErrorCode::InvalidThinkingLevel, &msg),
+                    Err(msg) => self.refuse(
+                        ws,
+                        meta,
+                        ack,
+                        &RoomError::client(ErrorCode::InvalidThinkingLevel, msg),
+                    ),
                 }
             }
             ClientEvent::Abort { .. } => {
@@ -62,7 +78,12 @@ impl Conversation {
                     Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
                 } else {
                     let msg = "No active session to abort.";
-                    self.refuse(ws, meta, ack, ErrorCode::NoActiveTurn, msg);
+                    self.refuse(
+                        ws,
+                        meta,
+                        ack,
+                        &RoomError::client(ErrorCode::NoActiveTurn, msg),
+                    );
                 }
             }
             ClientEvent::Ping => {
@@ -99,7 +120,12 @@ impl Conversation {
             let operator = self.operator().await;
             if crate::agents::find_for(&operator.agents, name, user).is_none() {
                 let msg = unknown_agent_message(name, &operator.agents, user);
-                self.refuse(ws, meta, ack, ErrorCode::UnknownAgent, &msg);
+                self.refuse(
+                    ws,
+                    meta,
+                    ack,
+                    &RoomError::client(ErrorCode::UnknownAgent, msg),
+                );
                 return;
             }
         }
@@ -130,7 +156,7 @@ impl Conversation {
                         "a turn is running and {} messages are already queued; wait for agent:end",
                         config.max_queued_messages
                     );
-                    self.refuse(ws, meta, ack, ErrorCode::QueueFull, &msg);
+                    self.refuse(ws, meta, ack, &RoomError::client(ErrorCode::QueueFull, msg));
                     return;
                 }
                 room.queue.push_back(Pending {
@@ -228,12 +254,9 @@ impl Conversation {
             Ok(d) => d,
             Err(e) => {
                 console_error!("database binding: {e}");
-                self.send_error(
-                    &ws,
-                    &meta,
-                    ErrorCode::Internal,
-                    "storage is unavailable; nothing was sent to the model",
-                );
+                let e =
+                    RoomError::internal("storage is unavailable; nothing was sent to the model");
+                self.send_error(&ws, &meta, &e);
                 return;
             }
         };
@@ -241,7 +264,7 @@ impl Conversation {
         self.room.borrow_mut().in_flight = message.client_message_id.clone();
         if let Err(e) = self.claim(&user).await {
             self.room.borrow_mut().in_flight = None;
-            self.send_error(&ws, &meta, e.code(), &e.message());
+            self.send_error(&ws, &meta, &e);
             return;
         }
         let known_history = self.room.borrow().stored_any;
@@ -335,7 +358,7 @@ impl Conversation {
             console_error!("storing the user message: {e}");
             let msg = "your message could not be stored; the turn was cancelled, send it again";
             self.room.borrow_mut().in_flight = None;
-            self.refuse(ws, meta, ack, ErrorCode::Internal, msg);
+            self.refuse(ws, meta, ack, &RoomError::internal(msg));
             return false;
         }
         self.after_user_message_stored(user, message, message_id);
@@ -393,21 +416,19 @@ impl Conversation {
             Err(e) => {
                 console_error!("loading history: {e}");
                 let msg = "the conversation history could not be loaded; try again";
-                self.end_early(id, ErrorCode::Internal, msg, d).await;
+                self.end_early(id, &RoomError::internal(msg), d).await;
                 return;
             }
         };
         if let (Some(name), None) = (&plan.agent_name, &plan.agent) {
             let text = format!("agent \"{name}\" is not configured; answering without it");
-            self.broadcast(
-                "error",
-                protocol::error_payload(Some(id), ErrorCode::InvalidPayload, &text),
-            );
+            let e = RoomError::client(ErrorCode::UnknownAgent, text);
+            self.broadcast("error", e.event_payload(Some(id)));
         }
         let Some(call) = call else {
             let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
-            self.end_early(id, ErrorCode::ProviderNotConfigured, msg, d)
-                .await;
+            let e = RoomError::client(ErrorCode::ProviderNotConfigured, msg);
+            self.end_early(id, &e, d).await;
             return;
         };
         // Sent while the provider prepares its first byte, not after it.
@@ -443,10 +464,10 @@ impl Conversation {
     }
 
     /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
-    pub(super) async fn end_early(&self, id: &str, code: ErrorCode, msg: &str, d: &D1Database) {
-        self.broadcast("error", protocol::error_payload(Some(id), code, msg));
+    pub(super) async fn end_early(&self, id: &str, error: &RoomError, d: &D1Database) {
+        self.broadcast("error", error.event_payload(Some(id)));
         self.copy_turn_end(d, None).await;
-        let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": code.as_str(), "message": msg } });
+        let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": error.message() } });
         self.broadcast("agent:end", end.to_string());
     }
 
@@ -487,14 +508,8 @@ impl Conversation {
                 Err(e) => {
                     console_error!("storing the assistant message: {e}");
                     let id = self.room.borrow().id.clone();
-                    self.broadcast(
-                        "error",
-                        protocol::error_payload(
-                            Some(&id),
-                            ErrorCode::Internal,
-                            "the reply could not be stored",
-                        ),
-                    );
+                    let e = RoomError::internal("the reply could not be stored");
+                    self.broadcast("error", e.event_payload(Some(&id)));
                 }
             }
         }
@@ -821,14 +836,12 @@ impl Conversation {
                         crate::retry::Next::GiveUp => {}
                     }
                     let stop = StopReason::after_failure(error.kind, !turn.text.is_empty());
-                    self.broadcast(
-                        "error",
-                        protocol::error_payload(
-                            Some(s.id),
-                            ErrorCode::Upstream(error.kind.code()),
-                            &crate::llm::redact::redact(&error.message),
-                        ),
-                    );
+                    let e = RoomError::Upstream {
+                        code: error.kind.code(),
+                        message: crate::llm::redact::redact(&error.message),
+                        retryable: error.kind.retryable(),
+                    };
+                    self.broadcast("error", e.event_payload(Some(s.id)));
                     break (stop, Some(error));
                 }
             }
