@@ -16,5 +16,8 @@ cargo test -q
 echo "[test] building the Worker"
 sh scripts/build.sh
 
+echo "[test] the fakes, byte for byte"
+node --test tests/support/selftest.mjs
+
 echo "[test] end-to-end"
 node --test --test-concurrency=1 tests/e2e/

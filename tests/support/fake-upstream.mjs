@@ -575,7 +575,11 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
         const chunk = Buffer.alloc(64 * 1024, 'x');
         res.write('{"error":{"message":"');
         const pump = () => {
-          while (!res.destroyed && res.write(chunk)) rec.endlessBytes += chunk.length;
+          // Every chunk handed to the socket counts, the one that filled its buffer too.
+          while (!res.destroyed) {
+            rec.endlessBytes += chunk.length;
+            if (!res.write(chunk)) break;
+          }
           if (!res.destroyed) res.once('drain', pump);
         };
         res.on('close', () => {

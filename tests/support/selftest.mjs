@@ -334,6 +334,20 @@ describe('scenarios', () => {
     });
   }
 
+  test('status message=... endless=1: the given message in the error body; an error body that never ends', async () => {
+    const a = await openai('fail [[status code=429 message="Quota of org-Abc123 exceeded"]]');
+    assert.equal(a.status, 429);
+    assert.equal((await a.json()).error.message, 'Quota of org-Abc123 exceeded');
+    const abort = new AbortController();
+    const b = await openai('fail [[status code=400 endless=1]]', { signal: abort.signal });
+    assert.equal(b.status, 400);
+    const reader = b.body.getReader();
+    let bytes = 0;
+    while (bytes < 1024 * 1024) bytes += (await reader.read()).value.length;
+    abort.abort();
+    assert.ok(bytes >= 1024 * 1024, 'more than a mebibyte and still going');
+  });
+
   test('context: a 400 that says the prompt is too long, per provider', async () => {
     const a = await openai('huge [[context]]');
     assert.equal(a.status, 400);
@@ -471,6 +485,18 @@ describe('tool server', () => {
     assert.equal((await call('secret', {})).status, 401);
     assert.equal((await call('secret', {}, { authorization: 'Bearer wrong' })).status, 401);
     assert.deepEqual(await (await call('secret', {}, { authorization: 'Bearer s3cret' })).json(), { ok: true });
+  });
+
+  test('endless streams until the client goes away', async () => {
+    const abort = new AbortController();
+    const res = await call('endless', {}, {}, abort.signal);
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    let bytes = 0;
+    while (bytes < 1024 * 1024) bytes += (await reader.read()).value.length;
+    abort.abort();
+    const gone = await tools.waitForClientClose((c) => c.name === 'endless', 2000);
+    assert.ok(gone.bytesSent >= 1024 * 1024, `${gone.bytesSent} bytes sent`);
   });
 
   test('slow waits, and records a client that went away', async () => {

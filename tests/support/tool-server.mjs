@@ -97,7 +97,11 @@ export async function startToolServer({ secret = 'test-tool-secret' } = {}) {
         res.writeHead(200, { 'content-type': 'text/plain' });
         const chunk = Buffer.alloc(64 * 1024, 'y');
         const pump = () => {
-          while (!res.destroyed && res.write(chunk)) call.bytesSent += chunk.length;
+          // Every chunk handed to the socket counts, the one that filled its buffer too.
+          while (!res.destroyed) {
+            call.bytesSent += chunk.length;
+            if (!res.write(chunk)) break;
+          }
           if (!res.destroyed) res.once('drain', pump);
         };
         pump();

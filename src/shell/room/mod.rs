@@ -143,7 +143,7 @@ struct Steps<'a> {
 }
 
 #[durable_object]
-pub struct Conversation {
+pub struct ConversationObject {
     state: State,
     env: Env,
     config: Result<Rc<Config>>,
@@ -169,7 +169,7 @@ pub struct Conversation {
     seen_inserts: Cell<u64>,
 }
 
-impl DurableObject for Conversation {
+impl DurableObject for ConversationObject {
     fn new(state: State, env: Env) -> Self {
         let config = super::load_config(&env)
             .map(Rc::new)
@@ -178,7 +178,7 @@ impl DurableObject for Conversation {
             .as_ref()
             .map(|c| c.replay_window_ms)
             .unwrap_or(120_000);
-        Conversation {
+        ConversationObject {
             state,
             env,
             config,
@@ -437,7 +437,7 @@ impl DurableObject for Conversation {
     }
 }
 
-impl Conversation {
+impl ConversationObject {
     fn config(&self) -> Result<Rc<Config>> {
         match &self.config {
             Ok(c) => Ok(c.clone()),

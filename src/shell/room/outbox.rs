@@ -6,7 +6,7 @@ use crate::outbox::{self, OutboxRow, Param};
 /// Shortest wait before an alarm retries a failed copy.
 pub(super) const RETRY_FLOOR_MS: u64 = 1_000;
 
-impl Conversation {
+impl ConversationObject {
     /// Stores a message in the object's own storage; once this returns it is durable (the
     /// runtime holds outgoing frames until the write is committed), so it can be acknowledged.
     pub(super) fn keep_message(

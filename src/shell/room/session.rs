@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Conversation {
+impl ConversationObject {
     pub(super) fn session_info(&self, catalog: &Catalog) -> String {
         let config = self.config.as_ref().ok();
         let default = config

@@ -12,7 +12,7 @@ extern "C" {
     fn send(this: &SendTarget, data: &JsValue) -> std::result::Result<(), JsValue>;
 }
 
-impl Conversation {
+impl ConversationObject {
     /// Fills the socket cache from the runtime after a wake-up; a no-op when it is warm.
     pub(super) fn ensure_sockets(&self) {
         let mut room = self.room.borrow_mut();

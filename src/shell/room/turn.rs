@@ -4,7 +4,7 @@ use super::outbox::RETRY_FLOOR_MS;
 use super::*;
 use crate::outbox::OutboxRow;
 
-impl Conversation {
+impl ConversationObject {
     pub(super) async fn handle_event(
         &self,
         ws: &WebSocket,
