@@ -1,5 +1,6 @@
 //! The chat protocol: client events validated from either framing, server events serialised once and framed per socket.
 
+pub mod framing;
 pub mod sio;
 mod strict_json;
 

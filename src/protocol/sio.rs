@@ -533,7 +533,8 @@ pub fn event(nsp: &str, name: &str, data_json: &str, offset: Option<&str>) -> St
     }
     if let Some(offset) = offset {
         out.push(',');
-        push_json_str(&mut out, offset);
+        // Escaped apart and appended: escaping in place would revalidate the payload before it.
+        out.push_str(&super::json_str(offset));
     }
     out.push(']');
     out

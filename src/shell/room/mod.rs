@@ -28,8 +28,7 @@ use std::rc::Rc;
 use std::time::Duration;
 use worker::*;
 
-/// The socket.io namespace the gateway serves.
-const NSP: &str = "/chat";
+use crate::protocol::framing::NSP;
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
 /// When the alarm a long turn arms copies what the turn wrote, should its instance die first.
@@ -357,13 +356,7 @@ impl DurableObject for ConversationObject {
                     Err(e) => {
                         let e = RoomError::client(e.code, e.message);
                         self.send_error(&ws, &meta, &e);
-                        if let Some(id) = ack_id {
-                            let _ = ws.send_with_str(sio::ack(
-                                NSP,
-                                id,
-                                &format!("[{}]", e.event_payload(None)),
-                            ));
-                        }
+                        Self::send_ack(&ws, ack_id, &e.event_payload(None));
                     }
                 }
             }

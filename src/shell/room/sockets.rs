@@ -1,6 +1,7 @@
 //! The sockets of a conversation: attaching, framing and broadcasting, resume replay, socket.io CONNECT, the live registry.
 
 use super::*;
+use crate::protocol::framing::Framing;
 use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
 
 #[wasm_bindgen]
@@ -104,21 +105,9 @@ impl ConversationObject {
 
     // ---- sending -------------------------------------------------------------------------
 
-    /// Frames an event for one socket.
+    /// Frames an event for one socket; a socket.io socket gets events only in its connected namespace.
     pub(super) fn frame(event: &OutEvent, meta: &SocketMeta) -> Option<String> {
-        if meta.sio {
-            // Events reach a socket.io client only in its connected namespace; the offset enables recovery.
-            meta.connected.then(|| {
-                sio::event(
-                    NSP,
-                    event.name,
-                    &event.data,
-                    event.seq.map(|s| s.to_string()).as_deref(),
-                )
-            })
-        } else {
-            Some(event.json_frame())
-        }
+        (!meta.sio || meta.connected).then(|| Framing::of(meta.sio).encode(event))
     }
 
     pub(super) fn send_to(&self, ws: &WebSocket, meta: &SocketMeta, event: &OutEvent) {
@@ -134,24 +123,15 @@ impl ConversationObject {
         let mut guard = self.room.borrow_mut();
         let room = &mut *guard; // split borrows: the logged event and the socket list
         let event = room.log.push(name, data, now_ms());
-        let mut json_frame: Option<JsValue> = None;
-        let mut sio_frame: Option<JsValue> = None;
+        // One frame per framing, made when the first socket of that framing needs it.
+        let mut frames: [Option<JsValue>; 2] = [None, None];
         for (ws, meta) in room.sockets.iter().flatten() {
-            let frame = if meta.sio {
-                if !meta.connected {
-                    continue;
-                }
-                sio_frame.get_or_insert_with(|| {
-                    JsValue::from_str(&sio::event(
-                        NSP,
-                        event.name,
-                        &event.data,
-                        Some(&event.seq.unwrap_or(0).to_string()),
-                    ))
-                })
-            } else {
-                json_frame.get_or_insert_with(|| JsValue::from_str(&event.json_frame()))
-            };
+            if meta.sio && !meta.connected {
+                continue;
+            }
+            let framing = Framing::of(meta.sio);
+            let frame = frames[usize::from(meta.sio)]
+                .get_or_insert_with(|| JsValue::from_str(&framing.encode(event)));
             let socket: &JsValue = ws.as_ref().as_ref();
             // A socket that closed meanwhile throws; its close event cleans up.
             let _ = socket.unchecked_ref::<SendTarget>().send(frame);
@@ -193,8 +173,9 @@ impl ConversationObject {
     }
 
     pub(super) fn send_ack(ws: &WebSocket, ack: Option<u64>, payload: &str) {
-        if let Some(id) = ack {
-            let _ = ws.send_with_str(sio::ack(NSP, id, &format!("[{payload}]")));
+        // Only socket.io events carry an ack id.
+        if let Some(frame) = Framing::SocketIo.ack(ack, payload) {
+            let _ = ws.send_with_str(frame);
         }
     }
 
