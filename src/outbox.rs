@@ -119,9 +119,229 @@ pub fn retry_delay_ms(failures: u32) -> u64 {
     1_000u64.saturating_mul(1u64 << failures.min(6)).min(60_000)
 }
 
+/// Why a copy to D1 runs; it decides whether copied rows are deleted and whether the batch
+/// carries the session mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    /// A turn still running copies its user message. Copied rows are only remembered: a delete
+    /// is a write, and a write holds every outgoing frame until it commits, stalling the stream.
+    MidTurn,
+    /// A turn's closing batch: waiting rows, the reply, the session mirror, the live registry.
+    TurnEnd,
+    /// The session changed (a command): the mirror, with any waiting rows.
+    Session,
+    /// An alarm retries rows a failed copy or a dead instance left.
+    Retry,
+}
+
+impl CopyKind {
+    /// Whether the rows this copy takes are deleted from the outbox once in D1.
+    pub fn settles(self) -> bool {
+        !matches!(self, CopyKind::MidTurn)
+    }
+
+    /// Whether the batch carries the session mirror (which also sets `updated_at`).
+    pub fn mirrored(self) -> bool {
+        matches!(self, CopyKind::TurnEnd | CopyKind::Session)
+    }
+}
+
+/// One planned copy: which rows go, in which order, and what succeeds means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyPlan {
+    pub kind: CopyKind,
+    /// Rows in D1 order: the waiting ones, then the unkept reply when it may go.
+    pub rows: Vec<OutboxRow>,
+    /// The unkept reply went with this batch (else the caller keeps it behind the others).
+    pub carries_unkept: bool,
+    /// The last outbox row this copy takes.
+    pub through: Option<i64>,
+}
+
+/// What to do after a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCopy {
+    /// Done; delete outbox rows up to `n` (inclusive) when set.
+    Settle { delete_through: Option<i64> },
+    /// The copy failed: try again (by alarm) after this many ms; nothing was copied.
+    RetryAfter { ms: u64 },
+    /// The copy failed but it carried no message: nothing to retry.
+    Dropped,
+}
+
+/// The pure half of the outbox: which rows a copy takes and what its result means. Rows are
+/// copied strictly in the order they were kept; `copied_through` is memory only, so after a
+/// restart every kept row is copied again (D1 ignores ids it has).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replicator {
+    /// The last outbox row known to be in D1.
+    pub copied_through: i64,
+    /// The last outbox row deleted.
+    pub settled_through: i64,
+    /// Failed copies in a row.
+    pub failures: u32,
+}
+
+impl Replicator {
+    /// Plans a copy of `waiting` (rows after `copied_through`, oldest first, at most
+    /// `MAX_ROWS_PER_COPY`) and the reply `unkept` (not written to the outbox), which goes only
+    /// when no older row waits beyond this batch: it must never land in D1 before them.
+    pub fn plan(
+        &self,
+        kind: CopyKind,
+        waiting: Vec<OutboxRow>,
+        unkept: Option<&OutboxRow>,
+    ) -> CopyPlan {
+        let through = waiting.last().map(|r| r.n);
+        let carries_unkept = unkept.is_some() && waiting.len() < MAX_ROWS_PER_COPY;
+        let mut rows = waiting;
+        if carries_unkept {
+            rows.extend(unkept.cloned());
+        }
+        CopyPlan {
+            kind,
+            rows,
+            carries_unkept,
+            through,
+        }
+    }
+
+    /// Takes the result of a planned copy.
+    pub fn on_result(&mut self, plan: &CopyPlan, ok: bool) -> AfterCopy {
+        if ok {
+            if let Some(n) = plan.through {
+                self.copied_through = self.copied_through.max(n);
+            }
+            self.failures = 0;
+            return AfterCopy::Settle {
+                delete_through: self.delete_due(plan.kind),
+            };
+        }
+        if plan.rows.is_empty() {
+            return AfterCopy::Dropped;
+        }
+        let ms = retry_delay_ms(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        AfterCopy::RetryAfter { ms }
+    }
+
+    /// The rows a copy of `kind` deletes: those known to be in D1 and not deleted yet.
+    pub fn delete_due(&self, kind: CopyKind) -> Option<i64> {
+        (kind.settles() && self.copied_through > self.settled_through)
+            .then_some(self.copied_through)
+    }
+
+    /// A delete of rows up to `n` succeeded.
+    pub fn settled(&mut self, n: i64) {
+        self.settled_through = self.settled_through.max(n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn waiting(rows: &[OutboxRow], r: &Replicator) -> Vec<OutboxRow> {
+        rows.iter()
+            .filter(|x| x.n > r.copied_through)
+            .take(MAX_ROWS_PER_COPY)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn copy_kinds_say_what_settles_and_what_carries_the_mirror() {
+        assert!(!CopyKind::MidTurn.settles() && !CopyKind::MidTurn.mirrored());
+        assert!(CopyKind::TurnEnd.settles() && CopyKind::TurnEnd.mirrored());
+        assert!(CopyKind::Session.settles() && CopyKind::Session.mirrored());
+        assert!(CopyKind::Retry.settles() && !CopyKind::Retry.mirrored());
+    }
+
+    #[test]
+    fn d1_failing_then_recovering_copies_every_row_once_and_in_order() {
+        let kept: Vec<OutboxRow> = (1..=45)
+            .map(|n| row(n, if n % 2 == 1 { "user" } else { "assistant" }, "x", n))
+            .collect();
+        let mut r = Replicator::default();
+        let mut in_d1: Vec<i64> = Vec::new();
+        // Three failures: nothing moves, the waits grow.
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let plan = r.plan(CopyKind::Retry, waiting(&kept, &r), None);
+            match r.on_result(&plan, false) {
+                AfterCopy::RetryAfter { ms } => waits.push(ms),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, vec![1_000, 2_000, 4_000]);
+        assert_eq!(r.copied_through, 0);
+        // Recovery: batches of at most 20, in order, until nothing waits.
+        loop {
+            let plan = r.plan(CopyKind::Retry, waiting(&kept, &r), None);
+            if plan.rows.is_empty() {
+                break;
+            }
+            in_d1.extend(plan.rows.iter().map(|x| x.n));
+            match r.on_result(&plan, true) {
+                AfterCopy::Settle {
+                    delete_through: Some(n),
+                } => r.settled(n),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(in_d1, (1..=45).collect::<Vec<_>>());
+        assert_eq!(
+            (r.copied_through, r.settled_through, r.failures),
+            (45, 45, 0)
+        );
+    }
+
+    #[test]
+    fn a_reply_never_overtakes_older_rows() {
+        let r = Replicator::default();
+        let reply = row(0, "assistant", "reply", 99);
+        let full: Vec<OutboxRow> = (1..=20).map(|n| row(n, "user", "q", n)).collect();
+        let plan = r.plan(CopyKind::TurnEnd, full, Some(&reply));
+        assert!(
+            !plan.carries_unkept,
+            "20 rows wait: the reply is kept behind them"
+        );
+        assert_eq!(plan.rows.len(), 20);
+        let some: Vec<OutboxRow> = (1..=3).map(|n| row(n, "user", "q", n)).collect();
+        let plan = r.plan(CopyKind::TurnEnd, some, Some(&reply));
+        assert!(plan.carries_unkept);
+        assert_eq!(plan.rows.last().map(|x| x.content.as_str()), Some("reply"));
+        assert_eq!(plan.through, Some(3), "the reply is not an outbox row");
+    }
+
+    #[test]
+    fn a_mid_turn_copy_remembers_without_deleting() {
+        let mut r = Replicator::default();
+        let plan = r.plan(CopyKind::MidTurn, vec![row(1, "user", "q", 1)], None);
+        assert_eq!(
+            r.on_result(&plan, true),
+            AfterCopy::Settle {
+                delete_through: None
+            }
+        );
+        assert_eq!(r.copied_through, 1);
+        // The turn's end then deletes what the mid-turn copy took, even with nothing new.
+        let plan = r.plan(CopyKind::TurnEnd, Vec::new(), None);
+        assert_eq!(
+            r.on_result(&plan, true),
+            AfterCopy::Settle {
+                delete_through: Some(1)
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_copy_without_messages_is_not_retried() {
+        let mut r = Replicator::default();
+        let plan = r.plan(CopyKind::Session, Vec::new(), None);
+        assert_eq!(r.on_result(&plan, false), AfterCopy::Dropped);
+        assert_eq!(r.failures, 0);
+    }
 
     fn row(n: i64, role: &str, content: &str, at: i64) -> OutboxRow {
         OutboxRow {

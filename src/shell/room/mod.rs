@@ -15,6 +15,7 @@ use crate::error::RoomError;
 use crate::llm::{
     CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
 };
+use crate::outbox::CopyKind;
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
 use crate::routing::{RoutingContext, RoutingDecision, Target};
 use crate::selection;
@@ -150,11 +151,10 @@ pub struct ConversationObject {
     /// When the read started, and the read.
     operator: RefCell<Option<(i64, OperatorLoad)>>,
     /// One copy to D1 at a time; holds the count of failed copies in a row.
-    copy_lock: futures::lock::Mutex<u32>,
-    /// The last outbox row known to be in D1 (memory only: 0 after a restart, so all are copied again).
-    copied_through: Cell<i64>,
-    /// The last outbox row deleted.
-    settled_through: Cell<i64>,
+    copy_lock: futures::lock::Mutex<()>,
+    /// Which outbox rows are in D1 and deleted, and failed copies in a row (memory only: after
+    /// a restart every kept row is copied again).
+    replicator: RefCell<crate::outbox::Replicator>,
     /// The running turn's closing copy has started: a delayed copy must not mark it running.
     closing: Cell<bool>,
     /// What the last live-registry write said: (sockets, whether a turn runs).
@@ -197,9 +197,8 @@ impl DurableObject for ConversationObject {
                 sockets: None,
             }),
             operator: RefCell::new(None),
-            copy_lock: futures::lock::Mutex::new(0),
-            copied_through: Cell::new(0),
-            settled_through: Cell::new(0),
+            copy_lock: futures::lock::Mutex::new(()),
+            replicator: RefCell::new(crate::outbox::Replicator::default()),
             closing: Cell::new(false),
             live_written: Cell::new(None),
             abort: RefCell::new(None),
@@ -416,7 +415,7 @@ impl DurableObject for ConversationObject {
             let mut copies = 0;
             while copies < 10 && self.outbox_waiting() {
                 copies += 1;
-                if let Err(e) = self.copy_to_d1(&d, true, false, None, Vec::new).await {
+                if let Err(e) = self.copy_to_d1(&d, CopyKind::Retry, None, Vec::new).await {
                     console_warn!("retrying the copy to D1: {e}");
                     break;
                 }
@@ -525,7 +524,7 @@ impl ConversationObject {
         self.save_session_locally();
         if let Ok(d) = db::db(&self.env) {
             let mirror = || self.session_mirror(&d).into_iter().collect();
-            if let Err(e) = self.copy_to_d1(&d, true, true, None, mirror).await {
+            if let Err(e) = self.copy_to_d1(&d, CopyKind::Session, None, mirror).await {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }

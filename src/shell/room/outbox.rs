@@ -1,7 +1,7 @@
 //! The conversation's outbox: messages stored in the object first, then copied to D1 in order, one batch at a time, retried by alarm.
 
 use super::*;
-use crate::outbox::{self, OutboxRow, Param};
+use crate::outbox::{self, AfterCopy, OutboxRow, Param};
 
 /// Shortest wait before an alarm retries a failed copy.
 pub(super) const RETRY_FLOOR_MS: u64 = 1_000;
@@ -34,7 +34,7 @@ impl ConversationObject {
 
     /// Messages stored here and not known to be in D1, oldest first, at most one copy's worth.
     pub(super) fn waiting_messages(&self) -> Result<Vec<OutboxRow>> {
-        let after = self.copied_through.get() as f64;
+        let after = self.replicator.borrow().copied_through as f64;
         self.sql()
             .exec(outbox::PENDING, vec![after.into()])?
             .to_array()
@@ -47,42 +47,35 @@ impl ConversationObject {
 
     /// Copies the waiting messages to D1 in one batch, then `unkept` (a message not written here:
     /// the reply at a turn's end), then the statements `extra` builds (session mirror, live
-    /// registry; `mirrored` says the mirror is among them, which also sets the conversation's
-    /// `updated_at`). One copy runs at a time, so D1 numbers the messages in the order they were
+    /// registry). One copy runs at a time, so D1 numbers the messages in the order they were
     /// written, and `extra` is built once this copy holds the lock, so it says what is true when
-    /// it runs. A failure leaves the rows waiting and arms a retry.
+    /// it runs. Which rows go and what the result means is the pure `Replicator`'s; this only
+    /// runs the batch, the delete and the retry alarm it asks for.
     ///
-    /// Answers whether `unkept` went with the batch: not when older rows wait beyond this
-    /// batch's bound (it would land in D1 before them) nor when the copy failed; the caller then
-    /// keeps it here, behind the others.
-    ///
-    /// `settle` deletes the copied rows from the outbox. Mid-turn copies only remember them: a
-    /// delete is a write, and a write holds every outgoing frame until it commits, which would
-    /// stall the stream. An instance that dies first copies them again, harmlessly.
+    /// Answers whether `unkept` went with the batch (see `Replicator::plan`); the caller
+    /// otherwise keeps it here, behind the others.
     pub(super) async fn copy_to_d1(
         &self,
         d: &D1Database,
-        settle: bool,
-        mirrored: bool,
+        kind: CopyKind,
         unkept: Option<&OutboxRow>,
         extra: impl FnOnce() -> Vec<D1PreparedStatement>,
     ) -> Result<bool> {
-        let mut failures = self.copy_lock.lock().await;
-        let kept = self.waiting_messages()?;
-        let unkept = unkept.filter(|_| kept.len() < outbox::MAX_ROWS_PER_COPY);
+        let _copying = self.copy_lock.lock().await;
+        let plan = self
+            .replicator
+            .borrow()
+            .plan(kind, self.waiting_messages()?, unkept);
         let extra = extra();
-        if kept.is_empty() && unkept.is_none() && extra.is_empty() {
-            if settle {
-                self.settle_copied();
-            }
+        if plan.rows.is_empty() && extra.is_empty() {
+            // Nothing to send; rows an earlier copy took may still be deleted.
+            let due = self.replicator.borrow().delete_due(kind);
+            self.settle_copied(due);
             return Ok(false);
         }
         let id = self.room.borrow().id.clone();
-        let mut rows = kept;
-        let copied = rows.last().map(|r| r.n);
-        rows.extend(unkept.cloned());
-        let mut batch = Vec::with_capacity(rows.len() + 2 + extra.len());
-        for s in outbox::copy_statements(&id, &rows, mirrored) {
+        let mut batch = Vec::with_capacity(plan.rows.len() + 2 + extra.len());
+        for s in outbox::copy_statements(&id, &plan.rows, kind.mirrored()) {
             let params: Vec<wasm_bindgen::JsValue> = s
                 .params
                 .iter()
@@ -94,44 +87,40 @@ impl ConversationObject {
             batch.push(d.prepare(s.sql).bind(&params)?);
         }
         batch.extend(extra);
-        match d.batch(batch).await {
-            Ok(_) => {
-                if let Some(n) = copied {
-                    self.copied_through.set(n);
-                }
-                if settle {
-                    self.settle_copied();
-                }
-                *failures = 0;
-                Ok(unkept.is_some())
+        let result = d.batch(batch).await;
+        let after = self
+            .replicator
+            .borrow_mut()
+            .on_result(&plan, result.is_ok());
+        match (after, result) {
+            (AfterCopy::Settle { delete_through }, Ok(_)) => {
+                self.settle_copied(delete_through);
+                Ok(plan.carries_unkept)
             }
-            Err(e) => {
-                if !rows.is_empty() {
-                    let delay = outbox::retry_delay_ms(*failures).max(RETRY_FLOOR_MS);
-                    *failures = failures.saturating_add(1);
-                    console_warn!(
-                        "copying {} message(s) to D1 failed, retrying in {delay} ms: {e}",
-                        rows.len()
-                    );
-                    self.arm_alarm_within(delay).await;
-                }
+            (AfterCopy::RetryAfter { ms }, Err(e)) => {
+                let delay = ms.max(RETRY_FLOOR_MS);
+                console_warn!(
+                    "copying {} message(s) to D1 failed, retrying in {delay} ms: {e}",
+                    plan.rows.len()
+                );
+                self.arm_alarm_within(delay).await;
                 Err(e)
             }
+            (_, Err(e)) => Err(e),
+            (_, Ok(_)) => Ok(plan.carries_unkept),
         }
     }
 
-    /// Deletes the rows known to be in D1. A failed delete only leaves them for the next one:
-    /// the copy itself succeeded, and `copied_through` keeps them from being copied again.
-    fn settle_copied(&self) {
-        let through = self.copied_through.get();
-        if through <= self.settled_through.get() {
-            return;
-        }
+    /// Deletes the rows known to be in D1, up to `through`. A failed delete only leaves them for
+    /// the next one: the copy itself succeeded, and the replicator keeps them from being copied
+    /// again.
+    fn settle_copied(&self, through: Option<i64>) {
+        let Some(through) = through else { return };
         match self
             .sql()
             .exec(outbox::DELETE_COPIED, vec![(through as f64).into()])
         {
-            Ok(_) => self.settled_through.set(through),
+            Ok(_) => self.replicator.borrow_mut().settled(through),
             Err(e) => console_warn!("deleting copied messages from the outbox: {e}"),
         }
     }

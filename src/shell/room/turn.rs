@@ -314,7 +314,7 @@ impl ConversationObject {
                         .into_iter()
                         .collect()
                 };
-                if let Err(e) = self.copy_to_d1(&d, false, false, None, live).await {
+                if let Err(e) = self.copy_to_d1(&d, CopyKind::MidTurn, None, live).await {
                     self.live_unknown();
                     console_warn!("copying the user message to D1 (will retry): {e}");
                 }
@@ -484,7 +484,10 @@ impl ConversationObject {
             self.session_mirror(d).into_iter().chain(live).collect()
         };
         // `mirrored`: the session mirror in the batch sets updated_at.
-        let (copied, failed) = match self.copy_to_d1(d, true, true, reply.as_ref(), extra).await {
+        let (copied, failed) = match self
+            .copy_to_d1(d, CopyKind::TurnEnd, reply.as_ref(), extra)
+            .await
+        {
             Ok(copied) => (copied, false),
             Err(e) => {
                 self.live_unknown();
