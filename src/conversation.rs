@@ -46,6 +46,13 @@ impl SessionState {
         self.thinking_level.unwrap_or(ThinkingLevel::Off)
     }
 
+    /// Resets the thinking level to `off` when the model in use does not take it (`levels`).
+    pub fn clamp_thinking(&mut self, levels: &[ThinkingLevel]) {
+        if !levels.contains(&self.thinking()) {
+            self.thinking_level = Some(ThinkingLevel::Off);
+        }
+    }
+
     /// Records the model a turn runs on, counting a switch when it changed.
     pub fn use_model(&mut self, provider: &str, model: &str) {
         let changed =
@@ -569,6 +576,72 @@ impl StreamLog {
     }
 }
 
+/// Sequence numbers skipped when an instance finds its previous one died mid-turn: numbers it
+/// issued after the last save are unknown, so the next ones start past any it could have used.
+pub const SEQ_SKIP_AFTER_CRASH: u64 = 1_000_000;
+
+/// The next stream sequence number of an instance that loads `saved` (the last saved next
+/// number) and finds a turn marked running (its predecessor died during it).
+pub fn next_seq_after_load(saved: Option<u64>, turn_was_running: bool) -> u64 {
+    let next = saved.unwrap_or(1);
+    if turn_was_running {
+        next + SEQ_SKIP_AFTER_CRASH
+    } else {
+        next
+    }
+}
+
+/// What becomes of a `message` that reached the conversation (after the rate limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A resend of a stored message: its ack again, to the sender only; no second turn.
+    Duplicate { message_id: String },
+    /// A resend of a message being stored right now or queued: nothing; the original's
+    /// `message:ack` broadcast reaches the sender too.
+    Pending,
+    /// A turn runs and the queue is full.
+    QueueFull,
+    /// A turn runs: the message waits behind it.
+    Queue,
+    /// Nothing runs: this message's turn starts now.
+    Start,
+}
+
+/// What the conversation knows when a `message` arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionState<'a> {
+    /// The message id stored for this `clientMessageId`, if any (the dedupe table).
+    pub stored_as: Option<&'a str>,
+    /// The `clientMessageId` of the message being stored right now.
+    pub in_flight: Option<&'a str>,
+    pub turn_running: bool,
+    pub queued: usize,
+    pub max_queued: usize,
+}
+
+/// Decides a `message`'s fate; `queued_ids` are the queued messages' `clientMessageId`s.
+pub fn admit<'a>(
+    client_id: Option<&str>,
+    state: AdmissionState<'_>,
+    mut queued_ids: impl Iterator<Item = Option<&'a str>>,
+) -> Admission {
+    if let Some(client_id) = client_id {
+        if let Some(message_id) = state.stored_as {
+            return Admission::Duplicate {
+                message_id: message_id.to_string(),
+            };
+        }
+        if state.in_flight == Some(client_id) || queued_ids.any(|q| q == Some(client_id)) {
+            return Admission::Pending;
+        }
+    }
+    match (state.turn_running, state.queued >= state.max_queued) {
+        (false, _) => Admission::Start,
+        (true, true) => Admission::QueueFull,
+        (true, false) => Admission::Queue,
+    }
+}
+
 /// How the conversation's table of accepted `clientMessageId`s (the dedupe of resends) stays
 /// bounded: the newest `MAX_ENTRIES` ids younger than `MAX_AGE_MS` are kept, and the rest are
 /// pruned every `PRUNE_EVERY` inserts. A resend older than either bound starts a new turn.
@@ -792,6 +865,99 @@ mod tests {
         assert_eq!(
             StopReason::after_failure(K::Overloaded, true),
             StopReason::Error
+        );
+    }
+
+    fn state<'a>(
+        stored_as: Option<&'a str>,
+        in_flight: Option<&'a str>,
+        running: bool,
+        queued: usize,
+    ) -> AdmissionState<'a> {
+        AdmissionState {
+            stored_as,
+            in_flight,
+            turn_running: running,
+            queued,
+            max_queued: 2,
+        }
+    }
+
+    #[test]
+    fn after_a_crash_mid_turn_numbering_skips_past_what_the_dead_instance_may_have_sent() {
+        assert_eq!(next_seq_after_load(None, false), 1);
+        assert_eq!(next_seq_after_load(Some(40), false), 40);
+        assert_eq!(
+            next_seq_after_load(Some(40), true),
+            40 + SEQ_SKIP_AFTER_CRASH
+        );
+        // A client that resumes from the dead instance's last number gets a gap, not a repeat.
+        let log = StreamLog::new(next_seq_after_load(Some(40), true), 60_000, 1 << 20);
+        assert!(log.after(57).is_err());
+    }
+
+    #[test]
+    fn thinking_falls_back_to_off_on_a_model_without_that_level() {
+        let mut s = SessionState {
+            thinking_level: Some(ThinkingLevel::High),
+            ..SessionState::default()
+        };
+        s.clamp_thinking(&[ThinkingLevel::Off, ThinkingLevel::High]);
+        assert_eq!(s.thinking(), ThinkingLevel::High);
+        s.clamp_thinking(&[ThinkingLevel::Off]);
+        assert_eq!(s.thinking(), ThinkingLevel::Off);
+    }
+
+    #[test]
+    fn a_message_starts_queues_or_is_refused_by_the_queue_bound() {
+        let none = std::iter::empty();
+        assert_eq!(
+            admit(None, state(None, None, false, 0), none),
+            Admission::Start
+        );
+        assert_eq!(
+            admit(Some("c1"), state(None, None, true, 1), std::iter::empty()),
+            Admission::Queue
+        );
+        assert_eq!(
+            admit(Some("c1"), state(None, None, true, 2), std::iter::empty()),
+            Admission::QueueFull
+        );
+    }
+
+    #[test]
+    fn a_resend_racing_its_original_never_makes_a_second_turn() {
+        // The original is being stored (in flight): the resend waits for its ack.
+        assert_eq!(
+            admit(
+                Some("c1"),
+                state(None, Some("c1"), true, 0),
+                std::iter::empty()
+            ),
+            Admission::Pending
+        );
+        // The original is queued behind another turn.
+        let queued = [Some("c0"), None, Some("c1")];
+        assert_eq!(
+            admit(Some("c1"), state(None, None, true, 3), queued.into_iter()),
+            Admission::Pending,
+            "a resend of a queued message is not refused as queue_full"
+        );
+        // The original is stored: the same ack again.
+        assert_eq!(
+            admit(
+                Some("c1"),
+                state(Some("m1"), None, false, 0),
+                std::iter::empty()
+            ),
+            Admission::Duplicate {
+                message_id: "m1".into()
+            }
+        );
+        // Without a clientMessageId nothing can be recognised: it is a new message.
+        assert_eq!(
+            admit(None, state(None, Some("c1"), true, 0), std::iter::empty()),
+            Admission::Queue
         );
     }
 

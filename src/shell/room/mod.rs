@@ -495,11 +495,10 @@ impl ConversationObject {
         room.session = get("session")
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();
-        let mut next_seq: u64 = get("seq").and_then(|s| s.parse().ok()).unwrap_or(1);
-        if get("turn").as_deref() == Some("running") {
-            // The instance died mid-turn: numbers issued since the last save are unknown, so skip past them.
-            next_seq += 1_000_000;
-        }
+        let next_seq = conversation::next_seq_after_load(
+            get("seq").and_then(|s| s.parse().ok()),
+            get("turn").as_deref() == Some("running"),
+        );
         let window = self
             .config
             .as_ref()

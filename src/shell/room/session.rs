@@ -90,9 +90,7 @@ impl ConversationObject {
                 room.session.use_model(&provider, &id);
                 room.session.routing_decision = None;
                 let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &id));
-                if !levels.contains(&room.session.thinking()) {
-                    room.session.thinking_level = Some(ThinkingLevel::Off);
-                }
+                room.session.clamp_thinking(&levels);
             }
             None => {
                 self.room.borrow_mut().session.model_override = None;

@@ -2,6 +2,7 @@
 
 use super::outbox::RETRY_FLOOR_MS;
 use super::*;
+use crate::conversation::Admission;
 use crate::outbox::OutboxRow;
 
 impl ConversationObject {
@@ -129,37 +130,40 @@ impl ConversationObject {
                 return;
             }
         }
-        if let Some(client_id) = &message.client_message_id {
-            if let Some(message_id) = self.seen_message(client_id) {
-                self.send_duplicate_ack(ws, meta, ack, client_id, &message_id);
-                return;
-            }
-            let pending = {
-                let room = self.room.borrow();
-                room.in_flight.as_deref() == Some(client_id)
-                    || room
-                        .queue
-                        .iter()
-                        .any(|p| p.message.client_message_id.as_deref() == Some(client_id))
+        let client_id = message.client_message_id.clone();
+        let stored_as = client_id.as_deref().and_then(|c| self.seen_message(c));
+        let admission = {
+            let room = self.room.borrow();
+            let state = conversation::AdmissionState {
+                stored_as: stored_as.as_deref(),
+                in_flight: room.in_flight.as_deref(),
+                turn_running: room.turn_running,
+                queued: room.queue.len(),
+                max_queued: config.max_queued_messages,
             };
-            if pending {
-                // Being stored right now, or queued: the message:ack broadcast reaches this socket too.
+            let queued = room
+                .queue
+                .iter()
+                .map(|p| p.message.client_message_id.as_deref());
+            conversation::admit(client_id.as_deref(), state, queued)
+        };
+        match admission {
+            Admission::Duplicate { message_id } => {
+                let client_id = client_id.unwrap_or_default();
+                self.send_duplicate_ack(ws, meta, ack, &client_id, &message_id);
                 return;
             }
-        }
-        {
-            let mut room = self.room.borrow_mut();
-            if room.turn_running {
-                if room.queue.len() >= config.max_queued_messages {
-                    drop(room);
-                    let msg = format!(
-                        "a turn is running and {} messages are already queued; wait for agent:end",
-                        config.max_queued_messages
-                    );
-                    self.refuse(ws, meta, ack, &RoomError::client(ErrorCode::QueueFull, msg));
-                    return;
-                }
-                room.queue.push_back(Pending {
+            Admission::Pending => return,
+            Admission::QueueFull => {
+                let msg = format!(
+                    "a turn is running and {} messages are already queued; wait for agent:end",
+                    config.max_queued_messages
+                );
+                self.refuse(ws, meta, ack, &RoomError::client(ErrorCode::QueueFull, msg));
+                return;
+            }
+            Admission::Queue => {
+                self.room.borrow_mut().queue.push_back(Pending {
                     ws: ws.clone(),
                     meta: meta.clone(),
                     message,
@@ -167,7 +171,7 @@ impl ConversationObject {
                 });
                 return;
             }
-            room.turn_running = true;
+            Admission::Start => self.room.borrow_mut().turn_running = true,
         }
         let mut next = Some(Pending {
             ws: ws.clone(),
@@ -572,9 +576,7 @@ impl ConversationObject {
             let levels = catalog::thinking_levels_for(
                 operator.catalog.lookup(Some(&first.provider), &first.model),
             );
-            if !levels.contains(&room.session.thinking()) {
-                room.session.thinking_level = Some(ThinkingLevel::Off);
-            }
+            room.session.clamp_thinking(&levels);
         }
         let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
         let mut base: Vec<ChatMessage> = Vec::new();
