@@ -126,6 +126,13 @@ impl ClientEvent {
             ClientEvent::Ping => None,
         }
     }
+
+    /// Whether the event counts against the user's rate limit: everything that changes the
+    /// conversation does; `abort` and `ping` do not, so a limited user can still stop a turn
+    /// and keep the socket alive.
+    pub fn is_rate_limited(&self) -> bool {
+        !matches!(self, ClientEvent::Abort { .. } | ClientEvent::Ping)
+    }
 }
 
 /// Decodes a JSON-framing text frame `{"event": name, "data": {...}}`.
@@ -390,6 +397,18 @@ mod tests {
 
     fn code(text: &str) -> ErrorCode {
         decode_json_frame(text, &LIMITS).unwrap_err().code
+    }
+
+    #[test]
+    fn what_counts_against_the_rate_limit() {
+        let event =
+            |name: &str, data: serde_json::Value| decode_event(name, data, &LIMITS).unwrap();
+        assert!(event("message", serde_json::json!({"content": "hi"})).is_rate_limited());
+        assert!(event("set:thinking", serde_json::json!({"level": "low"})).is_rate_limited());
+        assert!(
+            event("command:execute", serde_json::json!({"command": "/status"})).is_rate_limited()
+        );
+        assert!(!event("abort", serde_json::json!({})).is_rate_limited());
     }
 
     #[test]

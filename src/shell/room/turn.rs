@@ -34,14 +34,7 @@ impl ConversationObject {
             self.send_error(ws, meta, &e);
             return;
         };
-        // Everything that changes the conversation counts against the user's limit; abort and
-        // ping do not, so a limited user can still stop a turn and keep the socket alive.
-        if matches!(
-            event,
-            ClientEvent::Message(_)
-                | ClientEvent::SetThinking { .. }
-                | ClientEvent::CommandExecute { .. }
-        ) {
+        if event.is_rate_limited() {
             let limit = config.rate_limit_per_minute;
             if let Err(wait) = crate::shell::limiter::admit(&self.env, &user, limit).await {
                 let msg = format!(
