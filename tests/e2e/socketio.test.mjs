@@ -394,6 +394,25 @@ describe('heartbeats (SIO_PING_INTERVAL_MS=1000, SIO_PING_TIMEOUT_MS=1000)', () 
   });
 });
 
+describe('an event named ping', () => {
+  test('is answered with a socket.io pong event (and its ack); the transport stays up and the socket usable', async () => {
+    const token = await gw.mintToken(uniq('sio-ping'));
+    const conversationId = randomUUID();
+    const client = await openSio(gw, { token, conversationId });
+    const raw = [];
+    client.socket.io.engine.on('packet', (p) => raw.push(p));
+    client.send('ping', { conversationId });
+    const pong = await client.next('pong');
+    assert.deepEqual(pong.data, {});
+    assert.deepEqual(await client.emitWithAck('ping', { conversationId }), { ok: true });
+    assert.ok(client.socket.connected, 'still connected');
+    assert.ok(raw.every((p) => typeof p.type === 'string' && p.type !== 'error'), `only Engine.IO packets: ${JSON.stringify(raw)}`);
+    const t = await client.turn(`after ping ${uniq()}`);
+    assert.equal(t.end.data.stopReason, 'stop', client.log.dump());
+    await client.close();
+  });
+});
+
 describe('malformed packets', () => {
   test('42/chat,not-json and other broken packets each get an error event; the socket stays connected and usable', async () => {
     const token = await gw.mintToken(uniq('sio-bad'));

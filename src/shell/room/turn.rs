@@ -80,6 +80,12 @@ impl ConversationObject {
                     );
                 }
             }
+            ClientEvent::Ping if meta.sio => {
+                // An event named `ping` on socket.io: answered in its framing (a raw JSON frame
+                // is not an Engine.IO packet and would kill the client's transport).
+                self.send_to(ws, meta, &OutEvent::unsequenced("pong", "{}".into()));
+                Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
+            }
             ClientEvent::Ping => {
                 let _ = ws.send_with_str(protocol::KEEPALIVE_PONG);
             }
