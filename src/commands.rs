@@ -551,9 +551,216 @@ pub fn help_text() -> String {
     out
 }
 
+/// A command's answer: the `success`, `message` and `data` of its `command:result`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandReply {
+    pub success: bool,
+    pub message: String,
+    /// `Null` when there is nothing to add.
+    pub data: Value,
+}
+
+impl CommandReply {
+    fn ok(message: impl Into<String>, data: Value) -> Self {
+        CommandReply {
+            success: true,
+            message: message.into(),
+            data,
+        }
+    }
+
+    /// A refusal, with the reason.
+    pub fn failed(message: impl Into<String>, data: Value) -> Self {
+        CommandReply {
+            success: false,
+            message: message.into(),
+            data,
+        }
+    }
+}
+
+/// What a command reads of the conversation's session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub model_override: Option<&'a str>,
+    pub agent: Option<&'a str>,
+}
+
+/// What running a command needs from the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandStep {
+    /// Nothing to change: this is the answer.
+    Reply(CommandReply),
+    /// Change the session, then answer with the `after_*` function of the change.
+    SetModel(String),
+    ClearModel,
+    SetThinking(ThinkingLevel),
+    SetAgent(String),
+    ClearAgent,
+    /// Answer with the session's status report.
+    Status,
+}
+
+/// Runs a parsed command as far as it can without the conversation: answers what only reads
+/// the session (`fresh_id` is the id `/new` offers), and names the change the rest need.
+pub fn run(command: Command, session: SessionView<'_>, fresh_id: &str) -> CommandStep {
+    match command {
+        Command::Help => CommandStep::Reply(CommandReply::ok(help_text(), Value::Null)),
+        Command::New => CommandStep::Reply(CommandReply::ok(
+            format!("New conversation {fresh_id}: open a socket with conversationId={fresh_id}"),
+            json!({ "conversationId": fresh_id }),
+        )),
+        Command::ShowModel => {
+            let how = match session.model_override {
+                Some(o) => format!("override {o}"),
+                None => "routing decides".into(),
+            };
+            CommandStep::Reply(CommandReply::ok(
+                format!("Model: {}/{} ({how})", session.provider, session.model),
+                json!({ "provider": session.provider, "modelId": session.model, "override": session.model_override }),
+            ))
+        }
+        Command::ShowAgent => CommandStep::Reply(CommandReply::ok(
+            session
+                .agent
+                .map(|a| format!("Agent: {a}"))
+                .unwrap_or_else(|| "No agent is active".into()),
+            json!({ "agentName": session.agent }),
+        )),
+        Command::SetModel(spec) => CommandStep::SetModel(spec),
+        Command::ClearModel => CommandStep::ClearModel,
+        Command::SetThinking(level) => CommandStep::SetThinking(level),
+        Command::SetAgent(name) => CommandStep::SetAgent(name),
+        Command::ClearAgent => CommandStep::ClearAgent,
+        Command::Status => CommandStep::Status,
+    }
+}
+
+/// The answer to `/model <id>` once the override was set (`info`: the new `session:info`) or
+/// refused (the reason); `session` is the session after it.
+pub fn after_set_model(result: Result<Value, String>, session: SessionView<'_>) -> CommandReply {
+    match result {
+        Ok(info) => CommandReply::ok(
+            format!(
+                "Model set to {}/{} for this conversation; routing is bypassed until /model clear",
+                session.provider, session.model
+            ),
+            info,
+        ),
+        Err(e) => CommandReply::failed(e, Value::Null),
+    }
+}
+
+/// The answer to `/model clear`.
+pub fn after_clear_model(result: Result<Value, String>) -> CommandReply {
+    match result {
+        Ok(info) => CommandReply::ok("Model override cleared; routing decides again", info),
+        Err(e) => CommandReply::failed(e, Value::Null),
+    }
+}
+
+/// The answer to `/thinking <level>`.
+pub fn after_set_thinking(result: Result<(), String>, level: ThinkingLevel) -> CommandReply {
+    match result {
+        Ok(()) => CommandReply::ok(
+            format!("Thinking level set to {}", level.as_str()),
+            json!({ "thinkingLevel": level.as_str() }),
+        ),
+        Err(e) => CommandReply::failed(e, Value::Null),
+    }
+}
+
+/// The answer to `/agent <name>`: the agent's name when it was set, or the refusal.
+pub fn after_set_agent(result: Result<String, String>, refusal_code: &str) -> CommandReply {
+    match result {
+        Ok(name) => CommandReply::ok(format!("Agent set to {name}"), json!({ "agentName": name })),
+        Err(e) => CommandReply::failed(e, json!({ "code": refusal_code })),
+    }
+}
+
+/// The answer to `/agent clear`.
+pub fn after_clear_agent() -> CommandReply {
+    CommandReply::ok("Agent cleared", Value::Null)
+}
+
+/// The `command:result` payload.
+pub fn result_payload(conversation_id: &str, command: &str, reply: CommandReply) -> Value {
+    let mut result = json!({ "conversationId": conversation_id, "command": command, "success": reply.success, "message": reply.message });
+    if !reply.data.is_null() {
+        result["data"] = reply.data;
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const VIEW: SessionView<'static> = SessionView {
+        provider: "openai",
+        model: "gpt-4o",
+        model_override: None,
+        agent: None,
+    };
+
+    #[test]
+    fn reading_commands_answer_without_touching_the_session() {
+        let CommandStep::Reply(r) = run(Command::ShowModel, VIEW, "n1") else {
+            panic!("/model answers at once")
+        };
+        assert_eq!(r.message, "Model: openai/gpt-4o (routing decides)");
+        assert_eq!(
+            r.data,
+            json!({ "provider": "openai", "modelId": "gpt-4o", "override": null })
+        );
+        let over = SessionView {
+            model_override: Some("anthropic/claude-haiku-4-5"),
+            agent: Some("helper"),
+            ..VIEW
+        };
+        let CommandStep::Reply(r) = run(Command::ShowModel, over, "n1") else {
+            panic!()
+        };
+        assert!(r.message.ends_with("(override anthropic/claude-haiku-4-5)"));
+        let CommandStep::Reply(r) = run(Command::ShowAgent, over, "n1") else {
+            panic!()
+        };
+        assert_eq!(
+            (r.message.as_str(), r.data.clone()),
+            ("Agent: helper", json!({ "agentName": "helper" }))
+        );
+        let CommandStep::Reply(r) = run(Command::New, VIEW, "n1") else {
+            panic!()
+        };
+        assert_eq!(r.data, json!({ "conversationId": "n1" }));
+        assert_eq!(
+            run(Command::SetThinking(ThinkingLevel::Low), VIEW, "n1"),
+            CommandStep::SetThinking(ThinkingLevel::Low)
+        );
+    }
+
+    #[test]
+    fn changes_answer_with_their_outcome() {
+        let set = after_set_model(Ok(json!({ "modelId": "gpt-4o" })), VIEW);
+        assert!(set.success && set.message.starts_with("Model set to openai/gpt-4o"));
+        let refused = after_set_model(Err("provider \"x\" is not configured".into()), VIEW);
+        assert!(!refused.success && refused.data.is_null());
+        let agent = after_set_agent(
+            Err("Unknown agent \"ops\". Available: none".into()),
+            "unknown_agent",
+        );
+        assert_eq!(agent.data, json!({ "code": "unknown_agent" }));
+        assert_eq!(
+            result_payload("c1", "agent", after_clear_agent()),
+            json!({ "conversationId": "c1", "command": "agent", "success": true, "message": "Agent cleared" })
+        );
+        assert_eq!(
+            after_set_thinking(Ok(()), ThinkingLevel::High).data,
+            json!({ "thinkingLevel": "high" })
+        );
+    }
 
     #[test]
     fn canonical_names_resolve_aliases() {

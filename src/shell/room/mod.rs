@@ -8,7 +8,7 @@ mod turn;
 use super::{db, new_id, now_iso, now_ms, tools, upstream};
 use crate::agents::AgentConfig;
 use crate::catalog::{self, Catalog};
-use crate::commands::{self, Command};
+use crate::commands;
 use crate::config::{Config, ProviderConfig};
 use crate::conversation::{self, Emit, SessionState, StepOutcome, StopReason, StreamLog, Turn};
 use crate::error::RoomError;

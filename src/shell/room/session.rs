@@ -1,6 +1,7 @@
 //! Session commands: session:info, thinking level, the /model override and the slash commands.
 
 use super::*;
+use crate::commands::CommandStep;
 
 impl ConversationObject {
     pub(super) fn session_info(&self, catalog: &Catalog) -> String {
@@ -120,100 +121,84 @@ impl ConversationObject {
                     e => e.to_string(),
                 };
                 let name = commands::canonical_name(command).unwrap_or(command);
-                return json!({ "conversationId": id, "command": name, "success": false, "message": message });
+                let reply = commands::CommandReply::failed(message, Value::Null);
+                return commands::result_payload(&id, name, reply);
             }
         };
         let name = parsed.name();
-        let (success, message, data) = match parsed {
-            Command::Help => (true, commands::help_text(), Value::Null),
-            Command::New => {
-                let fresh = new_id();
-                (
-                    true,
-                    format!("New conversation {fresh}: open a socket with conversationId={fresh}"),
-                    json!({ "conversationId": fresh }),
-                )
+        let (provider, model) = self.current_model();
+        let (model_override, agent) = {
+            let room = self.room.borrow();
+            (
+                room.session.model_override.clone(),
+                room.session.agent.clone(),
+            )
+        };
+        let view = commands::SessionView {
+            provider: &provider,
+            model: &model,
+            model_override: model_override.as_deref(),
+            agent: agent.as_deref(),
+        };
+        let info = |r: std::result::Result<String, String>| {
+            r.map(|info| serde_json::from_str(&info).unwrap_or(Value::Null))
+        };
+        let reply = match commands::run(parsed, view, &new_id()) {
+            CommandStep::Reply(reply) => reply,
+            CommandStep::Status => {
+                let (message, data) = self.room.borrow().session.status_report();
+                commands::CommandReply {
+                    success: true,
+                    message,
+                    data,
+                }
             }
-            Command::ShowModel => {
-                let (p, m) = self.current_model();
-                let over = self.room.borrow().session.model_override.clone();
-                let how = match &over {
-                    Some(o) => format!("override {o}"),
-                    None => "routing decides".into(),
+            CommandStep::SetModel(spec) => {
+                let result = info(self.set_model_override(Some(spec)).await);
+                let (provider, model) = self.current_model();
+                let after = commands::SessionView {
+                    provider: &provider,
+                    model: &model,
+                    ..view
                 };
-                (
-                    true,
-                    format!("Model: {p}/{m} ({how})"),
-                    json!({ "provider": p, "modelId": m, "override": over }),
-                )
+                commands::after_set_model(result, after)
             }
-            Command::SetModel(spec) => match self.set_model_override(Some(spec)).await {
-                Ok(info) => {
-                    let (p, m) = self.current_model();
-                    (true, format!("Model set to {p}/{m} for this conversation; routing is bypassed until /model clear"), serde_json::from_str(&info).unwrap_or(Value::Null))
-                }
-                Err(e) => (false, e, Value::Null),
-            },
-            Command::ClearModel => match self.set_model_override(None).await {
-                Ok(info) => (
-                    true,
-                    "Model override cleared; routing decides again".into(),
-                    serde_json::from_str(&info).unwrap_or(Value::Null),
-                ),
-                Err(e) => (false, e, Value::Null),
-            },
-            Command::SetThinking(level) => match self.set_thinking(level.as_str()).await {
-                Ok(()) => (
-                    true,
-                    format!("Thinking level set to {}", level.as_str()),
-                    json!({ "thinkingLevel": level.as_str() }),
-                ),
-                Err(e) => (false, e, Value::Null),
-            },
-            Command::ShowAgent => {
-                let agent = self.room.borrow().session.agent.clone();
-                let msg = agent
-                    .as_ref()
-                    .map(|a| format!("Agent: {a}"))
-                    .unwrap_or_else(|| "No agent is active".into());
-                (true, msg, json!({ "agentName": agent }))
+            CommandStep::ClearModel => {
+                commands::after_clear_model(info(self.set_model_override(None).await))
             }
-            Command::SetAgent(name) => {
-                let operator = self.operator().await;
-                match crate::agents::find_for(&operator.agents, &name, user) {
-                    Some(a) => {
-                        self.room.borrow_mut().session.agent = Some(a.name.clone());
-                        self.save_session().await;
-                        self.broadcast("session:info", self.session_info(&operator.catalog));
-                        (
-                            true,
-                            format!("Agent set to {}", a.name),
-                            json!({ "agentName": a.name }),
-                        )
-                    }
-                    None => (
-                        false,
-                        super::turn::unknown_agent_message(&name, &operator.agents, user),
-                        json!({ "code": ErrorCode::UnknownAgent.as_str() }),
-                    ),
-                }
+            CommandStep::SetThinking(level) => {
+                commands::after_set_thinking(self.set_thinking(level.as_str()).await, level)
             }
-            Command::ClearAgent => {
+            CommandStep::SetAgent(name) => {
+                let result = self.set_agent(&name, user).await;
+                commands::after_set_agent(result, ErrorCode::UnknownAgent.as_str())
+            }
+            CommandStep::ClearAgent => {
                 self.room.borrow_mut().session.agent = None;
                 self.save_session().await;
                 let catalog = &self.operator().await.catalog;
                 self.broadcast("session:info", self.session_info(catalog));
-                (true, "Agent cleared".into(), Value::Null)
-            }
-            Command::Status => {
-                let (msg, data) = self.room.borrow().session.status_report();
-                (true, msg, data)
+                commands::after_clear_agent()
             }
         };
-        let mut result = json!({ "conversationId": id, "command": name, "success": success, "message": message });
-        if !data.is_null() {
-            result["data"] = data;
+        commands::result_payload(&id, name, reply)
+    }
+
+    /// Switches to the agent `name`, if `user` may run it; answers its name or the refusal.
+    async fn set_agent(&self, name: &str, user: &str) -> std::result::Result<String, String> {
+        let operator = self.operator().await;
+        match crate::agents::find_for(&operator.agents, name, user) {
+            Some(a) => {
+                self.room.borrow_mut().session.agent = Some(a.name.clone());
+                self.save_session().await;
+                self.broadcast("session:info", self.session_info(&operator.catalog));
+                Ok(a.name.clone())
+            }
+            None => Err(super::turn::unknown_agent_message(
+                name,
+                &operator.agents,
+                user,
+            )),
         }
-        result
     }
 }
