@@ -16,6 +16,7 @@ use crate::llm::{
     CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
 };
 use crate::outbox::CopyKind;
+use crate::protocol::framing::NSP;
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
 use crate::routing::{RoutingContext, RoutingDecision, Target};
 use crate::selection;
@@ -29,7 +30,6 @@ use std::rc::Rc;
 use std::time::Duration;
 use worker::*;
 
-use crate::protocol::framing::NSP;
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
 /// When the alarm a long turn arms copies what the turn wrote, should its instance die first.
@@ -150,7 +150,7 @@ pub struct ConversationObject {
     room: RefCell<Room>,
     /// When the read started, and the read.
     operator: RefCell<Option<(i64, OperatorLoad)>>,
-    /// One copy to D1 at a time; holds the count of failed copies in a row.
+    /// One copy to D1 at a time, so D1 numbers messages in the order they were kept.
     copy_lock: futures::lock::Mutex<()>,
     /// Which outbox rows are in D1 and deleted, and failed copies in a row (memory only: after
     /// a restart every kept row is copied again).
