@@ -15,7 +15,7 @@ export async function runPhase(ctx, { C, S, N, delay, label, timeoutMs }, hooks 
   const prefix = `bench-${tag}-${label}`;
   const convs = Array.from({ length: C }, (_, i) => ({ i, id: `${prefix}-c${i}`, userId: `${prefix}-u${i}`, sockets: [] }));
 
-  // One user per conversation, as separate clients would be; the rate limit is per conversation and user anyway.
+  // One user per conversation, as separate clients would be (the rate limit is per user).
   await pool(convs, 10, async (c) => {
     c.token = await gateway.mintToken(c.userId);
   });
