@@ -30,6 +30,8 @@ use std::rc::Rc;
 use std::time::Duration;
 use worker::*;
 
+/// What a socket hears when its token expires.
+const TOKEN_EXPIRED: &str = "unauthorized: the token has expired";
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
 /// When the alarm a long turn arms copies what the turn wrote, should its instance die first.
@@ -228,8 +230,10 @@ impl DurableObject for ConversationObject {
                     .get("tokens")
                     .and_then(|t| serde_json::from_value(t.clone()).ok())
                     .unwrap_or_default();
-                let closed = self
-                    .shut_sockets(|meta| meta.token.as_ref().is_some_and(|t| hashes.contains(t)));
+                let closed = self.shut_sockets(
+                    |meta| meta.token.as_ref().is_some_and(|t| hashes.contains(t)),
+                    "unauthorized: the token was revoked",
+                );
                 super::json_response(200, &json!({ "sockets": closed, "failed": 0 }))
             }
             "/reload" => {
@@ -278,7 +282,7 @@ impl DurableObject for ConversationObject {
         }
         self.load(None).await?;
         if meta.expires.is_some_and(|at| at <= now_ms()) {
-            self.shut_socket(&ws, &meta, "unauthorized: the token has expired");
+            self.shut_socket(&ws, &meta, TOKEN_EXPIRED);
             return Ok(());
         }
         let limits = Limits {

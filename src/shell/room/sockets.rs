@@ -352,14 +352,14 @@ impl ConversationObject {
     }
 
     /// Closes the sockets `which` picks, telling each it is no longer authorized; returns how many.
-    pub(super) fn shut_sockets(&self, which: impl Fn(&SocketMeta) -> bool) -> usize {
+    pub(super) fn shut_sockets(&self, which: impl Fn(&SocketMeta) -> bool, message: &str) -> usize {
         let chosen: Vec<(WebSocket, SocketMeta)> = self
             .sockets()
             .into_iter()
             .filter(|(_, m)| !m.shut && which(m))
             .collect();
         for (ws, meta) in &chosen {
-            self.shut_socket(ws, meta, "unauthorized: the token was revoked");
+            self.shut_socket(ws, meta, message);
         }
         chosen.len()
     }
@@ -389,19 +389,8 @@ impl ConversationObject {
 
     /// Closes the sockets whose token has expired; returns the earliest expiry still ahead.
     pub(super) fn shut_expired(&self, now: i64) -> Option<i64> {
-        self.shut_sockets_expired(now);
+        self.shut_sockets(|m| m.expires.is_some_and(|at| at <= now), TOKEN_EXPIRED);
         self.sockets().iter().filter_map(|(_, m)| m.expires).min()
-    }
-
-    fn shut_sockets_expired(&self, now: i64) {
-        let expired: Vec<(WebSocket, SocketMeta)> = self
-            .sockets()
-            .into_iter()
-            .filter(|(_, m)| m.expires.is_some_and(|at| at <= now))
-            .collect();
-        for (ws, meta) in &expired {
-            self.shut_socket(ws, meta, "unauthorized: the token has expired");
-        }
     }
 
     /// On connect: the manifest, then what a resuming client missed.
