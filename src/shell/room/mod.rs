@@ -7,10 +7,11 @@ mod turn;
 
 use super::{db, new_id, now_iso, now_ms, tools, upstream};
 use crate::agents::AgentConfig;
-use crate::catalog::{self, Catalog};
+use crate::catalog::Catalog;
 use crate::commands;
-use crate::config::{Config, ProviderConfig};
-use crate::conversation::{self, Emit, SessionState, StepOutcome, StopReason, StreamLog, Turn};
+use crate::config::Config;
+use crate::conversation::steps::{StepAction, TurnSteps};
+use crate::conversation::{self, plan, reply, SessionState, StopReason, StreamLog, Turn};
 use crate::error::RoomError;
 use crate::llm::{
     CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
@@ -18,8 +19,8 @@ use crate::llm::{
 use crate::outbox::CopyKind;
 use crate::protocol::framing::NSP;
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits, MessageEvent, OutEvent};
-use crate::routing::{RoutingContext, RoutingDecision, Target};
-use crate::selection;
+use crate::retry::RetryPolicy;
+use crate::routing::RoutingDecision;
 use crate::store::{self, sql};
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,17 @@ struct Operator {
     agents: Vec<(String, AgentConfig)>,
 }
 
+impl Operator {
+    /// What a turn's plan reads of it.
+    fn view(&self) -> plan::Operator<'_> {
+        plan::Operator {
+            catalog: &self.catalog,
+            rules: &self.rules,
+            agents: &self.agents,
+        }
+    }
+}
+
 /// A read of operator configuration, shared by everyone who waits for it.
 type OperatorLoad = Shared<LocalBoxFuture<'static, Rc<Operator>>>;
 
@@ -121,25 +133,17 @@ struct TurnInput<'a> {
     known_history: bool,
 }
 
-/// A planned turn: its model candidates, agent and context.
+/// A planned turn and the operator configuration it was planned with.
 struct Plan {
     operator: Rc<Operator>,
-    agent_name: Option<String>,
-    agent: Option<AgentConfig>,
-    candidates: Vec<RoutingDecision>,
-    tools: Vec<crate::llm::ToolSpec>,
-    base: Vec<ChatMessage>,
+    turn: plan::TurnPlan,
 }
 
 /// What every model call of a turn shares.
-struct Steps<'a> {
-    candidates: &'a [RoutingDecision],
-    /// The context before this turn's own steps: system prompt, history, the user message.
-    base: &'a [ChatMessage],
+struct CallContext<'a> {
     tools: &'a [crate::llm::ToolSpec],
     agent: Option<&'a AgentConfig>,
     config: &'a Config,
-    id: &'a str,
     id_json: &'a str,
     catalog: &'a Catalog,
 }

@@ -5,63 +5,38 @@ use crate::commands::CommandStep;
 
 impl ConversationObject {
     pub(super) fn session_info(&self, catalog: &Catalog) -> String {
-        let config = self.config.as_ref().ok();
-        let default = config
-            .map(|c| (c.default_provider.clone(), c.default_model.clone()))
-            .unwrap_or_else(|| ("echo".into(), "echo".into()));
+        let Ok(config) = self.config.as_ref() else {
+            return "{}".into();
+        };
         let room = self.room.borrow();
-        let provider = room.session.provider.clone().unwrap_or(default.0.clone());
-        let model = room.session.model_id.clone().unwrap_or(default.1.clone());
-        let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model));
-        room.session
-            .info_payload(&room.id, (&default.0, &default.1), &levels)
-    }
-
-    /// The thinking levels the session's current model takes.
-    pub(super) fn available_levels(&self, catalog: &Catalog) -> Vec<ThinkingLevel> {
-        let (provider, model) = self.current_model();
-        catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model))
+        room.session.info(&room.id, config, catalog)
     }
 
     /// The seed's error text for a level the session does not take.
-    pub(super) async fn thinking_levels_error(&self, level: &str) -> String {
-        let levels = self.available_levels(&self.operator().await.catalog);
-        let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
-        format!(
-            "Invalid thinking level \"{level}\". Available: {}",
-            names.join(", ")
-        )
+    async fn thinking_levels_error(&self, level: &str) -> String {
+        let Ok(config) = self.config() else {
+            return format!("Invalid thinking level \"{level}\"");
+        };
+        let operator = self.operator().await;
+        let levels = self
+            .room
+            .borrow()
+            .session
+            .available_levels(&config, &operator.catalog);
+        plan::thinking_levels_error(level, &levels)
     }
 
     pub(super) async fn set_thinking(&self, level: &str) -> std::result::Result<(), String> {
+        let config = self.config().map_err(|e| e.to_string())?;
         let operator = self.operator().await;
         let catalog = &operator.catalog;
-        let levels = self.available_levels(catalog);
-        let Some(parsed) = ThinkingLevel::parse(level).filter(|l| levels.contains(l)) else {
-            return Err(self.thinking_levels_error(level).await);
-        };
-        self.room.borrow_mut().session.thinking_level = Some(parsed);
+        self.room
+            .borrow_mut()
+            .session
+            .set_thinking(level, &config, catalog)?;
         self.save_session().await;
         self.broadcast("session:info", self.session_info(catalog));
         Ok(())
-    }
-
-    pub(super) fn current_model(&self) -> (String, String) {
-        let room = self.room.borrow();
-        let config = self.config.as_ref().ok();
-        let provider = room
-            .session
-            .provider
-            .clone()
-            .or_else(|| config.map(|c| c.default_provider.clone()))
-            .unwrap_or_else(|| "echo".into());
-        let model = room
-            .session
-            .model_id
-            .clone()
-            .or_else(|| config.map(|c| c.default_model.clone()))
-            .unwrap_or_else(|| "echo".into());
-        (provider, model)
     }
 
     /// Sets (`Some`) or clears (`None`) the `/model` override; every socket gets `session:info`.
@@ -72,31 +47,10 @@ impl ConversationObject {
         let config = self.config().map_err(|e| e.to_string())?;
         let operator = self.operator().await;
         let catalog = &operator.catalog;
-        match &model {
-            Some(spec) => {
-                let (provider, id) = selection::resolve_model(spec, None, catalog, &config);
-                if config.provider(&provider).is_none() {
-                    return Err(format!(
-                        "provider \"{provider}\" is not configured; configured: {}",
-                        config
-                            .providers
-                            .iter()
-                            .map(|p| p.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
-                let mut room = self.room.borrow_mut();
-                room.session.model_override = Some(format!("{provider}/{id}"));
-                room.session.use_model(&provider, &id);
-                room.session.routing_decision = None;
-                let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &id));
-                room.session.clamp_thinking(&levels);
-            }
-            None => {
-                self.room.borrow_mut().session.model_override = None;
-            }
-        }
+        self.room
+            .borrow_mut()
+            .session
+            .set_model_override(model.as_deref(), &config, catalog)?;
         self.save_session().await;
         let info = self.session_info(catalog);
         self.broadcast("session:info", info.clone());
@@ -126,7 +80,11 @@ impl ConversationObject {
             }
         };
         let name = parsed.name();
-        let (provider, model) = self.current_model();
+        let Ok(config) = self.config() else {
+            let reply = commands::CommandReply::failed("the gateway is misconfigured", Value::Null);
+            return commands::result_payload(&id, name, reply);
+        };
+        let (provider, model) = self.room.borrow().session.current_model(&config);
         let (model_override, agent) = {
             let room = self.room.borrow();
             (
@@ -155,7 +113,7 @@ impl ConversationObject {
             }
             CommandStep::SetModel(spec) => {
                 let result = info(self.set_model_override(Some(spec)).await);
-                let (provider, model) = self.current_model();
+                let (provider, model) = self.room.borrow().session.current_model(&config);
                 let after = commands::SessionView {
                     provider: &provider,
                     model: &model,
@@ -194,11 +152,7 @@ impl ConversationObject {
                 self.broadcast("session:info", self.session_info(&operator.catalog));
                 Ok(a.name.clone())
             }
-            None => Err(super::turn::unknown_agent_message(
-                name,
-                &operator.agents,
-                user,
-            )),
+            None => Err(plan::unknown_agent_message(name, &operator.agents, user)),
         }
     }
 }

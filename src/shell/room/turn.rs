@@ -119,7 +119,7 @@ impl ConversationObject {
             // it did not exist, and the listing names only the agents the user may run.
             let operator = self.operator().await;
             if crate::agents::find_for(&operator.agents, name, user).is_none() {
-                let msg = unknown_agent_message(name, &operator.agents, user);
+                let msg = plan::unknown_agent_message(name, &operator.agents, user);
                 self.refuse(
                     ws,
                     meta,
@@ -207,7 +207,7 @@ impl ConversationObject {
         message_id: &str,
     ) {
         let id = self.room.borrow().id.clone();
-        let payload = json!({ "conversationId": id, "messageId": message_id, "clientMessageId": client_id, "duplicate": true }).to_string();
+        let payload = reply::ack_payload(&id, message_id, Some(client_id), true);
         self.send_to(
             ws,
             meta,
@@ -343,17 +343,14 @@ impl ConversationObject {
             message_id,
             ..
         } = *input;
-        let mut user_meta = json!({ "timestamp": now_iso() });
-        if let Some(c) = &message.client_message_id {
-            user_meta["clientMessageId"] = Value::String(c.clone());
-        }
+        let client_id = message.client_message_id.as_deref();
         self.kv_put("turn", "running");
         let kept = self.keep_message(
             message_id,
             "user",
             user,
             &message.content,
-            &user_meta.to_string(),
+            &reply::user_metadata(&now_iso(), client_id),
             now_ms(),
         );
         if let Err(e) = kept {
@@ -366,11 +363,7 @@ impl ConversationObject {
         }
         self.after_user_message_stored(user, message, message_id);
         self.room.borrow_mut().in_flight = None;
-        let mut ack_payload = json!({ "conversationId": id, "messageId": message_id });
-        if let Some(c) = &message.client_message_id {
-            ack_payload["clientMessageId"] = Value::String(c.clone());
-        }
-        let ack_payload = ack_payload.to_string();
+        let ack_payload = reply::ack_payload(id, message_id, client_id, false);
         self.broadcast("message:ack", ack_payload.clone());
         Self::send_ack(ws, ack, &ack_payload);
         true
@@ -386,20 +379,28 @@ impl ConversationObject {
     ) {
         let (id, id_json) = (input.id, input.id_json);
         let plan = self.plan_turn(d, input, config).await;
+        let mut steps = plan.as_ref().ok().map(|p| {
+            let tools = p.turn.tools.iter().map(|t| t.name.clone()).collect();
+            TurnSteps::new(
+                id,
+                p.turn.candidates.clone(),
+                p.turn.base.clone(),
+                tools,
+                RetryPolicy::new(config.upstream_retries),
+                config.max_tool_steps,
+            )
+        });
+        let first = steps.as_mut().and_then(|s| match s.poll() {
+            Some(StepAction::Call { target, messages }) => Some((target, messages)),
+            _ => None,
+        });
         // The first model call is polled once here, which sends it, before `kept` lets the
         // message's write run (that write holds every later outgoing request until it commits).
         let thinking = self.room.borrow().session.thinking();
-        let mut call = plan.as_ref().ok().and_then(|p| {
-            let target = p.candidates.first()?;
-            let provider = config.provider(&target.provider)?;
-            Some(Box::pin(self.open_call(
-                provider,
-                &target.model,
-                &p.base,
-                &p.tools,
-                thinking,
-                config,
-            )))
+        let no_tools = Vec::new();
+        let tools = plan.as_ref().map_or(&no_tools, |p| &p.turn.tools);
+        let mut call = first.as_ref().map(|(target, messages)| {
+            Box::pin(self.open_call(target, messages, tools, thinking, config))
         });
         let mut first_call = None;
         if let Some(call) = call.as_mut() {
@@ -423,12 +424,12 @@ impl ConversationObject {
                 return;
             }
         };
-        if let (Some(name), None) = (&plan.agent_name, &plan.agent) {
+        if let Some(name) = &plan.turn.missing_agent {
             let text = format!("agent \"{name}\" is not configured; answering without it");
             let e = RoomError::client(ErrorCode::UnknownAgent, text);
             self.broadcast("error", e.event_payload(Some(id)));
         }
-        let Some(call) = call else {
+        let (Some(call), Some(steps)) = (call, steps) else {
             let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
             let e = RoomError::client(ErrorCode::ProviderNotConfigured, msg);
             self.end_early(id, &e, d).await;
@@ -442,25 +443,14 @@ impl ConversationObject {
             Some(opened) => opened,
             None => call.await,
         };
-        let Plan {
-            agent,
-            candidates,
+        let context = CallContext {
             tools,
-            base,
-            ..
-        } = plan;
-
-        let steps = Steps {
-            candidates,
-            base,
-            tools,
-            agent: agent.as_ref(),
+            agent: plan.turn.agent.as_ref(),
             config,
-            id,
             id_json,
             catalog: &operator.catalog,
         };
-        let (turn, stop, last_error) = self.run_steps(&steps, first_call).await;
+        let (turn, stop, last_error) = self.run_steps(steps, first_call, &context).await;
         self.abort.borrow_mut().take();
         self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, d)
             .await;
@@ -470,8 +460,7 @@ impl ConversationObject {
     pub(super) async fn end_early(&self, id: &str, error: &RoomError, d: &D1Database) {
         self.broadcast("error", error.event_payload(Some(id)));
         self.copy_turn_end(d, None).await;
-        let end = json!({ "conversationId": id, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": error.message() } });
-        self.broadcast("agent:end", end.to_string());
+        self.broadcast("agent:end", reply::early_end_payload(id, error));
     }
 
     /// The end of a turn in D1, in one batch: the messages still waiting, the reply, the session
@@ -542,66 +531,20 @@ impl ConversationObject {
             self.load_history(d, id, message_id, known_history)
         );
         history?;
-        // Which model: /model override, then the client's choice, then the agent's, then routing.
-        if let Some(agent) = &message.agent_id {
-            self.room.borrow_mut().session.agent = Some(agent.clone());
-        }
-        let agent_name = self.room.borrow().session.agent.clone();
-        // Checked again at every turn: an agent made private since it was chosen stops here.
-        let agent: Option<AgentConfig> = agent_name
-            .as_ref()
-            .and_then(|n| crate::agents::find_for(&operator.agents, n, user).cloned());
-        if agent_name.is_some() && agent.is_none() {
-            self.room.borrow_mut().session.agent = None;
-        }
-        let candidates: Vec<RoutingDecision> = self
-            .candidates(
+        let turn = {
+            let mut room = self.room.borrow_mut();
+            let room = &mut *room; // split borrows: the session and the history
+            let history = room.history.get_or_insert_with(Vec::new);
+            plan::plan_turn(
+                &mut room.session,
+                history,
                 message,
                 user,
-                agent.as_ref(),
-                &operator.catalog,
+                operator.view(),
                 config,
-                &operator.rules,
             )
-            .into_iter()
-            .filter(|c| config.provider(&c.provider).is_some())
-            .collect();
-        if let Some(first) = candidates.first() {
-            let mut room = self.room.borrow_mut();
-            room.session.use_model(&first.provider, &first.model);
-            if room.session.thinking_level.is_none() {
-                room.session.thinking_level = agent.as_ref().and_then(|a| a.thinking_level);
-            }
-            let levels = catalog::thinking_levels_for(
-                operator.catalog.lookup(Some(&first.provider), &first.model),
-            );
-            room.session.clamp_thinking(&levels);
-        }
-        let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
-        let mut base: Vec<ChatMessage> = Vec::new();
-        if let Some(a) = agent.as_ref().filter(|a| !a.system_prompt.is_empty()) {
-            base.push(ChatMessage::System {
-                content: a.system_prompt.clone(),
-            });
-        }
-        let user_message = ChatMessage::User {
-            content: message.content.clone(),
         };
-        {
-            let mut room = self.room.borrow_mut();
-            let history = room.history.get_or_insert_with(Vec::new);
-            base.extend(history.iter().cloned());
-            history.push(user_message.clone());
-        }
-        base.push(user_message);
-        Ok(Plan {
-            operator,
-            agent_name,
-            agent,
-            candidates,
-            tools,
-            base,
-        })
+        Ok(Plan { operator, turn })
     }
 
     /// Bookkeeping once the user message is durable: owner, dedupe id, counts.
@@ -731,133 +674,61 @@ impl ConversationObject {
         load
     }
 
-    /// The model calls of one turn: tools between calls, retries and fallover before the first byte.
-    pub(super) async fn run_steps(
+    /// Performs the turn's steps: model calls, waits before retries, tools, fallover; the
+    /// decisions are the pure `TurnSteps`'s.
+    async fn run_steps(
         &self,
-        s: &Steps<'_>,
+        mut steps: TurnSteps,
         first_call: std::result::Result<upstream::ModelStream, UpstreamError>,
+        c: &CallContext<'_>,
     ) -> (Turn, StopReason, Option<UpstreamError>) {
-        let mut turn = Turn::default();
-        let mut pending_call = Some(first_call);
-        let mut candidate = 0usize;
-        let mut attempts = 0u32;
-        let stop = loop {
-            let target = &s.candidates[candidate];
-            let Some(provider) = s.config.provider(&target.provider) else {
-                break (StopReason::Error, None);
-            };
-            turn.begin_step();
-            let opened = match pending_call.take() {
-                Some(opened) => opened,
-                None => {
-                    let thinking = self.room.borrow().session.thinking();
-                    let mut messages = s.base.to_vec();
-                    messages.extend(turn.new_context.iter().cloned());
-                    self.open_call(
-                        provider,
-                        &target.model,
-                        &messages,
-                        s.tools,
-                        thinking,
-                        s.config,
-                    )
-                    .await
-                }
-            };
-            let outcome = self
-                .stream_call(&mut turn, opened, s.id_json, s.config.max_tool_steps)
-                .await;
+        self.call_opened(&mut steps, first_call, c.id_json).await;
+        loop {
             if self.aborted.get() {
-                if let StepOutcome::RunTools(calls) = outcome {
-                    // Calls the model made before the abort still need results, or the history is invalid.
-                    self.run_tools(&mut turn, calls, s.agent, s.config, s.id)
-                        .await;
-                }
-                break (StopReason::Aborted, None);
+                steps.abort();
             }
-            match outcome {
-                StepOutcome::Done(reason) => break (reason, None),
-                StepOutcome::RunTools(calls) => {
-                    self.run_tools(&mut turn, calls, s.agent, s.config, s.id)
+            let Some(action) = steps.poll() else {
+                return (steps.into_turn(), StopReason::Error, None);
+            };
+            match action {
+                StepAction::Send { name, data } => self.broadcast(name, data),
+                StepAction::Call { target, messages } => {
+                    let thinking = self.room.borrow().session.thinking();
+                    let opened = self
+                        .open_call(&target, &messages, c.tools, thinking, c.config)
                         .await;
-                    if self.aborted.get() {
-                        break (StopReason::Aborted, None);
-                    }
+                    self.call_opened(&mut steps, opened, c.id_json).await;
                 }
-                StepOutcome::Failed {
-                    error,
-                    before_output,
-                } => {
-                    let policy = crate::retry::RetryPolicy::new(s.config.upstream_retries);
-                    let next = policy.next(
-                        &error,
-                        before_output,
-                        attempts,
-                        candidate,
-                        s.candidates.len(),
-                    );
-                    if before_output && error.kind.retryable() {
-                        // A call that produced nothing does not use up a step.
-                        turn.forget_failed_step();
-                    }
-                    match next {
-                        crate::retry::Next::Retry { after_ms } => {
-                            attempts += 1;
-                            Delay::from(Duration::from_millis(after_ms)).await;
-                            continue;
-                        }
-                        crate::retry::Next::FallOver { to } => {
-                            candidate = to;
-                            attempts = 0;
-                            let next = s.candidates[candidate].clone();
-                            console_log!(
-                                "falling over from {}/{} to {}/{}: {}",
-                                target.provider,
-                                target.model,
-                                next.provider,
-                                next.model,
-                                error.message
-                            );
-                            {
-                                let mut room = self.room.borrow_mut();
-                                room.session.use_model(&next.provider, &next.model);
-                                room.session.routing_decision = Some(RoutingDecision {
-                                    // The class and status only: provider text stays in the log.
-                                    reason: format!(
-                                        "fallover: {} {} {}",
-                                        target.provider,
-                                        error.kind.code(),
-                                        error.status.map(|s| s.to_string()).unwrap_or_default()
-                                    )
-                                    .trim_end()
-                                    .to_string(),
-                                    ..next
-                                });
-                            }
-                            self.broadcast("session:info", self.session_info(s.catalog));
-                            continue;
-                        }
-                        crate::retry::Next::GiveUp => {}
-                    }
-                    let stop = StopReason::after_failure(error.kind, !turn.text.is_empty());
-                    let e = RoomError::Upstream {
-                        code: error.kind.code(),
-                        message: crate::llm::redact::redact(&error.message),
-                        retryable: error.kind.retryable(),
-                    };
-                    self.broadcast("error", e.event_payload(Some(s.id)));
-                    break (stop, Some(error));
+                StepAction::Wait { ms } => {
+                    Delay::from(Duration::from_millis(ms)).await;
+                    steps.timer_fired();
                 }
+                StepAction::RunTool(call) => {
+                    let (result, is_error) = self.run_tool(&call, c.agent, c.config).await;
+                    steps.tool_done(result, is_error);
+                }
+                StepAction::FellOver(next) => {
+                    if let Some(from) = steps.target() {
+                        console_log!(
+                            "{}/{} -> {}: {}",
+                            from.provider,
+                            from.model,
+                            next.model,
+                            next.reason
+                        );
+                    }
+                    self.room.borrow_mut().session.fall_over(next);
+                    self.broadcast("session:info", self.session_info(c.catalog));
+                }
+                StepAction::End { stop, error } => return (steps.into_turn(), stop, error),
             }
-        };
-        (turn, stop.0, stop.1)
+        }
     }
 
     /// Starts one model call under a fresh abort controller.
-    pub(super) async fn open_call(
+    async fn open_call(
         &self,
-        provider: &ProviderConfig,
-        model: &str,
+        target: &RoutingDecision,
         messages: &[ChatMessage],
         tools: &[crate::llm::ToolSpec],
         thinking: ThinkingLevel,
@@ -869,10 +740,14 @@ impl ConversationObject {
         if self.aborted.get() {
             return Err(UpstreamError::new(UpstreamErrorKind::Network, "aborted"));
         }
+        let Some(provider) = config.provider(&target.provider) else {
+            let msg = format!("provider \"{}\" is not configured", target.provider);
+            return Err(UpstreamError::new(UpstreamErrorKind::BadRequest, msg));
+        };
         let spec = CallSpec {
             base_url: &provider.base_url,
             api_key: provider.api_key.as_deref(),
-            model,
+            model: &target.model,
             messages,
             tools,
             thinking,
@@ -881,115 +756,55 @@ impl ConversationObject {
         upstream::open(provider, &spec, &signal, config.upstream_stall_ms).await
     }
 
-    /// Streams one model call's deltas to every socket as they arrive.
-    pub(super) async fn stream_call(
+    /// Streams an opened model call's deltas to every socket as they arrive, then tells the
+    /// steps it ended (or that it could not be opened).
+    async fn call_opened(
         &self,
-        turn: &mut Turn,
+        steps: &mut TurnSteps,
         opened: std::result::Result<upstream::ModelStream, UpstreamError>,
         id_json: &str,
-        max_steps: u32,
-    ) -> StepOutcome {
-        match opened {
-            Err(e) => turn.fail_step(e),
-            Ok(mut stream) => {
-                let mut emits = Vec::new();
-                while let Some(event) = stream.next().await {
-                    if self.aborted.get() {
-                        break;
-                    }
-                    turn.take_event(event, &mut emits);
-                    while let Some(more) = stream.ready() {
-                        turn.take_event(more, &mut emits);
-                    }
-                    for emit in emits.drain(..) {
-                        let (name, text) = match emit {
-                            Emit::Text(t) => ("agent:text", t),
-                            Emit::Thinking(t) => ("agent:thinking", t),
-                        };
-                        self.broadcast(name, protocol::delta_payload(id_json, &text));
-                    }
-                }
-            }
-        }
-        turn.end_step(max_steps)
-    }
-
-    /// Runs the model's tool calls in order. After an abort every call still owed gets an error
-    /// result, so the stored history stays valid for both providers.
-    pub(super) async fn run_tools(
-        &self,
-        turn: &mut Turn,
-        calls: Vec<ToolCall>,
-        agent: Option<&AgentConfig>,
-        config: &Config,
-        id: &str,
     ) {
-        for call in calls {
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => return steps.call_failed(e),
+        };
+        let mut emits = Vec::new();
+        while let Some(event) = stream.next().await {
             if self.aborted.get() {
-                turn.record_tool_result(&call, "not run: the turn was aborted".into(), true);
-                continue;
+                break;
             }
-            self.broadcast(
-                "agent:tool:start",
-                json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name })
-                    .to_string(),
-            );
-            let signal = self.abort.borrow().as_ref().map(|c| c.signal());
-            let (result, is_error) = match (agent.and_then(|a| a.tool(&call.name)), signal) {
-                (Some(tool), Some(signal)) => {
-                    tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await
-                }
-                (Some(_), None) => ("not run: the turn was aborted".to_string(), true),
-                (None, _) => (format!("unknown tool \"{}\"", call.name), true),
-            };
-            let (result, is_error) = if self.aborted.get() {
-                ("aborted while running".to_string(), true)
-            } else {
-                (result, is_error)
-            };
-            turn.record_tool_result(&call, result, is_error);
-            self.broadcast(
-                "agent:tool:end",
-                json!({ "conversationId": id, "toolCallId": call.id, "toolName": call.name, "isError": is_error })
-                    .to_string(),
-            );
+            steps.stream_event(event, &mut emits);
+            while let Some(more) = stream.ready() {
+                steps.stream_event(more, &mut emits);
+            }
+            for emit in emits.drain(..) {
+                let (name, text) = emit.into_event();
+                self.broadcast(name, protocol::delta_payload(id_json, &text));
+            }
         }
+        if self.aborted.get() {
+            steps.abort();
+        }
+        steps.call_ended();
     }
 
-    /// Candidates in order: override, client choice, agent model, then routing rules and the default.
-    pub(super) fn candidates(
+    /// Runs one of the agent's tools under the turn's abort signal.
+    async fn run_tool(
         &self,
-        message: &MessageEvent,
-        user: &str,
+        call: &ToolCall,
         agent: Option<&AgentConfig>,
-        catalog: &Catalog,
         config: &Config,
-        rules: &crate::routing::CompiledRules,
-    ) -> Vec<RoutingDecision> {
-        let over = self.room.borrow().session.model_override.clone();
-        let choice = selection::Choice {
-            model_override: over.as_deref(),
-            client_provider: message.provider.as_deref(),
-            client_model: message.model_id.as_deref(),
-            agent,
-        };
-        if let Some(only) = selection::explicit_candidate(&choice, catalog, config) {
-            return vec![only];
+    ) -> (String, bool) {
+        let signal = self.abort.borrow().as_ref().map(|c| c.signal());
+        match (agent.and_then(|a| a.tool(&call.name)), signal) {
+            (Some(tool), Some(signal)) => {
+                tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await
+            }
+            _ => (
+                crate::conversation::steps::NOT_RUN_ABORTED.to_string(),
+                true,
+            ),
         }
-        let default = Target {
-            provider: config.default_provider.clone(),
-            model: config.default_model.clone(),
-        };
-        let ctx = RoutingContext {
-            content: &message.content,
-            user_id: user,
-            agent: agent.map(|a| a.name.as_str()),
-        };
-        let candidates = rules.candidates(&ctx, &default);
-        if let Some(first) = candidates.first() {
-            self.room.borrow_mut().session.routing_decision = Some(first.clone());
-        }
-        candidates
     }
 
     /// Stores the assistant message (also when aborted or failed), updates metrics and ends the turn for every socket.
@@ -1001,60 +816,25 @@ impl ConversationObject {
         catalog: &Catalog,
         d: &D1Database,
     ) {
-        let (id, provider, model, thinking) = {
+        let (id, usage) = {
             let room = self.room.borrow();
             let s = &room.session;
-            (
-                room.id.clone(),
-                s.provider.clone().unwrap_or_default(),
-                s.model_id.clone().unwrap_or_default(),
-                s.thinking(),
-            )
+            let provider = s.provider.as_deref().unwrap_or_default();
+            let model = s.model_id.as_deref().unwrap_or_default();
+            let usage = conversation::turn_usage(catalog, provider, model, s.thinking(), &turn);
+            (room.id.clone(), usage)
         };
-        let usage = conversation::turn_usage(catalog, &provider, &model, thinking, &turn);
-        let mut metadata = conversation::assistant_metadata(&now_iso(), &usage, &turn, stop, error);
-        if turn.new_context.len() > 1
-            || turn.new_context.iter().any(|m| {
-                matches!(
-                    m,
-                    ChatMessage::Assistant {
-                        thinking: Some(_),
-                        ..
-                    }
-                )
-            })
-        {
-            // Tool steps and signed thinking replay to the model on resume.
-            metadata["context"] = serde_json::to_value(&turn.new_context).unwrap_or(Value::Null);
-        }
-        let (content, cut) = store::fit_content(&turn.text);
-        if cut {
-            metadata["truncatedForStorage"] =
-                json!({ "storedBytes": content.len(), "totalBytes": turn.text.len() });
-        }
-        let mut metadata_text = metadata.to_string();
-        if metadata_text.len() > 400_000 {
-            // Oversized tool arguments or steps: keep the row storable, say so.
-            metadata.as_object_mut().map(|m| m.remove("context"));
-            metadata["contextDropped"] = Value::Bool(true);
-            metadata_text = metadata.to_string();
-        }
-        let store_it = !turn.text.is_empty()
-            || !turn.tool_records.is_empty()
-            || matches!(
-                stop,
-                StopReason::Aborted | StopReason::Error | StopReason::Truncated
-            );
-        let reply = store_it.then(|| OutboxRow {
-            // Numbered by the outbox only if it is kept there.
-            n: 0,
-            id: new_id(),
-            role: "assistant".into(),
-            author: String::new(),
-            content: content.into_owned(),
-            metadata: metadata_text,
-            created_at: now_ms(),
-        });
+        let reply =
+            reply::stored_reply(&turn, &usage, stop, error, &now_iso()).map(|r| OutboxRow {
+                // Numbered by the outbox only if it is kept there.
+                n: 0,
+                id: new_id(),
+                role: "assistant".into(),
+                author: String::new(),
+                content: r.content,
+                metadata: r.metadata,
+                created_at: now_ms(),
+            });
         {
             let mut room = self.room.borrow_mut();
             if let Some(h) = room.history.as_mut() {
@@ -1064,28 +844,8 @@ impl ConversationObject {
         }
         // In D1 before agent:end, so a client that reads the history then finds the reply.
         self.copy_turn_end(d, reply).await;
-        let mut end = json!({ "conversationId": id, "usage": usage, "stopReason": stop.as_str() });
-        if let Some(e) = error {
-            end["error"] =
-                json!({ "code": e.kind.code(), "message": crate::llm::redact::redact(&e.message) });
-        }
-        self.broadcast("agent:end", end.to_string());
+        self.broadcast("agent:end", reply::end_payload(&id, &usage, stop, error));
         self.aborted.set(false);
         // The sequence number is saved once the queue drains (on_message), for every way a turn ends.
     }
-}
-
-/// The refusal of an agent that does not exist or that `user` may not run (the two read the same).
-pub(super) fn unknown_agent_message(
-    name: &str,
-    agents: &[(String, AgentConfig)],
-    user: &str,
-) -> String {
-    let names = crate::agents::names_for(agents, user);
-    let list = if names.is_empty() {
-        "none".to_string()
-    } else {
-        names.join(", ")
-    };
-    format!("Unknown agent \"{name}\". Available: {list}")
 }

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 
+pub mod plan;
+pub mod reply;
+pub mod steps;
+
 /// Accumulated figures of a conversation, for `/status` and admin stats.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -164,6 +168,16 @@ impl StopReason {
 pub enum Emit {
     Text(String),
     Thinking(String),
+}
+
+impl Emit {
+    /// The event's name on the wire and its text.
+    pub fn into_event(self) -> (&'static str, String) {
+        match self {
+            Emit::Text(t) => ("agent:text", t),
+            Emit::Thinking(t) => ("agent:thinking", t),
+        }
+    }
 }
 
 /// What to do after one model call ended.

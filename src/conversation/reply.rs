@@ -1,0 +1,268 @@
+//! How a turn shows on the wire and in storage: the user message's metadata and `message:ack`, the stored reply, `agent:end`, and the end of a turn that reached no model.
+
+use super::{assistant_metadata, StopReason, Turn, TurnUsage};
+use crate::error::RoomError;
+use crate::llm::{ChatMessage, UpstreamError};
+use serde_json::{json, Value};
+
+/// Largest metadata text of a stored reply; past it the replayable context is dropped (and the
+/// metadata says so) so the row stays storable.
+pub const MAX_METADATA_BYTES: usize = 400_000;
+
+/// The assistant message to store: its content and metadata text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReply {
+    pub content: String,
+    pub metadata: String,
+}
+
+/// The stored user message's metadata.
+pub fn user_metadata(now_iso: &str, client_message_id: Option<&str>) -> String {
+    let mut m = json!({ "timestamp": now_iso });
+    if let Some(c) = client_message_id {
+        m["clientMessageId"] = Value::String(c.to_string());
+    }
+    m.to_string()
+}
+
+/// The `message:ack` payload; `duplicate` for a resend of a message stored already.
+pub fn ack_payload(
+    conversation: &str,
+    message_id: &str,
+    client_message_id: Option<&str>,
+    duplicate: bool,
+) -> String {
+    let mut ack = json!({ "conversationId": conversation, "messageId": message_id });
+    if let Some(c) = client_message_id {
+        ack["clientMessageId"] = Value::String(c.to_string());
+    }
+    if duplicate {
+        ack["duplicate"] = Value::Bool(true);
+    }
+    ack.to_string()
+}
+
+/// The reply a turn stores, or `None` when it produced nothing worth a row (a clean stop
+/// without text or tools). Aborted, failed and cut turns are always stored, so the history
+/// says what happened.
+pub fn stored_reply(
+    turn: &Turn,
+    usage: &TurnUsage,
+    stop: StopReason,
+    error: Option<&UpstreamError>,
+    now_iso: &str,
+) -> Option<StoredReply> {
+    let store_it = !turn.text.is_empty()
+        || !turn.tool_records.is_empty()
+        || matches!(
+            stop,
+            StopReason::Aborted | StopReason::Error | StopReason::Truncated
+        );
+    if !store_it {
+        return None;
+    }
+    let mut metadata = assistant_metadata(now_iso, usage, turn, stop, error);
+    if replays_context(turn) {
+        // Tool steps and signed thinking replay to the model on resume.
+        metadata["context"] = serde_json::to_value(&turn.new_context).unwrap_or(Value::Null);
+    }
+    let (content, cut) = crate::store::fit_content(&turn.text);
+    if cut {
+        metadata["truncatedForStorage"] =
+            json!({ "storedBytes": content.len(), "totalBytes": turn.text.len() });
+    }
+    let mut text = metadata.to_string();
+    if text.len() > MAX_METADATA_BYTES {
+        // Oversized tool arguments or steps: keep the row storable, say so.
+        metadata.as_object_mut().map(|m| m.remove("context"));
+        metadata["contextDropped"] = Value::Bool(true);
+        text = metadata.to_string();
+    }
+    Some(StoredReply {
+        content: content.into_owned(),
+        metadata: text,
+    })
+}
+
+/// Whether the stored reply must carry the turn's context: more than one step, or thinking
+/// with a signature the provider needs back.
+fn replays_context(turn: &Turn) -> bool {
+    turn.new_context.len() > 1
+        || turn.new_context.iter().any(|m| {
+            matches!(
+                m,
+                ChatMessage::Assistant {
+                    thinking: Some(_),
+                    ..
+                }
+            )
+        })
+}
+
+/// The `agent:end` payload of a turn that reached a model.
+pub fn end_payload(
+    conversation: &str,
+    usage: &TurnUsage,
+    stop: StopReason,
+    error: Option<&UpstreamError>,
+) -> String {
+    let mut end =
+        json!({ "conversationId": conversation, "usage": usage, "stopReason": stop.as_str() });
+    if let Some(e) = error {
+        end["error"] =
+            json!({ "code": e.kind.code(), "message": crate::llm::redact::redact(&e.message) });
+    }
+    end.to_string()
+}
+
+/// The `agent:end` payload of a turn that ended before any model call (clients wait for it).
+pub fn early_end_payload(conversation: &str, error: &RoomError) -> String {
+    json!({ "conversationId": conversation, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": error.message() } }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::conversation::turn_usage;
+    use crate::llm::{StreamEvent, Thinking, ThinkingLevel, ToolCall, UpstreamErrorKind};
+    use crate::protocol::ErrorCode;
+
+    fn usage(turn: &Turn) -> TurnUsage {
+        turn_usage(
+            &Catalog::builtin(),
+            "echo",
+            "echo",
+            ThinkingLevel::Off,
+            turn,
+        )
+    }
+
+    fn answered(text: &str) -> Turn {
+        let mut t = Turn::default();
+        t.begin_step();
+        t.on_stream_event(StreamEvent::Text(text.into()));
+        t.end_step(4);
+        t
+    }
+
+    #[test]
+    fn acks_name_the_client_id_and_say_duplicate_only_for_resends() {
+        let a: Value = serde_json::from_str(&ack_payload("c", "m", Some("k"), false)).unwrap();
+        assert_eq!(
+            a,
+            json!({ "conversationId": "c", "messageId": "m", "clientMessageId": "k" })
+        );
+        let d: Value = serde_json::from_str(&ack_payload("c", "m", Some("k"), true)).unwrap();
+        assert_eq!(d["duplicate"], true);
+        assert_eq!(
+            ack_payload("c", "m", None, false),
+            r#"{"conversationId":"c","messageId":"m"}"#
+        );
+        assert_eq!(
+            user_metadata("T", Some("k")),
+            r#"{"clientMessageId":"k","timestamp":"T"}"#
+        );
+    }
+
+    #[test]
+    fn a_clean_stop_without_output_stores_nothing_but_an_abort_does() {
+        let empty = Turn::default();
+        let u = usage(&empty);
+        assert!(stored_reply(&empty, &u, StopReason::Stop, None, "T").is_none());
+        let r = stored_reply(&empty, &u, StopReason::Aborted, None, "T").unwrap();
+        let m: Value = serde_json::from_str(&r.metadata).unwrap();
+        assert_eq!(
+            (m["aborted"].clone(), m["stopReason"].clone()),
+            (json!(true), json!("aborted"))
+        );
+    }
+
+    #[test]
+    fn a_single_text_step_stores_no_context_but_tools_and_thinking_do() {
+        let plain = answered("hello");
+        let r = stored_reply(&plain, &usage(&plain), StopReason::Stop, None, "T").unwrap();
+        assert_eq!(r.content, "hello");
+        assert!(!r.metadata.contains("\"context\""));
+
+        let mut tools = Turn::default();
+        tools.begin_step();
+        let call = ToolCall {
+            id: "t1".into(),
+            name: "lookup".into(),
+            arguments: "{\"q\":1}".into(),
+        };
+        tools.on_stream_event(StreamEvent::ToolCall(call.clone()));
+        tools.end_step(4);
+        tools.record_tool_result(&call, "42".into(), false);
+        let r = stored_reply(&tools, &usage(&tools), StopReason::Stop, None, "T").unwrap();
+        let m: Value = serde_json::from_str(&r.metadata).unwrap();
+        assert_eq!(m["context"].as_array().unwrap().len(), 2);
+        assert_eq!(m["toolCalls"][0]["args"], json!({ "q": 1 }));
+
+        let mut thought = Turn {
+            text: "x".into(),
+            ..Turn::default()
+        };
+        thought.new_context.push(ChatMessage::Assistant {
+            content: "x".into(),
+            thinking: Some(Thinking {
+                text: "hmm".into(),
+                signature: Some("sig".into()),
+            }),
+            tool_calls: Vec::new(),
+        });
+        let r = stored_reply(&thought, &usage(&thought), StopReason::Stop, None, "T").unwrap();
+        assert!(r.metadata.contains("\"signature\":\"sig\""));
+    }
+
+    #[test]
+    fn an_oversized_context_is_dropped_and_said() {
+        let mut t = Turn {
+            text: "x".into(),
+            ..Turn::default()
+        };
+        for i in 0..3 {
+            t.new_context.push(ChatMessage::Tool {
+                tool_call_id: format!("t{i}"),
+                name: "big".into(),
+                content: "y".repeat(MAX_METADATA_BYTES / 2),
+                is_error: false,
+            });
+        }
+        let r = stored_reply(&t, &usage(&t), StopReason::Stop, None, "T").unwrap();
+        assert!(r.metadata.len() < MAX_METADATA_BYTES);
+        let m: Value = serde_json::from_str(&r.metadata).unwrap();
+        assert_eq!(m["contextDropped"], true);
+        assert!(m.get("context").is_none());
+    }
+
+    #[test]
+    fn end_payloads_carry_the_stop_reason_and_a_redacted_error() {
+        let t = answered("hi");
+        let e = UpstreamError::new(
+            UpstreamErrorKind::Network,
+            "reset with key sk-abcdefghijklmnopqrstuvwxyz123456",
+        );
+        let v: Value = serde_json::from_str(&end_payload(
+            "c",
+            &usage(&t),
+            StopReason::Truncated,
+            Some(&e),
+        ))
+        .unwrap();
+        assert_eq!(v["stopReason"], "truncated");
+        assert_eq!(v["error"]["code"], "upstream_error");
+        assert!(!v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("abcdefghijklmnopqrstuvwxyz"));
+        assert_eq!(v["usage"]["modelId"], "echo");
+        let early = RoomError::client(ErrorCode::ProviderNotConfigured, "no provider");
+        let v: Value = serde_json::from_str(&early_end_payload("c", &early)).unwrap();
+        assert_eq!(
+            v,
+            json!({ "conversationId": "c", "stopReason": "error", "error": { "code": "provider_not_configured", "message": "no provider" } })
+        );
+    }
+}

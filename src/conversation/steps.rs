@@ -1,0 +1,633 @@
+//! One turn's model calls and tools as a state machine: call results, stream events, tool results, timers and an abort in; calls, tool runs, waits, frames and the turn's end out.
+
+use super::{Emit, StepOutcome, StopReason, Turn};
+use crate::error::RoomError;
+use crate::llm::{ChatMessage, StreamEvent, ToolCall, UpstreamError};
+use crate::retry::{Next, RetryPolicy};
+use crate::routing::RoutingDecision;
+use serde_json::json;
+use std::collections::VecDeque;
+
+/// The result a tool call owed after an abort gets instead of running.
+pub const NOT_RUN_ABORTED: &str = "not run: the turn was aborted";
+/// The result of a tool that was running when the turn was aborted.
+pub const ABORTED_WHILE_RUNNING: &str = "aborted while running";
+
+/// What the glue does next, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepAction {
+    /// Send a stream event to every socket of the conversation.
+    Send { name: &'static str, data: String },
+    /// Open a model call on `target` with these messages; then feed its stream events with
+    /// [`TurnSteps::stream_event`] and its end with [`TurnSteps::call_ended`], or its failure
+    /// to open with [`TurnSteps::call_failed`].
+    Call {
+        target: RoutingDecision,
+        messages: Vec<ChatMessage>,
+    },
+    /// Wait this long, then [`TurnSteps::timer_fired`].
+    Wait { ms: u64 },
+    /// Run this tool of the agent, then [`TurnSteps::tool_done`].
+    RunTool(ToolCall),
+    /// The turn moved to another model: the session records it and every socket is told.
+    FellOver(RoutingDecision),
+    /// The turn is over; [`TurnSteps::into_turn`] gives what it produced.
+    End {
+        stop: StopReason,
+        error: Option<UpstreamError>,
+    },
+}
+
+/// The turn's model calls and tools: which candidate, how many retries, which tools are owed.
+#[derive(Debug)]
+pub struct TurnSteps {
+    turn: Turn,
+    conversation: String,
+    candidates: Vec<RoutingDecision>,
+    /// The context before this turn's own steps: system prompt, history, the user message.
+    base: Vec<ChatMessage>,
+    /// Tools the agent has; a call to any other is answered with an error, not run.
+    known_tools: Vec<String>,
+    candidate: usize,
+    attempts: u32,
+    policy: RetryPolicy,
+    max_steps: u32,
+    aborted: bool,
+    /// Tool calls of the last step not run yet.
+    owed: VecDeque<ToolCall>,
+    /// The tool call being run.
+    running: Option<ToolCall>,
+    ended: bool,
+    actions: VecDeque<StepAction>,
+}
+
+impl TurnSteps {
+    /// A turn that calls `candidates[0]` first (the glue may have opened that call already).
+    /// `candidates` must not be empty.
+    pub fn new(
+        conversation: &str,
+        candidates: Vec<RoutingDecision>,
+        base: Vec<ChatMessage>,
+        known_tools: Vec<String>,
+        policy: RetryPolicy,
+        max_steps: u32,
+    ) -> Self {
+        let mut steps = TurnSteps {
+            turn: Turn::default(),
+            conversation: conversation.to_string(),
+            candidates,
+            base,
+            known_tools,
+            candidate: 0,
+            attempts: 0,
+            policy,
+            max_steps,
+            aborted: false,
+            owed: VecDeque::new(),
+            running: None,
+            ended: false,
+            actions: VecDeque::new(),
+        };
+        if steps.candidates.is_empty() {
+            steps.end(StopReason::Error, None);
+        } else {
+            steps.call();
+        }
+        steps
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll(&mut self) -> Option<StepAction> {
+        self.actions.pop_front()
+    }
+
+    /// The turn so far: text, tool records, usage and the context it adds.
+    pub fn turn(&self) -> &Turn {
+        &self.turn
+    }
+
+    /// What the turn produced, once it ended.
+    pub fn into_turn(self) -> Turn {
+        self.turn
+    }
+
+    /// The model the turn is on.
+    pub fn target(&self) -> Option<&RoutingDecision> {
+        self.candidates.get(self.candidate)
+    }
+
+    /// Whether the turn was aborted.
+    pub fn aborted(&self) -> bool {
+        self.aborted
+    }
+
+    /// Takes one stream event of the open call; what must reach the clients now is added to
+    /// `emits` (merged with the last one of its kind).
+    pub fn stream_event(&mut self, event: StreamEvent, emits: &mut Vec<Emit>) {
+        self.turn.take_event(event, emits);
+    }
+
+    /// The open call could not be opened (or broke outside its stream).
+    pub fn call_failed(&mut self, error: UpstreamError) {
+        self.turn.fail_step(error);
+        self.call_ended();
+    }
+
+    /// The open call's stream ended (or the glue stopped reading it after an abort).
+    pub fn call_ended(&mut self) {
+        if self.ended {
+            return;
+        }
+        let outcome = self.turn.end_step(self.max_steps);
+        if self.aborted {
+            if let StepOutcome::RunTools(calls) = outcome {
+                // Calls the model made before the abort still need results, or the history is invalid.
+                self.owed.extend(calls);
+                self.settle_owed();
+            }
+            self.end(StopReason::Aborted, None);
+            return;
+        }
+        match outcome {
+            StepOutcome::Done(stop) => self.end(stop, None),
+            StepOutcome::RunTools(calls) => {
+                self.owed.extend(calls);
+                self.next_tool();
+            }
+            StepOutcome::Failed {
+                error,
+                before_output,
+            } => self.failed(error, before_output),
+        }
+    }
+
+    /// The running tool finished.
+    pub fn tool_done(&mut self, result: String, is_error: bool) {
+        let Some(call) = self.running.take() else {
+            return;
+        };
+        let (result, is_error) = if self.aborted {
+            (ABORTED_WHILE_RUNNING.to_string(), true)
+        } else {
+            (result, is_error)
+        };
+        self.record_tool(&call, result, is_error);
+        self.next_tool();
+    }
+
+    /// The wait before a retry is over.
+    pub fn timer_fired(&mut self) {
+        if self.ended {
+            return;
+        }
+        if self.aborted {
+            self.end(StopReason::Aborted, None);
+        } else {
+            self.call();
+        }
+    }
+
+    /// The client asked to stop: no new call or tool starts; what is open ends as aborted.
+    pub fn abort(&mut self) {
+        self.aborted = true;
+    }
+
+    fn call(&mut self) {
+        self.turn.begin_step();
+        let mut messages = self.base.clone();
+        messages.extend(self.turn.new_context.iter().cloned());
+        let target = self.candidates[self.candidate].clone();
+        self.actions
+            .push_back(StepAction::Call { target, messages });
+    }
+
+    fn failed(&mut self, error: UpstreamError, before_output: bool) {
+        let next = self.policy.next(
+            &error,
+            before_output,
+            self.attempts,
+            self.candidate,
+            self.candidates.len(),
+        );
+        if before_output && error.kind.retryable() {
+            // A call that produced nothing does not use up a step.
+            self.turn.forget_failed_step();
+        }
+        match next {
+            Next::Retry { after_ms } => {
+                self.attempts += 1;
+                self.actions.push_back(StepAction::Wait { ms: after_ms });
+            }
+            Next::FallOver { to } => {
+                let from = &self.candidates[self.candidate];
+                // The class and status only: the provider's text stays in the log.
+                let reason = format!(
+                    "fallover: {} {} {}",
+                    from.provider,
+                    error.kind.code(),
+                    error.status.map(|s| s.to_string()).unwrap_or_default()
+                )
+                .trim_end()
+                .to_string();
+                self.candidate = to;
+                self.attempts = 0;
+                let decision = RoutingDecision {
+                    reason,
+                    ..self.candidates[to].clone()
+                };
+                self.actions.push_back(StepAction::FellOver(decision));
+                self.call();
+            }
+            Next::GiveUp => {
+                let stop = StopReason::after_failure(error.kind, !self.turn.text.is_empty());
+                let e = RoomError::Upstream {
+                    code: error.kind.code(),
+                    message: crate::llm::redact::redact(&error.message),
+                    retryable: error.kind.retryable(),
+                };
+                self.send("error", e.event_payload(Some(&self.conversation)));
+                self.end(stop, Some(error));
+            }
+        }
+    }
+
+    /// Starts the next owed tool, or the next model call once none is owed.
+    fn next_tool(&mut self) {
+        if self.aborted {
+            self.settle_owed();
+            self.end(StopReason::Aborted, None);
+            return;
+        }
+        while let Some(call) = self.owed.pop_front() {
+            let start = json!({ "conversationId": self.conversation, "toolCallId": call.id, "toolName": call.name });
+            self.send("agent:tool:start", start.to_string());
+            if self.known_tools.contains(&call.name) {
+                self.running = Some(call.clone());
+                self.actions.push_back(StepAction::RunTool(call));
+                return;
+            }
+            self.record_tool(&call, format!("unknown tool \"{}\"", call.name), true);
+        }
+        self.call();
+    }
+
+    /// Answers every owed call without running it.
+    fn settle_owed(&mut self) {
+        while let Some(call) = self.owed.pop_front() {
+            self.turn
+                .record_tool_result(&call, NOT_RUN_ABORTED.to_string(), true);
+        }
+    }
+
+    fn record_tool(&mut self, call: &ToolCall, result: String, is_error: bool) {
+        self.turn.record_tool_result(call, result, is_error);
+        let end = json!({ "conversationId": self.conversation, "toolCallId": call.id, "toolName": call.name, "isError": is_error });
+        self.send("agent:tool:end", end.to_string());
+    }
+
+    fn send(&mut self, name: &'static str, data: String) {
+        self.actions.push_back(StepAction::Send { name, data });
+    }
+
+    fn end(&mut self, stop: StopReason, error: Option<UpstreamError>) {
+        self.ended = true;
+        self.owed.clear();
+        self.actions.push_back(StepAction::End { stop, error });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{FinishReason, UpstreamErrorKind, Usage};
+    use serde_json::Value;
+
+    fn target(provider: &str, model: &str) -> RoutingDecision {
+        RoutingDecision {
+            provider: provider.into(),
+            model: model.into(),
+            rule_name: "default".into(),
+            reason: "default".into(),
+        }
+    }
+
+    fn user(text: &str) -> Vec<ChatMessage> {
+        vec![ChatMessage::User {
+            content: text.into(),
+        }]
+    }
+
+    fn steps(candidates: Vec<RoutingDecision>, retries: u32) -> TurnSteps {
+        TurnSteps::new(
+            "c1",
+            candidates,
+            user("hi"),
+            vec!["lookup".into()],
+            RetryPolicy::new(retries),
+            4,
+        )
+    }
+
+    fn call(id: &str, name: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: "{}".into(),
+        }
+    }
+
+    /// Every action queued now.
+    fn drain(s: &mut TurnSteps) -> Vec<StepAction> {
+        std::iter::from_fn(|| s.poll()).collect()
+    }
+
+    fn feed(s: &mut TurnSteps, events: Vec<StreamEvent>) -> Vec<Emit> {
+        let mut emits = Vec::new();
+        for e in events {
+            s.stream_event(e, &mut emits);
+        }
+        emits
+    }
+
+    fn names(actions: &[StepAction]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                StepAction::Send { name, .. } => name.to_string(),
+                StepAction::Call { target, .. } => format!("call {}", target.model),
+                StepAction::Wait { ms } => format!("wait {ms}"),
+                StepAction::RunTool(c) => format!("run {}", c.name),
+                StepAction::FellOver(d) => format!("fellover {}", d.model),
+                StepAction::End { stop, .. } => format!("end {}", stop.as_str()),
+            })
+            .collect()
+    }
+
+    fn error(kind: UpstreamErrorKind) -> UpstreamError {
+        UpstreamError::new(kind, "boom")
+    }
+
+    #[test]
+    fn a_plain_answer_is_one_call_then_the_end() {
+        let mut s = steps(vec![target("openai", "a")], 2);
+        assert_eq!(names(&drain(&mut s)), ["call a"]);
+        let emits = feed(
+            &mut s,
+            vec![
+                StreamEvent::Text("Hel".into()),
+                StreamEvent::Text("lo".into()),
+                StreamEvent::Finish(FinishReason::Stop),
+            ],
+        );
+        assert_eq!(emits, [Emit::Text("Hello".into())]);
+        s.call_ended();
+        assert_eq!(names(&drain(&mut s)), ["end stop"]);
+        assert_eq!(s.into_turn().text, "Hello");
+    }
+
+    #[test]
+    fn retry_then_fallover_then_success() {
+        let mut s = steps(vec![target("openai", "a"), target("anthropic", "b")], 1);
+        drain(&mut s);
+        let mut overloaded = error(UpstreamErrorKind::Overloaded);
+        overloaded.status = Some(529);
+        s.call_failed(overloaded.clone());
+        assert_eq!(names(&drain(&mut s)), ["wait 500"]);
+        s.timer_fired();
+        assert_eq!(names(&drain(&mut s)), ["call a"]);
+        s.call_failed(overloaded);
+        let actions = drain(&mut s);
+        assert_eq!(names(&actions), ["fellover b", "call b"]);
+        let StepAction::FellOver(d) = &actions[0] else {
+            unreachable!()
+        };
+        assert_eq!(d.provider, "anthropic");
+        assert_eq!(d.reason, "fallover: openai upstream_overloaded 529");
+        feed(&mut s, vec![StreamEvent::Text("ok".into())]);
+        s.call_ended();
+        assert_eq!(names(&drain(&mut s)), ["end stop"]);
+        // Failed calls that produced nothing do not count as steps.
+        assert_eq!(s.turn().steps, 1);
+    }
+
+    #[test]
+    fn retry_after_from_the_provider_sets_the_wait() {
+        let mut s = steps(vec![target("openai", "a")], 3);
+        drain(&mut s);
+        let mut limited = error(UpstreamErrorKind::RateLimited);
+        limited.retry_after_ms = Some(2_000);
+        s.call_failed(limited);
+        assert_eq!(names(&drain(&mut s)), ["wait 2000"]);
+    }
+
+    #[test]
+    fn giving_up_sends_a_redacted_error_then_ends() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        s.call_failed(UpstreamError::new(
+            UpstreamErrorKind::Auth,
+            "bad key sk-abcdefghijklmnopqrstuvwxyz123456",
+        ));
+        let actions = drain(&mut s);
+        assert_eq!(names(&actions), ["error", "end error"]);
+        let StepAction::Send { data, .. } = &actions[0] else {
+            unreachable!()
+        };
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["code"], "upstream_auth");
+        assert_eq!(v["conversationId"], "c1");
+        assert!(!data.contains("abcdefghijklmnopqrstuvwxyz"));
+        let StepAction::End { error, .. } = &actions[1] else {
+            unreachable!()
+        };
+        assert_eq!(error.as_ref().unwrap().kind, UpstreamErrorKind::Auth);
+    }
+
+    #[test]
+    fn a_stall_after_text_truncates_and_a_stall_before_it_retries() {
+        let stalled = || error(UpstreamErrorKind::Timeout);
+        // Text reached the clients: the turn is cut, not retried (it would show text twice).
+        let mut s = steps(vec![target("openai", "a")], 2);
+        drain(&mut s);
+        feed(&mut s, vec![StreamEvent::Text("partial".into())]);
+        feed(&mut s, vec![StreamEvent::Error(stalled())]);
+        s.call_ended();
+        assert_eq!(names(&drain(&mut s)), ["error", "end truncated"]);
+        assert_eq!(s.turn().text, "partial");
+        // Nothing reached them: the same model is tried again after a backoff.
+        let mut s = steps(vec![target("openai", "a")], 2);
+        drain(&mut s);
+        s.call_failed(stalled());
+        assert_eq!(names(&drain(&mut s)), ["wait 500"]);
+    }
+
+    #[test]
+    fn tools_run_in_order_between_calls_and_unknown_ones_are_answered_with_an_error() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        feed(
+            &mut s,
+            vec![
+                StreamEvent::ToolCall(call("t1", "lookup")),
+                StreamEvent::ToolCall(call("t2", "nope")),
+                StreamEvent::Finish(FinishReason::ToolCalls),
+            ],
+        );
+        s.call_ended();
+        assert_eq!(names(&drain(&mut s)), ["agent:tool:start", "run lookup"]);
+        s.tool_done("42".into(), false);
+        let actions = drain(&mut s);
+        assert_eq!(
+            names(&actions),
+            [
+                "agent:tool:end",
+                "agent:tool:start",
+                "agent:tool:end",
+                "call a"
+            ]
+        );
+        let StepAction::Call { messages, .. } = &actions[3] else {
+            unreachable!()
+        };
+        // The user message, the assistant's calls, then both results.
+        assert_eq!(messages.len(), 4);
+        assert!(
+            matches!(&messages[3], ChatMessage::Tool { content, is_error: true, .. } if content == "unknown tool \"nope\"")
+        );
+        assert_eq!(s.turn().tool_records.len(), 2);
+    }
+
+    #[test]
+    fn abort_while_tools_are_owed_answers_each_so_the_history_stays_valid() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        feed(
+            &mut s,
+            vec![
+                StreamEvent::ToolCall(call("t1", "lookup")),
+                StreamEvent::ToolCall(call("t2", "lookup")),
+                StreamEvent::ToolCall(call("t3", "lookup")),
+            ],
+        );
+        s.call_ended();
+        drain(&mut s);
+        s.abort();
+        s.tool_done("late".into(), false);
+        let actions = drain(&mut s);
+        assert_eq!(names(&actions), ["agent:tool:end", "end aborted"]);
+        let turn = s.into_turn();
+        let results: Vec<(&str, &str)> = turn
+            .new_context
+            .iter()
+            .filter_map(|m| match m {
+                ChatMessage::Tool {
+                    tool_call_id,
+                    content,
+                    ..
+                } => Some((tool_call_id.as_str(), content.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("t1", ABORTED_WHILE_RUNNING),
+                ("t2", NOT_RUN_ABORTED),
+                ("t3", NOT_RUN_ABORTED)
+            ]
+        );
+        assert!(turn.tool_records.iter().all(|r| r.is_error));
+    }
+
+    #[test]
+    fn abort_mid_stream_with_tool_calls_answers_them_without_running_any() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        feed(
+            &mut s,
+            vec![
+                StreamEvent::Text("let me look".into()),
+                StreamEvent::ToolCall(call("t1", "lookup")),
+            ],
+        );
+        s.abort();
+        s.call_ended();
+        assert_eq!(names(&drain(&mut s)), ["end aborted"]);
+        let turn = s.into_turn();
+        assert_eq!(turn.text, "let me look");
+        assert_eq!(turn.new_context.len(), 2);
+    }
+
+    #[test]
+    fn abort_during_a_retry_wait_ends_without_calling_again() {
+        let mut s = steps(vec![target("openai", "a")], 2);
+        drain(&mut s);
+        s.call_failed(error(UpstreamErrorKind::Server));
+        assert_eq!(names(&drain(&mut s)), ["wait 500"]);
+        s.abort();
+        s.timer_fired();
+        assert_eq!(names(&drain(&mut s)), ["end aborted"]);
+        s.timer_fired();
+        s.call_ended();
+        assert!(s.poll().is_none());
+    }
+
+    #[test]
+    fn the_step_limit_ends_a_model_that_keeps_asking_for_tools() {
+        let mut s = TurnSteps::new(
+            "c1",
+            vec![target("openai", "a")],
+            user("hi"),
+            vec!["lookup".into()],
+            RetryPolicy::new(0),
+            2,
+        );
+        for round in 0..2 {
+            drain(&mut s);
+            feed(
+                &mut s,
+                vec![StreamEvent::ToolCall(call(&format!("t{round}"), "lookup"))],
+            );
+            s.call_ended();
+            if round == 0 {
+                drain(&mut s);
+                s.tool_done("r".into(), false);
+            }
+        }
+        assert_eq!(names(&drain(&mut s)), ["end max_steps"]);
+    }
+
+    #[test]
+    fn usage_is_summed_over_the_calls_of_a_turn() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        let usage = |input, output| {
+            StreamEvent::Usage(Usage {
+                input,
+                output,
+                cache_read: 0,
+                cache_write: 0,
+            })
+        };
+        feed(
+            &mut s,
+            vec![StreamEvent::ToolCall(call("t1", "lookup")), usage(10, 2)],
+        );
+        s.call_ended();
+        drain(&mut s);
+        s.tool_done("r".into(), false);
+        drain(&mut s);
+        feed(&mut s, vec![StreamEvent::Text("done".into()), usage(20, 3)]);
+        s.call_ended();
+        assert_eq!(names(&drain(&mut s)), ["end stop"]);
+        let turn = s.into_turn();
+        assert_eq!((turn.usage.input, turn.usage.output), (30, 5));
+        assert_eq!(turn.last_prompt_tokens, 20);
+    }
+
+    #[test]
+    fn no_candidate_ends_at_once() {
+        let mut s = steps(Vec::new(), 0);
+        assert_eq!(names(&drain(&mut s)), ["end error"]);
+    }
+}
