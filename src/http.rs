@@ -1,6 +1,7 @@
 //! What the Worker decides from a request's URL and headers alone: decoded path segments, the gateway's own origin, and which origins may use which credentials.
 
 use crate::config::Config;
+use crate::error::ApiError;
 
 /// How a request presented its credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +100,115 @@ pub fn path_segments(path: &str, skip: usize) -> Result<Vec<String>, BadPath> {
         .collect()
 }
 
+/// A query parameter's value.
+pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The token a request presents, and how: `Authorization: Bearer`, then `?token=`, then the
+/// `token` cookie.
+pub fn presented_token(
+    authorization: Option<&str>,
+    query: &[(String, String)],
+    cookie: Option<&str>,
+) -> Option<(String, CredentialSource)> {
+    if let Some(t) = authorization.and_then(crate::auth::bearer) {
+        return Some((t.to_string(), CredentialSource::Explicit));
+    }
+    if let Some(t) = query_get(query, "token").filter(|t| !t.is_empty()) {
+        return Some((t.to_string(), CredentialSource::Explicit));
+    }
+    cookie
+        .and_then(|c| crate::auth::cookie(c, "token"))
+        .map(|t| (t.to_string(), CredentialSource::Ambient))
+}
+
+/// The conversation a socket asks for with `?conversationId=`: that id, or a new one
+/// (`mint`) when it names none.
+pub fn conversation_param(
+    query: &[(String, String)],
+    mint: impl FnOnce() -> String,
+) -> Result<String, ApiError> {
+    match query_get(query, "conversationId") {
+        None | Some("") => Ok(mint()),
+        Some(id) if crate::protocol::valid_id(id) => Ok(id.to_string()),
+        Some(_) => Err(ApiError::BadRequest(
+            "conversationId must be 1 to 128 printable characters".into(),
+        )),
+    }
+}
+
+/// The `?lastSeq=` a resuming socket sends.
+pub fn last_seq_param(query: &[(String, String)]) -> Result<Option<u64>, ApiError> {
+    match query_get(query, "lastSeq") {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest("lastSeq must be a whole number".into())),
+    }
+}
+
+/// Whether an `Upgrade` header asks for a WebSocket.
+pub fn require_websocket(upgrade: Option<&str>) -> Result<(), ApiError> {
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        Ok(())
+    } else {
+        Err(ApiError::UpgradeRequired)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_token_is_taken_from_the_header_then_the_query_then_the_cookie() {
+        let query = q(&[("token", "fromquery")]);
+        assert_eq!(
+            presented_token(Some("Bearer fromheader"), &query, Some("token=c")),
+            Some(("fromheader".into(), CredentialSource::Explicit))
+        );
+        assert_eq!(
+            presented_token(None, &query, Some("token=c")),
+            Some(("fromquery".into(), CredentialSource::Explicit))
+        );
+        assert_eq!(
+            presented_token(None, &q(&[("token", "")]), Some("a=1; token=c")),
+            Some(("c".into(), CredentialSource::Ambient))
+        );
+        assert_eq!(presented_token(Some("Basic x"), &[], None), None);
+    }
+
+    #[test]
+    fn socket_query_parameters_are_checked() {
+        assert_eq!(conversation_param(&[], || "new".into()), Ok("new".into()));
+        assert_eq!(
+            conversation_param(&q(&[("conversationId", "c1")]), || "new".into()),
+            Ok("c1".into())
+        );
+        assert_eq!(
+            conversation_param(&q(&[("conversationId", "bad id")]), || "new".into())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(last_seq_param(&q(&[("lastSeq", "12")])), Ok(Some(12)));
+        assert_eq!(last_seq_param(&q(&[("lastSeq", "")])), Ok(None));
+        assert!(last_seq_param(&q(&[("lastSeq", "-1")])).is_err());
+        assert!(require_websocket(Some("WebSocket")).is_ok());
+        assert_eq!(require_websocket(None), Err(ApiError::UpgradeRequired));
+    }
 
     fn config(origins: &str) -> Config {
         Config::from_lookup(|k| (k == "ALLOWED_ORIGINS").then(|| origins.to_string())).unwrap()

@@ -1,5 +1,6 @@
 //! Edge chat gateway for AI agents: a pure core (protocol, conversation, providers, routing) and thin Workers glue.
 
+pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod catalog;

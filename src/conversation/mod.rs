@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 
 pub mod plan;
 pub mod reply;
+pub mod room;
+pub mod socket;
 pub mod steps;
 
 /// Accumulated figures of a conversation, for `/status` and admin stats.

@@ -4,6 +4,7 @@ pub mod anthropic;
 pub mod openai;
 pub mod redact;
 pub mod sse;
+pub mod stream;
 
 use serde::{Deserialize, Serialize};
 

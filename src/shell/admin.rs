@@ -2,6 +2,7 @@
 
 use super::gateway::conversation_stub;
 use super::{db, internal, json_response, new_id, now_ms};
+use crate::admin::{self, AdminRoute, BodyUse, FanOut};
 use crate::agents::AgentConfig;
 use crate::auth;
 use crate::catalog::ModelInfo;
@@ -41,52 +42,48 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
     let parts = crate::http::path_segments(&path, 1)
         .map_err(|_| ApiError::BadRequest("the path is not valid percent-encoded UTF-8".into()))?;
     let parts: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-    let method = req.method();
-    let db = db::db(env).map_err(|e| internal("database binding", e))?;
-    // Live conversations cache rules, agents and catalog rows; a change is pushed to them at once.
-    let changes_operator_config =
-        method != Method::Get && matches!(parts.first(), Some(&("rules" | "agents" | "models")));
-    let result = match (method, parts.as_slice()) {
-        (Method::Post, ["tokens"]) => mint_token(body(&mut req).await?, &db).await,
-        (Method::Get, ["tokens"]) => list_tokens(&db).await,
-        (Method::Delete, ["tokens", key]) => revoke_token(key, env, &db).await,
-        (Method::Post, ["reload"]) => reload(body_or_empty(&mut req).await?, env, &db).await,
-        (Method::Get, ["stats"]) => stats(&db).await,
-        (Method::Put, ["conversations", id, "model"]) => {
-            set_model(id, body(&mut req).await?, env, &db).await
+    let route = AdminRoute::parse(req.method().as_ref(), &parts)?;
+    let body = match route.body_use() {
+        BodyUse::None => Value::Null,
+        use_ => {
+            let text = req
+                .text()
+                .await
+                .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
+            admin::parse_body(&text, use_)?
         }
-        (Method::Get, ["rules"]) => list_rules(&db).await,
-        (Method::Post, ["rules"]) => save_rule(None, body(&mut req).await?, &db).await,
-        (Method::Put, ["rules", id]) => save_rule(Some(id), body(&mut req).await?, &db).await,
-        (Method::Delete, ["rules", id]) => delete_row(sql::DELETE_RULE, id, "rule", &db).await,
-        (Method::Get, ["agents"]) => list_agents(&db).await,
-        (Method::Post, ["agents"]) => save_agent(None, body(&mut req).await?, &db).await,
-        (Method::Put, ["agents", id]) => save_agent(Some(id), body(&mut req).await?, &db).await,
-        (Method::Delete, ["agents", id]) => delete_row(sql::DELETE_AGENT, id, "agent", &db).await,
-        (Method::Get, ["models"]) => {
+    };
+    let db = db::db(env).map_err(|e| internal("database binding", e))?;
+    let result = match route {
+        AdminRoute::MintToken => mint_token(body, &db).await,
+        AdminRoute::ListTokens => list_tokens(&db).await,
+        AdminRoute::RevokeToken(key) => revoke_token(key, env, &db).await,
+        AdminRoute::Reload => reload(&body, env, &db).await,
+        AdminRoute::Stats => stats(&db).await,
+        AdminRoute::SetModel(id) => set_model(id, &body, env, &db).await,
+        AdminRoute::ListRules => list_rules(&db).await,
+        AdminRoute::SaveRule(id) => save_rule(id, body, &db).await,
+        AdminRoute::DeleteRule(id) => delete_row(sql::DELETE_RULE, id, "rule", &db).await,
+        AdminRoute::ListAgents => {
+            let agents = db::operator_config(&db)
+                .await
+                .map_err(|e| internal("agents", e))?
+                .agents;
+            ok(admin::agent_listing(agents))
+        }
+        AdminRoute::SaveAgent(id) => save_agent(id, body, &db).await,
+        AdminRoute::DeleteAgent(id) => delete_row(sql::DELETE_AGENT, id, "agent", &db).await,
+        AdminRoute::ListModels => {
             let catalog = db::operator_config(&db)
                 .await
                 .map_err(|e| internal("catalog", e))?
                 .catalog;
             ok(json!({ "models": catalog.all(), "skipped": catalog.skipped() }))
         }
-        (Method::Put, ["models"]) => save_model(body(&mut req).await?, &db).await,
-        (
-            _,
-            ["tokens"]
-            | ["tokens", _]
-            | ["reload"]
-            | ["stats"]
-            | ["conversations", _, "model"]
-            | ["rules"]
-            | ["rules", _]
-            | ["agents"]
-            | ["agents", _]
-            | ["models"],
-        ) => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound(format!("no admin route for {path}"))),
+        AdminRoute::SaveModel => save_model(body, &db).await,
     };
-    if changes_operator_config && result.is_ok() {
+    // Live conversations cache rules, agents and catalog rows; a change is pushed to them at once.
+    if route.changes_operator_config() && result.is_ok() {
         if let Err(e) = fan_out(env, &db, "invalidate", None).await {
             worker::console_warn!("pushing a configuration change to live conversations: {e}");
         }
@@ -98,101 +95,32 @@ fn ok(v: Value) -> ApiResult {
     json_response(200, &v).map_err(|e| internal("response", e))
 }
 
-async fn body(req: &mut Request) -> std::result::Result<Value, ApiError> {
-    let text = req
-        .text()
-        .await
-        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
-    if text.len() > 256 * 1024 {
-        return Err(ApiError::PayloadTooLarge(
-            "admin bodies are limited to 256 KiB".into(),
-        ));
-    }
-    let v: Value = crate::protocol::parse_strict(&text)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::BadRequest("body must be a JSON object".into()));
-    }
-    Ok(v)
-}
-
-async fn body_or_empty(req: &mut Request) -> std::result::Result<Value, ApiError> {
-    let text = req
-        .clone()
-        .map_err(|e| internal("body", e))?
-        .text()
-        .await
-        .unwrap_or_default();
-    if text.trim().is_empty() {
-        return Ok(json!({}));
-    }
-    body(req).await
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MintRequest {
-    user_id: String,
-    name: Option<String>,
-    expires_in_seconds: Option<u64>,
-}
-
 async fn mint_token(body: Value, db: &worker::D1Database) -> ApiResult {
-    let m: MintRequest = serde_json::from_value(body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected {{userId, name?, expiresInSeconds?}}: {e}"
-        ))
-    })?;
-    if !auth::valid_user_id(&m.user_id) {
-        return Err(ApiError::BadRequest(
-            "userId must be 1 to 128 printable characters without spaces".into(),
-        ));
-    }
-    let name = m
-        .name
-        .unwrap_or_else(|| format!("{}-{}", m.user_id, &new_id()[..8]));
-    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-        return Err(ApiError::BadRequest(
-            "name must be 1 to 128 characters".into(),
-        ));
-    }
+    let now = now_ms();
+    let m = admin::token_mint(body, now, &new_id()[..8])?;
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(|e| internal("random", e))?;
     let token = auth::token_from_bytes(&random);
-    let now = now_ms();
-    let expires = match m.expires_in_seconds {
-        Some(0) => {
-            return Err(ApiError::BadRequest(
-                "expiresInSeconds must be positive".into(),
-            ))
-        }
-        Some(s) if s > 10 * 365 * 86_400 => {
-            return Err(ApiError::BadRequest(
-                "expiresInSeconds is more than ten years".into(),
-            ))
-        }
-        Some(s) => Some(now + (s as i64) * 1000),
-        None => None,
-    };
     let params = [
         db::text(&auth::token_hash(&token)),
         db::text(&m.user_id),
-        db::text(&name),
+        db::text(&m.name),
         db::num(now),
-        db::opt_num(expires),
+        db::opt_num(m.expires_at),
     ];
     if let Err(e) = db::run(db, sql::INSERT_TOKEN, &params).await {
         let msg = e.to_string();
         if msg.contains("UNIQUE") {
             return Err(ApiError::Conflict(format!(
-                "a token named \"{name}\" exists"
+                "a token named \"{}\" exists",
+                m.name
             )));
         }
         return Err(internal("insert token", msg));
     }
     json_response(
         201,
-        &json!({ "token": token, "userId": m.user_id, "name": name, "expiresAt": expires }),
+        &json!({ "token": token, "userId": m.user_id, "name": m.name, "expiresAt": m.expires_at }),
     )
     .map_err(|e| internal("response", e))
 }
@@ -201,11 +129,7 @@ async fn list_tokens(db: &worker::D1Database) -> ApiResult {
     let rows: Vec<TokenRow> = db::all(db, sql::LIST_TOKENS, &[])
         .await
         .map_err(|e| internal("list tokens", e))?;
-    let tokens: Vec<Value> = rows
-        .into_iter()
-        .map(|t| json!({ "name": t.name, "userId": t.user_id, "hash": t.token_hash, "createdAt": t.created_at, "expiresAt": t.expires_at, "revokedAt": t.revoked_at }))
-        .collect();
-    ok(json!({ "tokens": tokens }))
+    ok(admin::token_listing(&rows))
 }
 
 /// Revokes a token by name or hash, then closes every open socket it authenticated: a socket
@@ -225,33 +149,27 @@ async fn revoke_token(key: &str, env: &Env, db: &worker::D1Database) -> ApiResul
     }
     let hashes: Vec<&str> = revoked.iter().map(|r| r.token_hash.as_str()).collect();
     let body = json!({ "tokens": hashes }).to_string();
-    let (_, sockets, failed) = fan_out(env, db, "revoke", Some(body)).await?;
-    ok(json!({ "revoked": key, "socketsClosed": sockets, "failed": failed }))
+    let reached = fan_out(env, db, "revoke", Some(body)).await?;
+    ok(json!({ "revoked": key, "socketsClosed": reached.sockets, "failed": reached.failed }))
 }
 
-async fn reload(body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {
-    let reason = match body.get("reason") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 1000 => Some(s.clone()),
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "reason must be a string of at most 1000 bytes".into(),
-            ))
-        }
-    };
+async fn reload(body: &Value, env: &Env, db: &worker::D1Database) -> ApiResult {
+    let reason = admin::reload_reason(body)?;
     let payload = json!({ "reason": reason, "at": super::now_iso() }).to_string();
-    let (conversations, sockets, failed) = fan_out(env, db, "reload", Some(payload)).await?;
-    ok(json!({ "conversations": conversations, "sockets": sockets, "failed": failed }))
+    let reached = fan_out(env, db, "reload", Some(payload)).await?;
+    ok(
+        json!({ "conversations": reached.conversations, "sockets": reached.sockets, "failed": reached.failed }),
+    )
 }
 
-/// Calls `action` on every live conversation, at most `FANOUT_CONCURRENCY` at once; returns
-/// (conversations with sockets, sockets reached, failures). A stale registry row costs one call.
+/// Calls `action` on every live conversation, at most `FANOUT_CONCURRENCY` at once. A stale
+/// registry row costs one call.
 async fn fan_out(
     env: &Env,
     db: &worker::D1Database,
     action: &str,
     body: Option<String>,
-) -> std::result::Result<(u64, u64, u64), ApiError> {
+) -> std::result::Result<FanOut, ApiError> {
     #[derive(Deserialize)]
     struct Live {
         conversation_id: String,
@@ -259,35 +177,22 @@ async fn fan_out(
     let live: Vec<Live> = db::all(db, sql::LIST_LIVE, &[])
         .await
         .map_err(|e| internal("live registry", e))?;
-    let results: Vec<Option<(u64, u64)>> = stream::iter(live.into_iter().map(|l| {
+    let answers: Vec<Option<Value>> = stream::iter(live.into_iter().map(|l| {
         let body = body.clone();
         async move {
             call_object(env, &l.conversation_id, action, Method::Post, body)
                 .await
                 .ok()
-                .map(|v| {
-                    (
-                        v["sockets"].as_u64().unwrap_or(0),
-                        v["failed"].as_u64().unwrap_or(0),
-                    )
-                })
         }
     }))
     .buffer_unordered(FANOUT_CONCURRENCY)
     .collect()
     .await;
-    let (mut conversations, mut sockets, mut failed) = (0, 0, 0);
-    for r in results {
-        match r {
-            Some((s, f)) => {
-                conversations += u64::from(s > 0);
-                sockets += s;
-                failed += f;
-            }
-            None => failed += 1,
-        }
+    let mut reached = FanOut::default();
+    for answer in &answers {
+        reached.add(answer.as_ref());
     }
-    Ok((conversations, sockets, failed))
+    Ok(reached)
 }
 
 /// Calls a conversation object's internal route and returns its JSON answer.
@@ -348,32 +253,13 @@ async fn stats(db: &worker::D1Database) -> ApiResult {
     let totals: Option<Totals> = db::first(db, sql::TOTALS, &[])
         .await
         .map_err(|e| internal("totals", e))?;
-    let live = live.unwrap_or(Live {
-        conversations: 0.0,
-        sockets: 0.0,
-        turns: 0.0,
-    });
-    let totals = totals.unwrap_or(Totals {
-        conversations: 0.0,
-        messages: 0.0,
-        tokens: 0.0,
-    });
-    ok(json!({
-        "live": { "conversations": live.conversations as u64, "sockets": live.sockets as u64, "turns": live.turns as u64 },
-        "totals": { "conversations": totals.conversations as u64, "messages": totals.messages as u64, "tokens": totals.tokens as u64 },
-    }))
+    let live = live.map_or([0.0; 3], |l| [l.conversations, l.sockets, l.turns]);
+    let totals = totals.map_or([0.0; 3], |t| [t.conversations, t.messages, t.tokens]);
+    ok(admin::stats_payload(live, totals))
 }
 
-async fn set_model(id: &str, body: Value, env: &Env, db: &worker::D1Database) -> ApiResult {
-    let model = match body.get("model") {
-        Some(Value::Null) => None,
-        Some(Value::String(s)) if crate::protocol::valid_id(s) && s.len() <= 200 => Some(s.clone()),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "expected {\"model\": \"<id>\"} or {\"model\": null}".into(),
-            ))
-        }
-    };
+async fn set_model(id: &str, body: &Value, env: &Env, db: &worker::D1Database) -> ApiResult {
+    let model = admin::model_override(body)?;
     if db::conversation_owner(db, id)
         .await
         .map_err(|e| internal("owner lookup", e))?
@@ -424,24 +310,6 @@ async fn save_rule(id: Option<&str>, body: Value, db: &worker::D1Database) -> Ap
         .await
         .map_err(|e| conflict_or_internal(e, "rule"))?;
     json_response(201, &json!({ "rule": rule })).map_err(|e| internal("response", e))
-}
-
-async fn list_agents(db: &worker::D1Database) -> ApiResult {
-    let agents = db::operator_config(db)
-        .await
-        .map_err(|e| internal("agents", e))?
-        .agents;
-    let list: Vec<Value> = agents
-        .into_iter()
-        .map(|(id, mut a)| {
-            // Tool secrets never leave the gateway.
-            for t in &mut a.tools {
-                t.secret = t.secret.as_ref().map(|_| "********".to_string());
-            }
-            json!({ "id": id, "agent": a })
-        })
-        .collect();
-    ok(json!({ "agents": list }))
 }
 
 async fn save_agent(id: Option<&str>, body: Value, db: &worker::D1Database) -> ApiResult {
@@ -501,9 +369,5 @@ async fn delete_row(query: &str, id: &str, what: &str, db: &worker::D1Database) 
 
 fn conflict_or_internal(e: worker::Error, what: &str) -> ApiError {
     let msg = e.to_string();
-    if msg.contains("UNIQUE") {
-        ApiError::Conflict(format!("another {what} has that name"))
-    } else {
-        internal(what, msg)
-    }
+    admin::save_failure(&msg, what).unwrap_or_else(|| internal(what, msg))
 }

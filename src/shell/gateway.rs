@@ -2,11 +2,10 @@
 
 use super::db::TokenGrant;
 use super::{db, error_response, json_response, new_id, now_ms};
-use crate::auth;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::{self, CredentialSource};
-use crate::protocol::{sio, valid_id};
+use crate::protocol::sio;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
 
 /// Internal headers the Worker sets for the conversation object; stripped from client requests first.
@@ -72,38 +71,15 @@ pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
-/// The token a request presents, and how: `Authorization: Bearer`, `?token=`, or the `token` cookie.
+/// The token a request presents, and how.
 fn presented_token(
     req: &Request,
     query: &[(String, String)],
 ) -> Option<(String, CredentialSource)> {
     let headers = req.headers();
-    if let Some(t) = headers
-        .get("authorization")
-        .ok()
-        .flatten()
-        .as_deref()
-        .and_then(auth::bearer)
-    {
-        return Some((t.to_string(), CredentialSource::Explicit));
-    }
-    if let Some(t) = query_get(query, "token").filter(|t| !t.is_empty()) {
-        return Some((t.to_string(), CredentialSource::Explicit));
-    }
-    headers
-        .get("cookie")
-        .ok()
-        .flatten()
-        .as_deref()
-        .and_then(|c| auth::cookie(c, "token").map(str::to_string))
-        .map(|t| (t, CredentialSource::Ambient))
+    let authorization = headers.get("authorization").ok().flatten();
+    let cookie = headers.get("cookie").ok().flatten();
+    http::presented_token(authorization.as_deref(), query, cookie.as_deref())
 }
 
 /// What the request's token grants, or 401; a database failure is a 503, never the client's fault.
@@ -139,26 +115,7 @@ fn check_origin(
 }
 
 fn require_upgrade(req: &Request) -> std::result::Result<(), ApiError> {
-    let upgrade = req
-        .headers()
-        .get("upgrade")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    if !upgrade.eq_ignore_ascii_case("websocket") {
-        return Err(ApiError::UpgradeRequired);
-    }
-    Ok(())
-}
-
-fn conversation_param(query: &[(String, String)]) -> std::result::Result<String, ApiError> {
-    match query_get(query, "conversationId") {
-        None | Some("") => Ok(new_id()),
-        Some(id) if valid_id(id) => Ok(id.to_string()),
-        Some(_) => Err(ApiError::BadRequest(
-            "conversationId must be 1 to 128 printable characters".into(),
-        )),
-    }
+    http::require_websocket(req.headers().get("upgrade").ok().flatten().as_deref())
 }
 
 async fn chat_upgrade(
@@ -172,14 +129,8 @@ async fn chat_upgrade(
     check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
     let (token, _) = presented.ok_or_else(missing_token)?;
     let grant = authenticate(env, &token).await?;
-    let conversation = conversation_param(&query)?;
-    let last_seq = match query_get(&query, "lastSeq") {
-        None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<u64>()
-                .map_err(|_| ApiError::BadRequest("lastSeq must be a whole number".into()))?,
-        ),
-    };
+    let conversation = http::conversation_param(&query, new_id)?;
+    let last_seq = http::last_seq_param(&query)?;
     check_owner(env, &conversation, &grant.user).await?;
     forward(req, env, &conversation, "json", Some(&grant), last_seq).await
 }
@@ -194,7 +145,7 @@ async fn socketio_upgrade(
     require_upgrade(&req)?;
     let presented = presented_token(&req, &query);
     check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
-    let conversation = conversation_param(&query)?;
+    let conversation = http::conversation_param(&query, new_id)?;
     // socket.io clients usually send their token in the CONNECT packet, after the upgrade; such a
     // socket waits in the object unauthenticated, touching none of its storage, until CONNECT
     // proves who it is. A token on the upgrade itself (header, cookie, ?token=) is checked now.

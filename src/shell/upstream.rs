@@ -2,10 +2,10 @@
 
 use super::body::{lossy_text, read_bounded, BodyReader};
 use crate::config::ProviderConfig;
-use crate::llm::sse::{SseDecoder, SseEvent};
+use crate::llm::stream::{echo_answer, StallCheck, StreamReader};
 use crate::llm::{
-    anthropic, openai, CallSpec, ChatMessage, FinishReason, ProviderKind, StreamDecoder,
-    StreamEvent, UpstreamError, UpstreamErrorKind, Usage,
+    anthropic, openai, CallSpec, ProviderKind, StreamDecoder, StreamEvent, UpstreamError,
+    UpstreamErrorKind,
 };
 use futures::future::{select, Either};
 use futures::StreamExt;
@@ -26,18 +26,10 @@ pub enum ModelStream {
 /// An HTTP SSE stream from a provider.
 pub struct HttpStream {
     body: BodyReader,
-    sse: SseDecoder,
-    decoder: Box<dyn StreamDecoder>,
-    events: Vec<SseEvent>,
-    /// Decoded from the last chunk, before they join `pending` (kept to reuse its allocation).
-    decoded: Vec<StreamEvent>,
-    pending: VecDeque<StreamEvent>,
-    ended: bool,
-    stall_ms: u64,
-    /// One stall timer for many chunks: re-armed only when it fires early, not per chunk
-    /// (a timer per chunk cost an eighth of the Worker's CPU per delta).
+    reader: StreamReader,
+    /// One stall timer for many chunks (a timer per chunk cost an eighth of the Worker's CPU
+    /// per delta); the reader says when it must wait more.
     stall_timer: Option<Pin<Box<Delay>>>,
-    last_byte_ms: f64,
 }
 
 /// Starts a call; errors before the first byte are classified for retry and fallover.
@@ -56,7 +48,12 @@ pub async fn open(
             anthropic::build_request(spec),
             Box::new(anthropic::AnthropicDecoder::new()),
         ),
-        ProviderKind::Echo => return Ok(ModelStream::Echo(EchoStream::new(spec.messages))),
+        ProviderKind::Echo => {
+            return Ok(ModelStream::Echo(EchoStream {
+                pending: echo_answer(spec.messages),
+                first: true,
+            }))
+        }
     };
     let headers = Headers::new();
     for (k, v) in &request.headers {
@@ -106,15 +103,8 @@ pub async fn open(
     };
     Ok(ModelStream::Http(Box::new(HttpStream {
         body,
-        sse: SseDecoder::new(),
-        decoder,
-        events: Vec::new(),
-        decoded: Vec::new(),
-        pending: VecDeque::new(),
-        ended: false,
-        stall_ms,
+        reader: StreamReader::new(decoder, stall_ms, js_sys::Date::now()),
         stall_timer: None,
-        last_byte_ms: js_sys::Date::now(),
     })))
 }
 
@@ -137,7 +127,7 @@ impl ModelStream {
     /// An event already decoded (from bytes that arrived together), without waiting for more.
     pub fn ready(&mut self) -> Option<StreamEvent> {
         match self {
-            ModelStream::Http(s) => s.pending.pop_front(),
+            ModelStream::Http(s) => s.reader.pop(),
             // Paced on purpose: its deltas are not merged.
             ModelStream::Echo(_) => None,
         }
@@ -147,68 +137,30 @@ impl ModelStream {
 impl HttpStream {
     async fn next(&mut self) -> Option<StreamEvent> {
         loop {
-            if let Some(e) = self.pending.pop_front() {
+            if let Some(e) = self.reader.pop() {
                 return Some(e);
             }
-            if self.ended {
+            if self.reader.ended() {
                 return None;
             }
+            let stall_ms = self.reader.stall_ms();
             let timer = self
                 .stall_timer
-                .get_or_insert_with(|| Box::pin(Delay::from(Duration::from_millis(self.stall_ms))));
-            let chunk = match select(self.body.next(), timer).await {
-                Either::Left((c, _)) => {
-                    self.last_byte_ms = js_sys::Date::now();
-                    c
+                .get_or_insert_with(|| Box::pin(Delay::from(Duration::from_millis(stall_ms))));
+            match select(self.body.next(), timer).await {
+                Either::Left((Some(Ok(bytes)), _)) => {
+                    self.reader.on_bytes(&bytes, js_sys::Date::now())
                 }
+                Either::Left((Some(Err(e)), _)) => self.reader.on_broken(&e.to_string()),
+                Either::Left((None, _)) => self.reader.on_end(),
                 Either::Right(_) => {
-                    let idle = js_sys::Date::now() - self.last_byte_ms;
-                    let left = self.stall_ms as f64 - idle;
-                    if left > 0.0 {
-                        // Bytes came since the timer was armed: wait only for the rest of the window.
-                        self.stall_timer = Some(Box::pin(Delay::from(Duration::from_millis(
-                            left.ceil() as u64,
-                        ))));
-                        continue;
+                    if let StallCheck::WaitMore(ms) =
+                        self.reader.on_stall_timer(js_sys::Date::now())
+                    {
+                        self.stall_timer = Some(Box::pin(Delay::from(Duration::from_millis(ms))));
                     }
-                    self.ended = true;
-                    return Some(StreamEvent::Error(UpstreamError::new(
-                        UpstreamErrorKind::Timeout,
-                        format!("the stream stalled: no bytes for {} ms", self.stall_ms),
-                    )));
-                }
-            };
-            let out = &mut self.decoded;
-            match chunk {
-                Some(Ok(bytes)) => {
-                    if let Err(e) = self.sse.push(&bytes, &mut self.events) {
-                        self.ended = true;
-                        out.push(StreamEvent::Error(UpstreamError::new(
-                            UpstreamErrorKind::Malformed,
-                            format!("bad event stream: {e}"),
-                        )));
-                    }
-                    for ev in self.events.drain(..) {
-                        self.decoder.on_event(&ev, out);
-                    }
-                }
-                Some(Err(e)) => {
-                    self.ended = true;
-                    out.push(StreamEvent::Error(UpstreamError::new(
-                        UpstreamErrorKind::Network,
-                        format!("the stream broke: {e}"),
-                    )));
-                }
-                None => {
-                    self.ended = true;
-                    self.sse.finish(&mut self.events);
-                    for ev in self.events.drain(..) {
-                        self.decoder.on_event(&ev, out);
-                    }
-                    self.decoder.on_end(out);
                 }
             }
-            self.pending.extend(out.drain(..));
         }
     }
 }
@@ -220,45 +172,6 @@ pub struct EchoStream {
 }
 
 impl EchoStream {
-    fn new(messages: &[ChatMessage]) -> Self {
-        let last = messages
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                ChatMessage::User { content } => Some(content.as_str()),
-                _ => None,
-            })
-            .unwrap_or("");
-        let reply = format!("Echo: {last}");
-        let words: Vec<&str> = reply.split_inclusive(' ').collect();
-        let per = words.len().div_ceil(6).max(1);
-        let mut pending: VecDeque<StreamEvent> = words
-            .chunks(per)
-            .map(|c| StreamEvent::Text(c.concat()))
-            .collect();
-        let input: usize = messages
-            .iter()
-            .map(|m| match m {
-                ChatMessage::System { content }
-                | ChatMessage::User { content }
-                | ChatMessage::Tool { content, .. } => content.split_whitespace().count(),
-                ChatMessage::Assistant { content, .. } => content.split_whitespace().count(),
-            })
-            .sum();
-        let output = pending.len() as u64;
-        pending.push_back(StreamEvent::Usage(Usage {
-            input: input as u64,
-            output,
-            cache_read: 0,
-            cache_write: 0,
-        }));
-        pending.push_back(StreamEvent::Finish(FinishReason::Stop));
-        EchoStream {
-            pending,
-            first: true,
-        }
-    }
-
     async fn next(&mut self) -> Option<StreamEvent> {
         if !self.first && matches!(self.pending.front(), Some(StreamEvent::Text(_))) {
             // Paced like a model so clients see a stream, not one burst.

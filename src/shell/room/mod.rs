@@ -10,8 +10,10 @@ use crate::agents::AgentConfig;
 use crate::catalog::Catalog;
 use crate::commands;
 use crate::config::Config;
+use crate::conversation::room::Room;
+use crate::conversation::socket::{self, Frame, SocketInput, SocketMeta};
 use crate::conversation::steps::{StepAction, TurnSteps};
-use crate::conversation::{self, plan, reply, SessionState, StopReason, StreamLog, Turn};
+use crate::conversation::{self, plan, reply, StopReason, Turn};
 use crate::error::RoomError;
 use crate::llm::{
     CallSpec, ChatMessage, ThinkingLevel, ToolCall, UpstreamError, UpstreamErrorKind,
@@ -23,80 +25,19 @@ use crate::retry::RetryPolicy;
 use crate::routing::RoutingDecision;
 use crate::store::{self, sql};
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 use worker::*;
 
-/// What a socket hears when its token expires.
-const TOKEN_EXPIRED: &str = "unauthorized: the token has expired";
 /// How long operator configuration read from D1 is reused by a conversation.
 const OPERATOR_CACHE_MS: i64 = 60_000;
 /// When the alarm a long turn arms copies what the turn wrote, should its instance die first.
 const OUTBOX_ALARM_SLACK_MS: u64 = 10_000;
 /// When the alarm copies messages a dead instance left waiting, found on load.
 const ORPHAN_COPY_MS: u64 = 1_000;
-/// Bytes of stream events kept for resume.
-const REPLAY_BYTES: usize = 4 * 1024 * 1024;
-
-/// Per-socket data kept in the hibernation attachment (at most 2 KB).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct SocketMeta {
-    /// The authenticated user; `None` for a socket.io socket before its CONNECT.
-    user: Option<String>,
-    /// socket.io framing (else JSON).
-    sio: bool,
-    /// socket.io: CONNECT to `/chat` accepted.
-    connected: bool,
-    /// socket.io session id of the namespace.
-    sid: String,
-    /// socket.io recovery id.
-    pid: String,
-    /// The conversation an unauthenticated socket.io socket asked for: the object's storage is
-    /// not touched (not even to record its id) until CONNECT proves who the socket is.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    conversation: String,
-    /// SHA-256 of the token that authenticated the socket: a revocation closes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
-    /// When that token expires (ms since the epoch): the socket is closed then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expires: Option<i64>,
-    /// Closed by the gateway (revoked or expired): whatever it still sends is ignored.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    shut: bool,
-}
-
-/// A message waiting for the running turn to end.
-struct Pending {
-    ws: WebSocket,
-    meta: SocketMeta,
-    message: MessageEvent,
-    ack: Option<u64>,
-}
-
-/// In-memory state, rebuilt from storage after eviction or hibernation.
-struct Room {
-    loaded: bool,
-    id: String,
-    id_json: String,
-    owner: Option<String>,
-    /// Whether this object ever stored a message; without one there is no history to read.
-    stored_any: bool,
-    /// Messages a previous instance kept were found waiting on load: an alarm must copy them.
-    orphaned_outbox: bool,
-    session: SessionState,
-    log: StreamLog,
-    history: Option<Vec<ChatMessage>>,
-    turn_running: bool,
-    /// The clientMessageId of the message whose turn runs, until it is stored and in `seen`.
-    in_flight: Option<String>,
-    queue: VecDeque<Pending>,
-    sockets: Option<Vec<(WebSocket, SocketMeta)>>,
-}
 
 /// Operator configuration from D1, cached per object.
 struct Operator {
@@ -153,7 +94,7 @@ pub struct ConversationObject {
     state: State,
     env: Env,
     config: Result<Rc<Config>>,
-    room: RefCell<Room>,
+    room: RefCell<Room<WebSocket>>,
     /// When the read started, and the read.
     operator: RefCell<Option<(i64, OperatorLoad)>>,
     /// One copy to D1 at a time, so D1 numbers messages in the order they were kept.
@@ -170,8 +111,6 @@ pub struct ConversationObject {
     /// Held from reading a conversation's owner to recording it, so two users racing for a new
     /// conversation cannot both claim it.
     claim_lock: futures::lock::Mutex<()>,
-    /// clientMessageIds remembered by this instance: every `seen::PRUNE_EVERY`th prunes the table.
-    seen_inserts: Cell<u64>,
 }
 
 impl DurableObject for ConversationObject {
@@ -187,21 +126,7 @@ impl DurableObject for ConversationObject {
             state,
             env,
             config,
-            room: RefCell::new(Room {
-                loaded: false,
-                id: String::new(),
-                id_json: "\"\"".into(),
-                owner: None,
-                stored_any: false,
-                orphaned_outbox: false,
-                session: SessionState::default(),
-                log: StreamLog::new(1, window, REPLAY_BYTES),
-                history: None,
-                turn_running: false,
-                in_flight: None,
-                queue: VecDeque::new(),
-                sockets: None,
-            }),
+            room: RefCell::new(Room::new(window)),
             operator: RefCell::new(None),
             copy_lock: futures::lock::Mutex::new(()),
             replicator: RefCell::new(crate::outbox::Replicator::default()),
@@ -210,7 +135,6 @@ impl DurableObject for ConversationObject {
             abort: RefCell::new(None),
             aborted: Cell::new(false),
             claim_lock: futures::lock::Mutex::new(()),
-            seen_inserts: Cell::new(0),
         }
     }
 
@@ -236,7 +160,7 @@ impl DurableObject for ConversationObject {
                     .unwrap_or_default();
                 let closed = self.shut_sockets(
                     |meta| meta.token.as_ref().is_some_and(|t| hashes.contains(t)),
-                    "unauthorized: the token was revoked",
+                    socket::TOKEN_REVOKED,
                 );
                 super::json_response(200, &json!({ "sockets": closed, "failed": 0 }))
             }
@@ -274,111 +198,43 @@ impl DurableObject for ConversationObject {
         if meta.shut {
             return Ok(());
         }
-        if meta.sio && meta.user.is_none() {
-            // Not authenticated yet: only the handshake is served, and nothing is loaded or stored.
-            if let WebSocketIncomingMessage::String(text) = &message {
-                self.unauthenticated_packet(&ws, meta, text, &config)
-                    .await?;
-            } else {
-                let _ = ws.close(Some(1003), Some("binary packets are not supported"));
+        // Not authenticated yet: only the handshake is served, and nothing is loaded or stored.
+        if !meta.unauthenticated() {
+            self.load(None).await?;
+            if meta.expired(now_ms()) {
+                self.shut_socket(&ws, &meta, socket::TOKEN_EXPIRED);
+                return Ok(());
             }
-            return Ok(());
-        }
-        self.load(None).await?;
-        if meta.expires.is_some_and(|at| at <= now_ms()) {
-            self.shut_socket(&ws, &meta, TOKEN_EXPIRED);
-            return Ok(());
         }
         let limits = Limits {
             max_content_bytes: config.max_message_bytes,
         };
-        let text = match message {
-            WebSocketIncomingMessage::String(s) => s,
-            WebSocketIncomingMessage::Binary(_) => {
-                if meta.sio {
-                    let _ = ws.close(Some(1003), Some("binary packets are not supported"));
-                } else {
-                    let e = RoomError::client(
-                        ErrorCode::InvalidPayload,
-                        "binary frames are not supported; send JSON text frames",
-                    );
-                    self.send_error(&ws, &meta, &e);
-                }
-                return Ok(());
-            }
+        let frame = match &message {
+            WebSocketIncomingMessage::String(text) => Frame::Text(text),
+            WebSocketIncomingMessage::Binary(_) => Frame::Binary,
         };
-        if !meta.sio {
-            match protocol::decode_json_frame(&text, &limits) {
-                Ok(event) => self.handle_event(&ws, &meta, event, None, &config).await,
-                Err(e) => self.send_error(&ws, &meta, &RoomError::client(e.code, e.message)),
+        match socket::read_frame(&meta, frame, &limits) {
+            SocketInput::Ignore => {}
+            SocketInput::Reply(text) => {
+                let _ = ws.send_with_str(text);
             }
-            return Ok(());
-        }
-        if text.len() > protocol::max_frame_bytes(&limits) {
-            let e = RoomError::client(
-                ErrorCode::PayloadTooLarge,
-                "packet larger than the gateway accepts",
-            );
-            self.send_error(&ws, &meta, &e);
-            return Ok(());
-        }
-        match sio::decode(&text) {
-            Ok(sio::Inbound::Ping) => {
-                let _ = ws.send_with_str("3");
+            SocketInput::Close { code, reason } => {
+                let _ = ws.close(Some(code), Some(reason));
             }
-            Ok(
-                sio::Inbound::Pong
-                | sio::Inbound::Noop
-                | sio::Inbound::Upgrade
-                | sio::Inbound::Ack { .. },
-            ) => {}
-            Ok(sio::Inbound::Close) => {
-                let _ = ws.close(Some(1000), Some("closed by client"));
-            }
-            Ok(sio::Inbound::Connect { nsp, auth }) => {
+            SocketInput::Connect { nsp, auth } => {
                 self.sio_connect(&ws, meta, &nsp, auth, &config).await?
             }
-            Ok(sio::Inbound::Disconnect { .. }) => {
-                let mut meta = meta;
-                meta.connected = false;
+            SocketInput::Disconnect => {
+                let meta = SocketMeta {
+                    connected: false,
+                    ..meta
+                };
                 self.set_meta(&ws, &meta)?;
             }
-            Ok(sio::Inbound::Event {
-                nsp,
-                ack_id,
-                name,
-                args,
-            }) => {
-                if nsp != NSP || !meta.connected {
-                    let _ = ws.send_with_str(sio::connect_error(
-                        &nsp,
-                        "connect to the /chat namespace first",
-                        None,
-                    ));
-                    return Ok(());
-                }
-                let data = args.into_iter().next().unwrap_or_else(|| json!({}));
-                match protocol::decode_event(&name, data, &limits) {
-                    Ok(event) => self.handle_event(&ws, &meta, event, ack_id, &config).await,
-                    Err(e) => {
-                        let e = RoomError::client(e.code, e.message);
-                        self.send_error(&ws, &meta, &e);
-                        Self::send_ack(&ws, ack_id, &e.event_payload(None));
-                    }
-                }
+            SocketInput::Event { event, ack } => {
+                self.handle_event(&ws, &meta, event, ack, &config).await
             }
-            Err(e) => {
-                if meta.connected {
-                    let e = RoomError::client(
-                        ErrorCode::InvalidPayload,
-                        format!("malformed socket.io packet: {e}"),
-                    );
-                    self.send_error(&ws, &meta, &e);
-                } else {
-                    let reason = crate::text::prefix_chars(&e.to_string(), 120).to_string();
-                    let _ = ws.close(Some(1008), Some(reason));
-                }
-            }
+            SocketInput::Refuse { error, ack } => self.refuse(&ws, &meta, ack, &error),
         }
         Ok(())
     }
@@ -390,12 +246,7 @@ impl DurableObject for ConversationObject {
         _reason: String,
         _was_clean: bool,
     ) -> Result<()> {
-        // Reciprocate; reserved codes cannot be sent back.
-        let code = match code {
-            1005 | 1006 | 1015 => 1000,
-            c => c as u16,
-        };
-        let _ = ws.close(Some(code), Some("closing"));
+        let _ = ws.close(Some(socket::close_reply_code(code)), Some("closing"));
         self.socket_gone(&ws).await
     }
 
@@ -479,41 +330,23 @@ impl ConversationObject {
         }
         let rows: Vec<Kv> = sql.exec("SELECT k, v FROM kv", None)?.to_array()?;
         let get = |key: &str| rows.iter().find(|r| r.k == key).map(|r| r.v.clone());
-        let mut room = self.room.borrow_mut();
-        let id = match (get("id"), id_hint) {
-            (Some(id), _) => id,
-            (None, Some(hint)) if !hint.is_empty() => {
+        // Counted only where there can be something to count: a new conversation has no outbox.
+        let waiting = get("stored").is_some() && self.outbox_waiting();
+        let loaded = self.room.borrow_mut().load(get, id_hint, waiting);
+        match loaded {
+            Ok(Some(new_id)) => {
                 sql.exec(
                     "INSERT OR REPLACE INTO kv (k, v) VALUES ('id', ?)",
-                    vec![hint.into()],
+                    vec![new_id.into()],
                 )?;
-                hint.to_string()
             }
-            _ => {
+            Ok(None) => {}
+            Err(_) => {
                 return Err(Error::RustError(
                     "conversation object used before its id was known".into(),
                 ))
             }
-        };
-        room.id_json = protocol::json_str(&id);
-        room.id = id;
-        room.owner = get("owner");
-        room.stored_any = get("stored").is_some();
-        room.orphaned_outbox = room.stored_any && self.outbox_waiting();
-        room.session = get("session")
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
-        let next_seq = conversation::next_seq_after_load(
-            get("seq").and_then(|s| s.parse().ok()),
-            get("turn").as_deref() == Some("running"),
-        );
-        let window = self
-            .config
-            .as_ref()
-            .map(|c| c.replay_window_ms)
-            .unwrap_or(120_000);
-        room.log = StreamLog::new(next_seq, window, REPLAY_BYTES);
-        room.loaded = true;
+        }
         Ok(())
     }
 

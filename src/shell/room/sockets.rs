@@ -40,11 +40,7 @@ impl ConversationObject {
     /// authenticated yet is nobody's and costs the registry nothing).
     pub(super) fn socket_count(&self) -> usize {
         self.ensure_sockets();
-        self.room
-            .borrow()
-            .sockets
-            .as_ref()
-            .map_or(0, |l| l.iter().filter(|(_, m)| m.user.is_some()).count())
+        self.room.borrow().socket_count()
     }
 
     pub(super) fn set_meta(&self, ws: &WebSocket, meta: &SocketMeta) -> Result<()> {
@@ -80,7 +76,7 @@ impl ConversationObject {
             .ok()
             .flatten()
             .unwrap_or_default();
-        if meta.sio && meta.user.is_none() && !meta.shut {
+        if meta.unauthenticated() && !meta.shut {
             self.forget_cached(ws);
             return Ok(());
         }
@@ -105,13 +101,8 @@ impl ConversationObject {
 
     // ---- sending -------------------------------------------------------------------------
 
-    /// Frames an event for one socket; a socket.io socket gets events only in its connected namespace.
-    pub(super) fn frame(event: &OutEvent, meta: &SocketMeta) -> Option<String> {
-        (!meta.sio || meta.connected).then(|| Framing::of(meta.sio).encode(event))
-    }
-
     pub(super) fn send_to(&self, ws: &WebSocket, meta: &SocketMeta, event: &OutEvent) {
-        if let Some(frame) = Self::frame(event, meta) {
+        if let Some(frame) = meta.frame(event) {
             let _ = ws.send_with_str(frame);
         }
     }
@@ -126,12 +117,11 @@ impl ConversationObject {
         // One frame per framing, made when the first socket of that framing needs it.
         let mut frames: [Option<JsValue>; 2] = [None, None];
         for (ws, meta) in room.sockets.iter().flatten() {
-            if meta.sio && !meta.connected {
+            if !meta.hears_events() {
                 continue;
             }
-            let framing = Framing::of(meta.sio);
             let frame = frames[usize::from(meta.sio)]
-                .get_or_insert_with(|| JsValue::from_str(&framing.encode(event)));
+                .get_or_insert_with(|| JsValue::from_str(&meta.framing().encode(event)));
             let socket: &JsValue = ws.as_ref().as_ref();
             // A socket that closed meanwhile throws; its close event cleans up.
             let _ = socket.unchecked_ref::<SendTarget>().send(frame);
@@ -142,7 +132,7 @@ impl ConversationObject {
     pub(super) fn broadcast_unsequenced(&self, event: &OutEvent) -> (u64, u64) {
         let (mut sent, mut failed) = (0, 0);
         for (ws, meta) in self.sockets() {
-            if let Some(frame) = Self::frame(event, &meta) {
+            if let Some(frame) = meta.frame(event) {
                 match ws.send_with_str(frame) {
                     Ok(()) => sent += 1,
                     Err(_) => failed += 1,
@@ -316,41 +306,6 @@ impl ConversationObject {
         }
     }
 
-    /// Serves a packet of a socket.io socket that has not authenticated: the Engine.IO
-    /// heartbeat, a close, and CONNECT; anything else is refused without loading the object.
-    pub(super) async fn unauthenticated_packet(
-        &self,
-        ws: &WebSocket,
-        meta: SocketMeta,
-        text: &str,
-        config: &Config,
-    ) -> Result<()> {
-        match sio::decode(text) {
-            Ok(sio::Inbound::Ping) => {
-                let _ = ws.send_with_str("3");
-            }
-            Ok(sio::Inbound::Close) => {
-                let _ = ws.close(Some(1000), Some("closed by client"));
-            }
-            Ok(sio::Inbound::Connect { nsp, auth }) => {
-                self.sio_connect(ws, meta, &nsp, auth, config).await?
-            }
-            Ok(sio::Inbound::Event { nsp, .. }) => {
-                let _ = ws.send_with_str(sio::connect_error(
-                    &nsp,
-                    "connect to the /chat namespace first",
-                    None,
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let reason = crate::text::prefix_chars(&e.to_string(), 120).to_string();
-                let _ = ws.close(Some(1008), Some(reason));
-            }
-        }
-        Ok(())
-    }
-
     /// Closes the sockets `which` picks, telling each it is no longer authorized; returns how many.
     pub(super) fn shut_sockets(&self, which: impl Fn(&SocketMeta) -> bool, message: &str) -> usize {
         let chosen: Vec<(WebSocket, SocketMeta)> = self
@@ -375,13 +330,7 @@ impl ConversationObject {
         if meta.sio && meta.connected {
             let _ = ws.send_with_str(sio::disconnect(NSP));
         }
-        let shut = SocketMeta {
-            user: None,
-            connected: false,
-            shut: true,
-            ..meta.clone()
-        };
-        let _ = ws.serialize_attachment(&shut);
+        let _ = ws.serialize_attachment(meta.shut_down());
         self.forget_cached(ws);
         // The registry row follows at the socket's close event.
         let _ = ws.close(Some(1008), Some("unauthorized"));
@@ -389,15 +338,15 @@ impl ConversationObject {
 
     /// Closes the sockets whose token has expired; returns the earliest expiry still ahead.
     pub(super) fn shut_expired(&self, now: i64) -> Option<i64> {
-        self.shut_sockets(|m| m.expires.is_some_and(|at| at <= now), TOKEN_EXPIRED);
-        self.sockets().iter().filter_map(|(_, m)| m.expires).min()
+        self.shut_sockets(|m| m.expired(now), socket::TOKEN_EXPIRED);
+        self.room.borrow().earliest_expiry()
     }
 
     /// On connect: the manifest, then what a resuming client missed.
     pub(super) fn greet(&self, ws: &WebSocket, meta: &SocketMeta, last_seq: Option<u64>) {
         self.send_to(ws, meta, &self.manifest());
         let Some(last) = last_seq else { return };
-        match self.replay_frames(last, meta) {
+        match self.room.borrow().replay(last, meta) {
             Ok(frames) => {
                 for frame in frames {
                     let _ = ws.send_with_str(frame);
@@ -405,26 +354,10 @@ impl ConversationObject {
             }
             Err(gap) => {
                 let id = self.room.borrow().id.clone();
-                let msg = format!("cannot resume after seq {last}: events before {} are no longer held; reload the history over HTTP", gap.oldest);
-                let payload = json!({ "conversationId": id, "error": msg, "code": "resume_gap", "oldestSeq": gap.oldest }).to_string();
+                let payload = socket::resume_gap_payload(&id, last, gap.oldest);
                 self.send_to(ws, meta, &OutEvent::unsequenced("error", payload));
             }
         }
-    }
-
-    /// The frames a socket missed after `last`, in order.
-    pub(super) fn replay_frames(
-        &self,
-        last: u64,
-        meta: &SocketMeta,
-    ) -> std::result::Result<Vec<String>, conversation::ReplayGap> {
-        let room = self.room.borrow();
-        let frames = room
-            .log
-            .after(last)?
-            .filter_map(|e| Self::frame(e, meta))
-            .collect();
-        Ok(frames)
     }
 
     pub(super) async fn sio_connect(
@@ -466,10 +399,7 @@ impl ConversationObject {
             let _ = ws.send_with_str(sio::connect_error(NSP, &e.connect_error(), None));
             return Ok(());
         }
-        // A pid longer than the ones the gateway issues is not ours (and would not fit the attachment).
-        let recovery = sio::recovery(&auth)
-            .filter(|(pid, _)| pid.len() <= 64)
-            .and_then(|(pid, offset)| offset.parse::<u64>().ok().map(|o| (pid, o)));
+        let recovery = socket::recovery_request(&auth);
         let recovered = recovery
             .as_ref()
             .is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
@@ -483,7 +413,7 @@ impl ConversationObject {
         let _ = ws.send_with_str(sio::connect_ok(NSP, &meta.sid, Some(&meta.pid)));
         self.send_to(ws, &meta, &self.manifest());
         if let (Some((_, offset)), true) = (recovery, recovered) {
-            for frame in self.replay_frames(offset, &meta).unwrap_or_default() {
+            for frame in self.room.borrow().replay(offset, &meta).unwrap_or_default() {
                 let _ = ws.send_with_str(frame);
             }
         }

@@ -2,7 +2,7 @@
 
 use super::outbox::RETRY_FLOOR_MS;
 use super::*;
-use crate::conversation::Admission;
+use crate::conversation::room::{Offer, Pending};
 use crate::outbox::OutboxRow;
 
 impl ConversationObject {
@@ -14,25 +14,10 @@ impl ConversationObject {
         ack: Option<u64>,
         config: &Config,
     ) {
-        let id = self.room.borrow().id.clone();
-        if let Some(named) = event.conversation_id() {
-            if named != id {
-                let msg = format!(
-                    "this socket is bound to conversation {id}; open another socket for {named}"
-                );
-                self.refuse(
-                    ws,
-                    meta,
-                    ack,
-                    &RoomError::client(ErrorCode::ConversationMismatch, msg),
-                );
-                return;
-            }
-        }
-        let Some(user) = meta.user.clone() else {
-            let e = RoomError::client(ErrorCode::Unauthorized, "not authenticated");
-            self.send_error(ws, meta, &e);
-            return;
+        let gate = self.room.borrow().gate(&event, meta).map(str::to_string);
+        let user = match gate {
+            Ok(user) => user,
+            Err(e) => return self.refuse(ws, meta, ack, &e),
         };
         if event.is_rate_limited() {
             let limit = config.rate_limit_per_minute;
@@ -67,17 +52,13 @@ impl ConversationObject {
                 }
             }
             ClientEvent::Abort { .. } => {
-                if self.room.borrow().turn_running {
-                    self.abort_turn();
-                    Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
-                } else {
-                    let msg = "No active session to abort.";
-                    self.refuse(
-                        ws,
-                        meta,
-                        ack,
-                        &RoomError::client(ErrorCode::NoActiveTurn, msg),
-                    );
+                let requested = self.room.borrow().abort_requested();
+                match requested {
+                    Ok(()) => {
+                        self.abort_turn();
+                        Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
+                    }
+                    Err(e) => self.refuse(ws, meta, ack, &e),
                 }
             }
             ClientEvent::Ping if meta.sio => {
@@ -129,64 +110,38 @@ impl ConversationObject {
                 return;
             }
         }
-        let client_id = message.client_message_id.clone();
-        let stored_as = client_id.as_deref().and_then(|c| self.seen_message(c));
-        let admission = {
-            let room = self.room.borrow();
-            let state = conversation::AdmissionState {
-                stored_as: stored_as.as_deref(),
-                in_flight: room.in_flight.as_deref(),
-                turn_running: room.turn_running,
-                queued: room.queue.len(),
-                max_queued: config.max_queued_messages,
-            };
-            let queued = room
-                .queue
-                .iter()
-                .map(|p| p.message.client_message_id.as_deref());
-            conversation::admit(client_id.as_deref(), state, queued)
-        };
-        match admission {
-            Admission::Duplicate { message_id } => {
-                let client_id = client_id.unwrap_or_default();
-                self.send_duplicate_ack(ws, meta, ack, &client_id, &message_id);
-                return;
-            }
-            Admission::Pending => return,
-            Admission::QueueFull => {
-                let msg = format!(
-                    "a turn is running and {} messages are already queued; wait for agent:end",
-                    config.max_queued_messages
-                );
-                self.refuse(ws, meta, ack, &RoomError::client(ErrorCode::QueueFull, msg));
-                return;
-            }
-            Admission::Queue => {
-                self.room.borrow_mut().queue.push_back(Pending {
-                    ws: ws.clone(),
-                    meta: meta.clone(),
-                    message,
-                    ack,
-                });
-                return;
-            }
-            Admission::Start => self.room.borrow_mut().turn_running = true,
-        }
-        let mut next = Some(Pending {
-            ws: ws.clone(),
+        let stored_as = message
+            .client_message_id
+            .as_deref()
+            .and_then(|c| self.seen_message(c));
+        let pending = Pending {
+            socket: ws.clone(),
             meta: meta.clone(),
             message,
             ack,
-        });
+        };
+        let offer = self
+            .room
+            .borrow_mut()
+            .offer(pending, stored_as, config.max_queued_messages);
+        let mut next = match offer {
+            Offer::Duplicate {
+                pending,
+                message_id,
+            } => {
+                let client_id = pending.message.client_message_id.unwrap_or_default();
+                self.send_duplicate_ack(ws, meta, ack, &client_id, &message_id);
+                return;
+            }
+            Offer::AlreadyPending | Offer::Queued => return,
+            Offer::Refused(_, e) => return self.refuse(ws, meta, ack, &e),
+            Offer::Start(pending) => Some(pending),
+        };
         while let Some(p) = next {
             self.run_turn(p, config).await;
-            next = self.room.borrow_mut().queue.pop_front();
+            next = self.room.borrow_mut().next_turn();
         }
-        let seq = {
-            let mut room = self.room.borrow_mut();
-            room.turn_running = false;
-            room.log.next_seq()
-        };
+        let seq = self.room.borrow().log.next_seq();
         self.kv_put("seq", &seq.to_string());
         self.kv_put("turn", "idle");
         let sockets = self.socket_count();
@@ -234,9 +189,9 @@ impl ConversationObject {
     }
 
     /// Stores the user message, then runs the model (and tools) to the end of the turn.
-    pub(super) async fn run_turn(&self, p: Pending, config: &Config) {
+    pub(super) async fn run_turn(&self, p: Pending<WebSocket>, config: &Config) {
         let Pending {
-            ws,
+            socket: ws,
             meta,
             message,
             ack,
@@ -362,7 +317,6 @@ impl ConversationObject {
             return false;
         }
         self.after_user_message_stored(user, message, message_id);
-        self.room.borrow_mut().in_flight = None;
         let ack_payload = reply::ack_payload(id, message_id, client_id, false);
         self.broadcast("message:ack", ack_payload.clone());
         Self::send_ack(ws, ack, &ack_payload);
@@ -547,24 +501,22 @@ impl ConversationObject {
         Ok(Plan { operator, turn })
     }
 
-    /// Bookkeeping once the user message is durable: owner, dedupe id, counts.
-    pub(super) fn after_user_message_stored(
-        &self,
-        user: &str,
-        message: &MessageEvent,
-        message_id: &str,
-    ) {
-        if self.room.borrow().owner.is_none() {
-            self.room.borrow_mut().owner = Some(user.to_string());
-            self.kv_put("owner", user);
+    /// Bookkeeping once the user message is durable: owner, history, dedupe id, counts.
+    fn after_user_message_stored(&self, user: &str, message: &MessageEvent, message_id: &str) {
+        let client_id = message.client_message_id.as_deref();
+        let writes = self
+            .room
+            .borrow_mut()
+            .message_stored(user, client_id, message_id, now_ms());
+        if let Some(owner) = &writes.owner {
+            self.kv_put("owner", owner);
         }
-        if !self.room.borrow().stored_any {
-            self.room.borrow_mut().stored_any = true;
+        if writes.first_message {
             self.kv_put("stored", "1");
         }
-        if let Some(c) = &message.client_message_id {
+        if let Some((client_id, message_id)) = writes.remember {
             let row = vec![
-                c.as_str().into(),
+                client_id.into(),
                 message_id.into(),
                 (now_ms() as f64).into(),
             ];
@@ -574,17 +526,13 @@ impl ConversationObject {
             ) {
                 console_warn!("remembering clientMessageId: {e}");
             }
-            let inserts = self.seen_inserts.get() + 1;
-            self.seen_inserts.set(inserts);
-            if conversation::seen::prune_due(inserts) {
-                let (oldest, keep) = conversation::seen::prune_params(now_ms());
-                let params = vec![(oldest as f64).into(), (keep as f64).into()];
-                if let Err(e) = self.sql().exec(conversation::seen::PRUNE, params) {
-                    console_warn!("pruning remembered clientMessageIds: {e}");
-                }
+        }
+        if let Some((oldest, keep)) = writes.prune {
+            let params = vec![(oldest as f64).into(), (keep as f64).into()];
+            if let Err(e) = self.sql().exec(conversation::seen::PRUNE, params) {
+                console_warn!("pruning remembered clientMessageIds: {e}");
             }
         }
-        self.room.borrow_mut().session.metrics.messages += 1;
     }
 
     /// Loads the model context once per instance: D1's rows, then those still waiting in the

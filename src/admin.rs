@@ -1,0 +1,394 @@
+//! The admin API's decisions: which route a request names, what its body must hold, and the shapes of its answers; the glue only reads and writes D1 and calls conversations.
+
+use crate::agents::AgentConfig;
+use crate::error::ApiError;
+use crate::store::TokenRow;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Largest admin request body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Longest token lifetime an admin may mint.
+const MAX_TOKEN_SECONDS: u64 = 10 * 365 * 86_400;
+/// Longest reload reason.
+const MAX_REASON_BYTES: usize = 1000;
+
+/// An admin route, with the ids its path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRoute<'a> {
+    MintToken,
+    ListTokens,
+    /// By name or hash.
+    RevokeToken(&'a str),
+    Reload,
+    Stats,
+    SetModel(&'a str),
+    ListRules,
+    SaveRule(Option<&'a str>),
+    DeleteRule(&'a str),
+    ListAgents,
+    SaveAgent(Option<&'a str>),
+    DeleteAgent(&'a str),
+    ListModels,
+    SaveModel,
+}
+
+/// What a route reads of the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    None,
+    /// A JSON object is required.
+    Object,
+    /// A JSON object, or nothing (read as `{}`).
+    ObjectOrEmpty,
+}
+
+impl<'a> AdminRoute<'a> {
+    /// The route `method` and the decoded path segments after `/admin` name: 404 for a path
+    /// the API does not have, 405 for a method a path does not take.
+    pub fn parse(method: &str, parts: &[&'a str]) -> Result<AdminRoute<'a>, ApiError> {
+        use AdminRoute as R;
+        let route = match (method, parts) {
+            ("POST", ["tokens"]) => R::MintToken,
+            ("GET", ["tokens"]) => R::ListTokens,
+            ("DELETE", ["tokens", key]) => R::RevokeToken(key),
+            ("POST", ["reload"]) => R::Reload,
+            ("GET", ["stats"]) => R::Stats,
+            ("PUT", ["conversations", id, "model"]) => R::SetModel(id),
+            ("GET", ["rules"]) => R::ListRules,
+            ("POST", ["rules"]) => R::SaveRule(None),
+            ("PUT", ["rules", id]) => R::SaveRule(Some(id)),
+            ("DELETE", ["rules", id]) => R::DeleteRule(id),
+            ("GET", ["agents"]) => R::ListAgents,
+            ("POST", ["agents"]) => R::SaveAgent(None),
+            ("PUT", ["agents", id]) => R::SaveAgent(Some(id)),
+            ("DELETE", ["agents", id]) => R::DeleteAgent(id),
+            ("GET", ["models"]) => R::ListModels,
+            ("PUT", ["models"]) => R::SaveModel,
+            (
+                _,
+                ["tokens"]
+                | ["tokens", _]
+                | ["reload"]
+                | ["stats"]
+                | ["conversations", _, "model"]
+                | ["rules"]
+                | ["rules", _]
+                | ["agents"]
+                | ["agents", _]
+                | ["models"],
+            ) => return Err(ApiError::MethodNotAllowed),
+            _ => {
+                return Err(ApiError::NotFound(format!(
+                    "no admin route for /admin/{}",
+                    parts.join("/")
+                )))
+            }
+        };
+        Ok(route)
+    }
+
+    /// Whether it changes what live conversations cache (rules, agents, catalog rows), so they
+    /// must be told at once.
+    pub fn changes_operator_config(self) -> bool {
+        use AdminRoute as R;
+        matches!(
+            self,
+            R::SaveRule(_) | R::DeleteRule(_) | R::SaveAgent(_) | R::DeleteAgent(_) | R::SaveModel
+        )
+    }
+
+    /// What it reads of the body.
+    pub fn body_use(self) -> BodyUse {
+        use AdminRoute as R;
+        match self {
+            R::MintToken | R::SetModel(_) | R::SaveRule(_) | R::SaveAgent(_) | R::SaveModel => {
+                BodyUse::Object
+            }
+            R::Reload => BodyUse::ObjectOrEmpty,
+            _ => BodyUse::None,
+        }
+    }
+}
+
+/// Reads an admin body: strict JSON, a single object, at most [`MAX_BODY_BYTES`].
+pub fn parse_body(text: &str, use_: BodyUse) -> Result<Value, ApiError> {
+    if use_ == BodyUse::None || (use_ == BodyUse::ObjectOrEmpty && text.trim().is_empty()) {
+        return Ok(json!({}));
+    }
+    if text.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(
+            "admin bodies are limited to 256 KiB".into(),
+        ));
+    }
+    let v: Value = crate::protocol::parse_strict(text)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    }
+    Ok(v)
+}
+
+/// A token to mint, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMint {
+    pub user_id: String,
+    pub name: String,
+    /// When it expires (ms since the epoch), if ever.
+    pub expires_at: Option<i64>,
+}
+
+/// Checks `{userId, name?, expiresInSeconds?}` at `now_ms`; an unnamed token is named after its
+/// user and `suffix`.
+pub fn token_mint(body: Value, now_ms: i64, suffix: &str) -> Result<TokenMint, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct MintRequest {
+        user_id: String,
+        name: Option<String>,
+        expires_in_seconds: Option<u64>,
+    }
+    let m: MintRequest = serde_json::from_value(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{userId, name?, expiresInSeconds?}}: {e}"
+        ))
+    })?;
+    if !crate::auth::valid_user_id(&m.user_id) {
+        return Err(ApiError::BadRequest(
+            "userId must be 1 to 128 printable characters without spaces".into(),
+        ));
+    }
+    let name = m.name.unwrap_or_else(|| format!("{}-{suffix}", m.user_id));
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 128 characters".into(),
+        ));
+    }
+    let expires_at = match m.expires_in_seconds {
+        Some(0) => {
+            return Err(ApiError::BadRequest(
+                "expiresInSeconds must be positive".into(),
+            ))
+        }
+        Some(s) if s > MAX_TOKEN_SECONDS => {
+            return Err(ApiError::BadRequest(
+                "expiresInSeconds is more than ten years".into(),
+            ))
+        }
+        Some(s) => Some(now_ms + (s as i64) * 1000),
+        None => None,
+    };
+    Ok(TokenMint {
+        user_id: m.user_id,
+        name,
+        expires_at,
+    })
+}
+
+/// The reload reason of `{reason?}`: a string of at most 1000 bytes, or none.
+pub fn reload_reason(body: &Value) -> Result<Option<String>, ApiError> {
+    match body.get("reason") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= MAX_REASON_BYTES => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::BadRequest(
+            "reason must be a string of at most 1000 bytes".into(),
+        )),
+    }
+}
+
+/// The model of `{model}`: an id to override with, or `null` to clear the override.
+pub fn model_override(body: &Value) -> Result<Option<String>, ApiError> {
+    match body.get("model") {
+        Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if crate::protocol::valid_id(s) && s.len() <= 200 => {
+            Ok(Some(s.clone()))
+        }
+        _ => Err(ApiError::BadRequest(
+            "expected {\"model\": \"<id>\"} or {\"model\": null}".into(),
+        )),
+    }
+}
+
+/// What a fan-out to live conversations reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanOut {
+    /// Conversations with at least one socket.
+    pub conversations: u64,
+    pub sockets: u64,
+    /// Sockets a send failed on, and conversations that did not answer.
+    pub failed: u64,
+}
+
+impl FanOut {
+    /// Adds one conversation's answer (`{sockets, failed}`), or its silence (`None`).
+    pub fn add(&mut self, answer: Option<&Value>) {
+        match answer {
+            Some(v) => {
+                let sockets = v["sockets"].as_u64().unwrap_or(0);
+                self.conversations += u64::from(sockets > 0);
+                self.sockets += sockets;
+                self.failed += v["failed"].as_u64().unwrap_or(0);
+            }
+            None => self.failed += 1,
+        }
+    }
+}
+
+/// The token listing: everything but the secret, which the gateway never kept.
+pub fn token_listing(rows: &[TokenRow]) -> Value {
+    let tokens: Vec<Value> = rows
+        .iter()
+        .map(|t| json!({ "name": t.name, "userId": t.user_id, "hash": t.token_hash, "createdAt": t.created_at, "expiresAt": t.expires_at, "revokedAt": t.revoked_at }))
+        .collect();
+    json!({ "tokens": tokens })
+}
+
+/// The agent listing; tool secrets never leave the gateway.
+pub fn agent_listing(agents: Vec<(String, AgentConfig)>) -> Value {
+    let list: Vec<Value> = agents
+        .into_iter()
+        .map(|(id, mut a)| {
+            for t in &mut a.tools {
+                t.secret = t.secret.as_ref().map(|_| "********".to_string());
+            }
+            json!({ "id": id, "agent": a })
+        })
+        .collect();
+    json!({ "agents": list })
+}
+
+/// The `/admin/stats` answer from the live registry's and the history's totals (D1 numbers).
+pub fn stats_payload(live: [f64; 3], totals: [f64; 3]) -> Value {
+    let n = |x: f64| x.max(0.0) as u64;
+    json!({
+        "live": { "conversations": n(live[0]), "sockets": n(live[1]), "turns": n(live[2]) },
+        "totals": { "conversations": n(totals[0]), "messages": n(totals[1]), "tokens": n(totals[2]) },
+    })
+}
+
+/// A D1 failure on a save: a name another row has is the admin's conflict, anything else ours.
+pub fn save_failure(message: &str, what: &str) -> Option<ApiError> {
+    message
+        .contains("UNIQUE")
+        .then(|| ApiError::Conflict(format!("another {what} has that name")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_answer_404_for_unknown_paths_and_405_for_wrong_methods() {
+        assert_eq!(
+            AdminRoute::parse("DELETE", &["tokens", "alice laptop"]),
+            Ok(AdminRoute::RevokeToken("alice laptop"))
+        );
+        assert_eq!(
+            AdminRoute::parse("PUT", &["conversations", "c1", "model"]),
+            Ok(AdminRoute::SetModel("c1"))
+        );
+        assert_eq!(
+            AdminRoute::parse("GET", &["reload"]),
+            Err(ApiError::MethodNotAllowed)
+        );
+        assert_eq!(
+            AdminRoute::parse("GET", &["nope"]).unwrap_err().status(),
+            404
+        );
+        assert!(AdminRoute::SaveModel.changes_operator_config());
+        assert!(!AdminRoute::ListRules.changes_operator_config());
+        assert_eq!(AdminRoute::Reload.body_use(), BodyUse::ObjectOrEmpty);
+    }
+
+    #[test]
+    fn bodies_are_strict_json_objects_of_bounded_size() {
+        assert_eq!(parse_body("", BodyUse::ObjectOrEmpty), Ok(json!({})));
+        assert_eq!(parse_body("", BodyUse::Object).unwrap_err().status(), 400);
+        assert_eq!(
+            parse_body("[1]", BodyUse::Object).unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            parse_body(r#"{"a":1,"a":2}"#, BodyUse::Object)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_BODY_BYTES));
+        assert_eq!(parse_body(&big, BodyUse::Object).unwrap_err().status(), 413);
+    }
+
+    #[test]
+    fn minting_checks_the_user_the_name_and_the_lifetime() {
+        let t = token_mint(
+            json!({ "userId": "alice", "expiresInSeconds": 60 }),
+            1000,
+            "ab12",
+        )
+        .unwrap();
+        assert_eq!(t.name, "alice-ab12");
+        assert_eq!(t.expires_at, Some(61_000));
+        for bad in [
+            json!({ "userId": "has space" }),
+            json!({ "userId": "a", "expiresInSeconds": 0 }),
+            json!({ "userId": "a", "expiresInSeconds": MAX_TOKEN_SECONDS + 1 }),
+            json!({ "userId": "a", "name": "" }),
+            json!({ "userId": "a", "admin": true }),
+        ] {
+            assert_eq!(
+                token_mint(bad.clone(), 0, "x").unwrap_err().status(),
+                400,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn reload_reasons_and_model_overrides_are_checked() {
+        assert_eq!(reload_reason(&json!({})), Ok(None));
+        assert_eq!(
+            reload_reason(&json!({ "reason": "deploy" })),
+            Ok(Some("deploy".into()))
+        );
+        assert!(reload_reason(&json!({ "reason": 5 })).is_err());
+        assert!(reload_reason(&json!({ "reason": "x".repeat(1001) })).is_err());
+        assert_eq!(model_override(&json!({ "model": null })), Ok(None));
+        assert_eq!(
+            model_override(&json!({ "model": "openai/gpt-4o" })),
+            Ok(Some("openai/gpt-4o".into()))
+        );
+        assert!(model_override(&json!({})).is_err());
+    }
+
+    #[test]
+    fn a_fan_out_counts_conversations_with_sockets_and_silent_ones_as_failures() {
+        let mut f = FanOut::default();
+        f.add(Some(&json!({ "sockets": 2, "failed": 1 })));
+        f.add(Some(&json!({ "sockets": 0, "failed": 0 })));
+        f.add(None);
+        assert_eq!(
+            f,
+            FanOut {
+                conversations: 1,
+                sockets: 2,
+                failed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn listings_hide_secrets() {
+        let agent: AgentConfig = serde_json::from_value(json!({
+            "name": "a", "tools": [{ "name": "t", "description": "d", "url": "http://x/t", "parameters": { "type": "object" }, "secret": "s3cret" }]
+        }))
+        .unwrap();
+        let text = agent_listing(vec![("id1".into(), agent)]).to_string();
+        assert!(text.contains("********") && !text.contains("s3cret"));
+        assert_eq!(
+            stats_payload([1.0, 2.0, 0.0], [3.0, 4.0, 5.0])["totals"]["tokens"],
+            5
+        );
+        assert!(save_failure("UNIQUE constraint failed", "rule").is_some());
+        assert!(save_failure("disk I/O", "rule").is_none());
+    }
+}

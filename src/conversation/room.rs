@@ -1,0 +1,508 @@
+//! A conversation's state and the decisions on it that need no I/O: loading it from its record, which client events it takes, the queue of messages behind the running turn, the bookkeeping once a message is stored, and its sockets. Generic over the socket handle, so every branch runs on the host.
+
+use super::socket::SocketMeta;
+use super::{seen, Admission, AdmissionState, ReplayGap, SessionState, StreamLog};
+use crate::error::RoomError;
+use crate::llm::ChatMessage;
+use crate::protocol::{ClientEvent, ErrorCode, MessageEvent};
+use std::collections::VecDeque;
+
+/// Bytes of stream events kept for resume.
+pub const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+
+/// A message waiting for the running turn to end, with the socket that sent it.
+#[derive(Debug, Clone)]
+pub struct Pending<S> {
+    pub socket: S,
+    pub meta: SocketMeta,
+    pub message: MessageEvent,
+    pub ack: Option<u64>,
+}
+
+/// What becomes of a message offered to the room.
+#[derive(Debug)]
+pub enum Offer<S> {
+    /// A resend of a stored message: its ack again, to the sender only, and no second turn.
+    Duplicate {
+        pending: Pending<S>,
+        message_id: String,
+    },
+    /// A resend of the message being stored or queued: nothing (the original's ack reaches it).
+    AlreadyPending,
+    /// Refused: the queue is full.
+    Refused(Pending<S>, RoomError),
+    /// Waits behind the running turn.
+    Queued,
+    /// Its turn starts now; the room counts a turn as running until [`Room::next_turn`] says
+    /// none is left.
+    Start(Pending<S>),
+}
+
+/// What to write once a user message is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWrites {
+    /// The conversation had no owner: record this user.
+    pub owner: Option<String>,
+    /// The conversation's first stored message: record that it has history.
+    pub first_message: bool,
+    /// Remember `(clientMessageId, messageId)` in the dedupe table.
+    pub remember: Option<(String, String)>,
+    /// Prune the dedupe table with these parameters (`seen::PRUNE`).
+    pub prune: Option<(i64, u64)>,
+}
+
+/// Why a conversation could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoId;
+
+/// A conversation's state in one instance of its object; rebuilt from storage after eviction.
+#[derive(Debug)]
+pub struct Room<S> {
+    pub loaded: bool,
+    pub id: String,
+    /// `id` as a JSON string, spliced into every delta.
+    pub id_json: String,
+    pub owner: Option<String>,
+    /// Whether this conversation ever stored a message; without one there is no history to read.
+    pub stored_any: bool,
+    /// Messages a previous instance kept were found waiting on load: an alarm must copy them.
+    pub orphaned_outbox: bool,
+    pub session: SessionState,
+    pub log: StreamLog,
+    /// The model context, once read (`None`: read it at the next turn).
+    pub history: Option<Vec<ChatMessage>>,
+    pub turn_running: bool,
+    /// The clientMessageId of the message whose turn runs, until it is stored and remembered.
+    pub in_flight: Option<String>,
+    pub queue: VecDeque<Pending<S>>,
+    /// The attached sockets (`None` until read from the runtime after a wake-up).
+    pub sockets: Option<Vec<(S, SocketMeta)>>,
+    /// clientMessageIds remembered by this instance: every `seen::PRUNE_EVERY`th prunes the table.
+    seen_inserts: u64,
+    replay_window_ms: u64,
+}
+
+impl<S: Clone> Room<S> {
+    /// A room not loaded yet.
+    pub fn new(replay_window_ms: u64) -> Self {
+        Room {
+            loaded: false,
+            id: String::new(),
+            id_json: "\"\"".into(),
+            owner: None,
+            stored_any: false,
+            orphaned_outbox: false,
+            session: SessionState::default(),
+            log: StreamLog::new(1, replay_window_ms, REPLAY_BYTES),
+            history: None,
+            turn_running: false,
+            in_flight: None,
+            queue: VecDeque::new(),
+            sockets: None,
+            seen_inserts: 0,
+            replay_window_ms,
+        }
+    }
+
+    /// Loads the room from its record (`get` reads the object's key-value rows). The id is the
+    /// stored one, else `id_hint` (returned, for the caller to store), else there is none.
+    /// `outbox_waiting`: messages wait to be copied to D1.
+    pub fn load(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+        id_hint: Option<&str>,
+        outbox_waiting: bool,
+    ) -> Result<Option<String>, NoId> {
+        let (id, new_id) = match (get("id"), id_hint) {
+            (Some(id), _) => (id, None),
+            (None, Some(hint)) if !hint.is_empty() => (hint.to_string(), Some(hint.to_string())),
+            _ => return Err(NoId),
+        };
+        self.id_json = crate::protocol::json_str(&id);
+        self.id = id;
+        self.owner = get("owner");
+        self.stored_any = get("stored").is_some();
+        self.orphaned_outbox = self.stored_any && outbox_waiting;
+        self.session = get("session")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let next_seq = super::next_seq_after_load(
+            get("seq").and_then(|s| s.parse().ok()),
+            get("turn").as_deref() == Some("running"),
+        );
+        self.log = StreamLog::new(next_seq, self.replay_window_ms, REPLAY_BYTES);
+        self.loaded = true;
+        Ok(new_id)
+    }
+
+    /// Refuses an event this socket may not send here: one naming another conversation, or
+    /// from a socket nobody authenticated. Answers the user otherwise.
+    pub fn gate<'a>(
+        &self,
+        event: &ClientEvent,
+        meta: &'a SocketMeta,
+    ) -> Result<&'a str, RoomError> {
+        if let Some(named) = event.conversation_id() {
+            if named != self.id {
+                let msg = format!(
+                    "this socket is bound to conversation {}; open another socket for {named}",
+                    self.id
+                );
+                return Err(RoomError::client(ErrorCode::ConversationMismatch, msg));
+            }
+        }
+        meta.user
+            .as_deref()
+            .ok_or_else(|| RoomError::client(ErrorCode::Unauthorized, "not authenticated"))
+    }
+
+    /// An `abort`: accepted while a turn runs, refused with the seed's text otherwise.
+    pub fn abort_requested(&self) -> Result<(), RoomError> {
+        if self.turn_running {
+            Ok(())
+        } else {
+            Err(RoomError::client(
+                ErrorCode::NoActiveTurn,
+                "No active session to abort.",
+            ))
+        }
+    }
+
+    /// Decides a message's fate. `stored_as`: the message id the dedupe table holds for its
+    /// clientMessageId, if any.
+    pub fn offer(
+        &mut self,
+        pending: Pending<S>,
+        stored_as: Option<String>,
+        max_queued: usize,
+    ) -> Offer<S> {
+        let admission = {
+            let state = AdmissionState {
+                stored_as: stored_as.as_deref(),
+                in_flight: self.in_flight.as_deref(),
+                turn_running: self.turn_running,
+                queued: self.queue.len(),
+                max_queued,
+            };
+            let queued = self
+                .queue
+                .iter()
+                .map(|p| p.message.client_message_id.as_deref());
+            super::admit(pending.message.client_message_id.as_deref(), state, queued)
+        };
+        match admission {
+            Admission::Duplicate { message_id } => Offer::Duplicate {
+                pending,
+                message_id,
+            },
+            Admission::Pending => Offer::AlreadyPending,
+            Admission::QueueFull => {
+                let msg = format!(
+                    "a turn is running and {max_queued} messages are already queued; wait for agent:end"
+                );
+                Offer::Refused(pending, RoomError::client(ErrorCode::QueueFull, msg))
+            }
+            Admission::Queue => {
+                self.queue.push_back(pending);
+                Offer::Queued
+            }
+            Admission::Start => {
+                self.turn_running = true;
+                Offer::Start(pending)
+            }
+        }
+    }
+
+    /// The next queued message whose turn runs now; `None` when the queue is empty, and then
+    /// no turn runs any more.
+    pub fn next_turn(&mut self) -> Option<Pending<S>> {
+        let next = self.queue.pop_front();
+        if next.is_none() {
+            self.turn_running = false;
+        }
+        next
+    }
+
+    /// Bookkeeping once `user`'s message `message_id` is stored at `now_ms`: the writes it
+    /// needs, and the message no longer in flight.
+    pub fn message_stored(
+        &mut self,
+        user: &str,
+        client_message_id: Option<&str>,
+        message_id: &str,
+        now_ms: i64,
+    ) -> StoredWrites {
+        self.in_flight = None;
+        self.session.metrics.messages += 1;
+        let owner = self.owner.is_none().then(|| user.to_string());
+        if owner.is_some() {
+            self.owner = owner.clone();
+        }
+        let first_message = !self.stored_any;
+        self.stored_any = true;
+        let remember = client_message_id.map(|c| (c.to_string(), message_id.to_string()));
+        let prune = remember.as_ref().and_then(|_| {
+            self.seen_inserts += 1;
+            seen::prune_due(self.seen_inserts).then(|| seen::prune_params(now_ms))
+        });
+        StoredWrites {
+            owner,
+            first_message,
+            remember,
+            prune,
+        }
+    }
+
+    /// Whether `user` may use this conversation, as far as this instance knows (`None`: the
+    /// owner is not known here and must be read from D1).
+    pub fn owned_by(&self, user: &str) -> Option<bool> {
+        self.owner.as_deref().map(|o| o == user)
+    }
+
+    /// Authenticated sockets: what the live registry counts (a socket.io socket that has not
+    /// authenticated yet is nobody's).
+    pub fn socket_count(&self) -> usize {
+        self.sockets
+            .as_ref()
+            .map_or(0, |l| l.iter().filter(|(_, m)| m.user.is_some()).count())
+    }
+
+    /// The earliest token expiry among the sockets.
+    pub fn earliest_expiry(&self) -> Option<i64> {
+        self.sockets
+            .iter()
+            .flatten()
+            .filter_map(|(_, m)| m.expires)
+            .min()
+    }
+
+    /// The frames a socket resuming after `last` missed, in order, or the gap that makes it
+    /// impossible.
+    pub fn replay(&self, last: u64, meta: &SocketMeta) -> Result<Vec<String>, ReplayGap> {
+        Ok(self
+            .log
+            .after(last)?
+            .filter_map(|e| meta.frame(e))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn message(client_id: Option<&str>) -> MessageEvent {
+        MessageEvent {
+            conversation_id: None,
+            content: "hi".into(),
+            provider: None,
+            model_id: None,
+            agent_id: None,
+            client_message_id: client_id.map(String::from),
+        }
+    }
+
+    fn meta(user: Option<&str>) -> SocketMeta {
+        SocketMeta {
+            user: user.map(String::from),
+            ..SocketMeta::default()
+        }
+    }
+
+    fn pending(socket: u32, client_id: Option<&str>) -> Pending<u32> {
+        Pending {
+            socket,
+            meta: meta(Some("alice")),
+            message: message(client_id),
+            ack: None,
+        }
+    }
+
+    fn loaded(kv: &[(&str, &str)]) -> Room<u32> {
+        let kv: HashMap<String, String> = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut room = Room::new(60_000);
+        room.load(|k| kv.get(k).cloned(), Some("c1"), false)
+            .unwrap();
+        room
+    }
+
+    #[test]
+    fn loading_takes_the_stored_id_else_the_hint_and_skips_seqs_after_a_crash() {
+        let mut fresh = Room::<u32>::new(1000);
+        assert_eq!(
+            fresh.load(|_| None, Some("c1"), false),
+            Ok(Some("c1".into()))
+        );
+        assert_eq!(fresh.id_json, "\"c1\"");
+        assert_eq!(fresh.log.next_seq(), 1);
+        assert_eq!(
+            Room::<u32>::new(1000).load(|_| None, None, false),
+            Err(NoId)
+        );
+
+        let room = loaded(&[
+            ("id", "stored"),
+            ("owner", "alice"),
+            ("stored", "1"),
+            ("seq", "40"),
+            ("turn", "running"),
+        ]);
+        assert_eq!(room.id, "stored");
+        assert_eq!(room.owned_by("alice"), Some(true));
+        assert_eq!(room.owned_by("bob"), Some(false));
+        assert_eq!(room.log.next_seq(), 40 + super::super::SEQ_SKIP_AFTER_CRASH);
+        let idle = loaded(&[("id", "c1"), ("seq", "40"), ("turn", "idle")]);
+        assert_eq!(idle.log.next_seq(), 40);
+        assert_eq!(idle.owned_by("alice"), None);
+        let mut orphaned = Room::<u32>::new(1000);
+        orphaned
+            .load(|k| (k == "stored").then(|| "1".into()), Some("c1"), true)
+            .unwrap();
+        assert!(orphaned.orphaned_outbox);
+    }
+
+    #[test]
+    fn the_queue_runs_turns_in_order_and_refuses_past_its_bound() {
+        let mut room = loaded(&[]);
+        assert!(
+            matches!(room.offer(pending(1, Some("a")), None, 2), Offer::Start(p) if p.socket == 1)
+        );
+        assert!(room.turn_running);
+        assert!(matches!(
+            room.offer(pending(2, Some("b")), None, 2),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            room.offer(pending(3, None), None, 2),
+            Offer::Queued
+        ));
+        match room.offer(pending(4, None), None, 2) {
+            Offer::Refused(p, e) => {
+                assert_eq!(p.socket, 4);
+                assert_eq!(e.code(), ErrorCode::QueueFull);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(room.next_turn().map(|p| p.socket), Some(2));
+        assert_eq!(room.next_turn().map(|p| p.socket), Some(3));
+        assert!(room.turn_running);
+        assert!(room.next_turn().is_none());
+        assert!(!room.turn_running);
+    }
+
+    #[test]
+    fn a_resend_racing_its_original_starts_no_second_turn() {
+        let mut room = loaded(&[]);
+        let Offer::Start(_) = room.offer(pending(1, Some("k1")), None, 4) else {
+            panic!()
+        };
+        room.in_flight = Some("k1".into());
+        // Sent again on another socket while the original is being stored.
+        assert!(matches!(
+            room.offer(pending(2, Some("k1")), None, 4),
+            Offer::AlreadyPending
+        ));
+        // Queued behind the turn, then resent while still queued.
+        assert!(matches!(
+            room.offer(pending(3, Some("k2")), None, 4),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            room.offer(pending(4, Some("k2")), None, 4),
+            Offer::AlreadyPending
+        ));
+        let writes = room.message_stored("alice", Some("k1"), "m1", 0);
+        assert_eq!(writes.remember, Some(("k1".into(), "m1".into())));
+        assert!(room.in_flight.is_none());
+        // Once stored, a resend is a duplicate: its ack again, no turn.
+        match room.offer(pending(5, Some("k1")), Some("m1".into()), 4) {
+            Offer::Duplicate {
+                pending,
+                message_id,
+            } => {
+                assert_eq!((pending.socket, message_id.as_str()), (5, "m1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(room.queue.len(), 1);
+    }
+
+    #[test]
+    fn storing_records_the_owner_and_history_once_and_prunes_the_dedupe_table_periodically() {
+        let mut room = loaded(&[]);
+        let first = room.message_stored("alice", None, "m1", 0);
+        assert_eq!(first.owner.as_deref(), Some("alice"));
+        assert!(first.first_message && first.remember.is_none() && first.prune.is_none());
+        let second = room.message_stored("alice", Some("k"), "m2", 0);
+        assert!(second.owner.is_none() && !second.first_message);
+        let mut prunes = 0;
+        for i in 1..seen::PRUNE_EVERY * 2 {
+            if room
+                .message_stored("alice", Some(&format!("k{i}")), "m", 99)
+                .prune
+                .is_some()
+            {
+                prunes += 1;
+            }
+        }
+        assert_eq!(prunes, 2);
+        assert_eq!(room.session.metrics.messages, 2 + seen::PRUNE_EVERY * 2 - 1);
+    }
+
+    #[test]
+    fn events_for_another_conversation_or_from_nobody_are_refused() {
+        let room = loaded(&[]);
+        let abort = |id: &str| ClientEvent::Abort {
+            conversation_id: Some(id.into()),
+        };
+        let alice = meta(Some("alice"));
+        assert_eq!(room.gate(&abort("c1"), &alice), Ok("alice"));
+        assert_eq!(
+            room.gate(&abort("c2"), &alice).unwrap_err().code(),
+            ErrorCode::ConversationMismatch
+        );
+        assert_eq!(
+            room.gate(&abort("c1"), &meta(None)).unwrap_err().code(),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            room.abort_requested().unwrap_err().message(),
+            "No active session to abort."
+        );
+    }
+
+    #[test]
+    fn sockets_are_counted_only_when_authenticated_and_expiries_are_tracked() {
+        let mut room = loaded(&[]);
+        let mut expiring = meta(Some("alice"));
+        expiring.expires = Some(50);
+        let mut held = meta(None);
+        held.sio = true;
+        held.expires = Some(10);
+        room.sockets = Some(vec![(1, meta(Some("alice"))), (2, expiring), (3, held)]);
+        assert_eq!(room.socket_count(), 2);
+        assert_eq!(room.earliest_expiry(), Some(10));
+    }
+
+    #[test]
+    fn replay_gives_the_missed_frames_in_the_socket_framing_or_the_gap() {
+        let mut room = loaded(&[]);
+        for i in 0..3 {
+            room.log.push("agent:text", format!("{{\"n\":{i}}}"), 0);
+        }
+        let frames = room.replay(1, &meta(Some("alice"))).unwrap();
+        assert_eq!(
+            frames,
+            [
+                r#"{"event":"agent:text","seq":2,"data":{"n":1}}"#,
+                r#"{"event":"agent:text","seq":3,"data":{"n":2}}"#
+            ]
+        );
+        room.log.prune(120_000);
+        assert!(room.replay(1, &meta(Some("alice"))).is_err());
+    }
+}
