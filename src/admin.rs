@@ -1,7 +1,9 @@
 //! The admin API's decisions: which route a request names, what its body must hold, and the shapes of its answers; the glue only reads and writes D1 and calls conversations.
 
 use crate::agents::AgentConfig;
+use crate::catalog::ModelInfo;
 use crate::error::ApiError;
+use crate::routing::RoutingRule;
 use crate::store::TokenRow;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -273,6 +275,47 @@ pub fn save_failure(message: &str, what: &str) -> Option<ApiError> {
         .then(|| ApiError::Conflict(format!("another {what} has that name")))
 }
 
+/// A routing rule to save under `id` (the path's, else the body's, else `mint()`), checked,
+/// with its stored text.
+pub fn rule_to_save(
+    id: Option<&str>,
+    body: Value,
+    mint: impl FnOnce() -> String,
+) -> Result<(RoutingRule, String), ApiError> {
+    let mut rule: RoutingRule = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("not a routing rule: {e}")))?;
+    rule.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid rule: {e}")))?;
+    let id = id
+        .map(str::to_string)
+        .or_else(|| rule.id.clone())
+        .unwrap_or_else(mint);
+    rule.id = Some(id);
+    let text = serde_json::to_string(&rule).unwrap_or_default();
+    Ok((rule, text))
+}
+
+/// An agent to save, checked, with its stored text.
+pub fn agent_to_save(body: Value) -> Result<(AgentConfig, String), ApiError> {
+    let agent: AgentConfig = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("not an agent config: {e}")))?;
+    agent
+        .validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid agent: {e}")))?;
+    let text = serde_json::to_string(&agent).unwrap_or_default();
+    Ok((agent, text))
+}
+
+/// A catalog row to save, checked, with its stored text.
+pub fn model_to_save(body: Value) -> Result<(ModelInfo, String), ApiError> {
+    let info: ModelInfo = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("not a model: {e}")))?;
+    info.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid model: {e}")))?;
+    let text = serde_json::to_string(&info).unwrap_or_default();
+    Ok((info, text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +417,26 @@ mod tests {
                 failed: 2
             }
         );
+    }
+
+    #[test]
+    fn saved_rows_are_checked_and_rules_keep_the_id_they_are_saved_under() {
+        let rule = json!({ "name": "r", "provider": "openai", "model": "gpt-4o" });
+        let (saved, text) =
+            rule_to_save(Some("path-id"), rule.clone(), || "minted".into()).unwrap();
+        assert_eq!(saved.id.as_deref(), Some("path-id"));
+        assert!(text.contains("\"path-id\""));
+        let (minted, _) = rule_to_save(None, rule, || "minted".into()).unwrap();
+        assert_eq!(minted.id.as_deref(), Some("minted"));
+        assert_eq!(
+            rule_to_save(None, json!({ "name": "" }), String::new)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert!(agent_to_save(json!({ "name": "bad name" })).is_err());
+        assert!(agent_to_save(json!({ "name": "good" })).is_ok());
+        assert!(model_to_save(json!({ "nope": 1 })).is_err());
     }
 
     #[test]

@@ -19,6 +19,62 @@ pub struct HttpTool {
     pub secret: Option<String>,
 }
 
+impl HttpTool {
+    /// The body to POST for the model's `arguments` (`{}` when it sent none), or the error
+    /// result the model gets instead of a call.
+    pub fn request_body<'a>(&self, arguments: &'a str) -> Result<&'a str, (String, bool)> {
+        let args = if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        };
+        match serde_json::from_str::<serde_json::Value>(args) {
+            Ok(_) => Ok(args),
+            Err(_) => Err((
+                format!("tool {}: the arguments are not valid JSON", self.name),
+                true,
+            )),
+        }
+    }
+
+    /// The call's headers.
+    pub fn request_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(secret) = &self.secret {
+            headers.push(("authorization", format!("Bearer {secret}")));
+        }
+        headers
+    }
+
+    /// What the model sees of an answer with `status` and `body`, and whether it is an error.
+    pub fn result(&self, status: u16, body: &crate::text::Bounded) -> (String, bool) {
+        let mut text = body.text();
+        if body.truncated {
+            text.push_str(&format!(
+                "\n[truncated by the gateway: the first {} bytes of a longer answer]",
+                body.bytes.len()
+            ));
+        }
+        if (200..300).contains(&status) {
+            (text, false)
+        } else {
+            (
+                format!("tool {} answered HTTP {status}: {text}", self.name),
+                true,
+            )
+        }
+    }
+
+    /// What the model sees of a call that failed (`why`), or took longer than `timeout_ms`.
+    pub fn failed(&self, why: Option<&str>, timeout_ms: u64) -> (String, bool) {
+        let text = match why {
+            Some(why) => format!("tool {} failed: {why}", self.name),
+            None => format!("tool {} timed out after {timeout_ms} ms", self.name),
+        };
+        (text, true)
+    }
+}
+
 fn empty_schema() -> serde_json::Value {
     serde_json::json!({"type": "object", "properties": {}})
 }
@@ -201,6 +257,41 @@ mod tests {
         assert!(find_for(&agents, "ops", "bob").is_none());
         assert!(find_for(&agents, "a2", "ann").is_some());
         assert!(find_for(&agents, "closed", "bob").is_none());
+    }
+
+    #[test]
+    fn a_tool_call_is_shaped_and_answered_for_the_model() {
+        let tool: HttpTool = serde_json::from_value(serde_json::json!(
+            {"name": "add", "url": "http://x/", "secret": "s"}))
+        .unwrap();
+        assert_eq!(tool.request_body("  "), Ok("{}"));
+        assert_eq!(tool.request_body("{\"a\":1}"), Ok("{\"a\":1}"));
+        assert!(tool
+            .request_body("{nope")
+            .unwrap_err()
+            .0
+            .contains("not valid JSON"));
+        assert_eq!(
+            tool.request_headers()[1],
+            ("authorization", "Bearer s".into())
+        );
+        let mut body = crate::text::Bounded::new(3);
+        body.push(b"42");
+        assert_eq!(tool.result(200, &body), ("42".into(), false));
+        assert_eq!(
+            tool.result(500, &body),
+            ("tool add answered HTTP 500: 42".into(), true)
+        );
+        body.push(b"and more");
+        assert!(tool
+            .result(200, &body)
+            .0
+            .ends_with("the first 3 bytes of a longer answer]"));
+        assert_eq!(tool.failed(None, 50).0, "tool add timed out after 50 ms");
+        assert_eq!(
+            tool.failed(Some("reset"), 50),
+            ("tool add failed: reset".into(), true)
+        );
     }
 
     #[test]

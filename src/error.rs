@@ -116,6 +116,15 @@ pub enum RoomError {
 }
 
 impl RoomError {
+    /// A client past the per-user rate limit of `per_minute`, told when to retry.
+    pub fn rate_limited(per_minute: u32, retry_after_ms: i64) -> RoomError {
+        let msg = format!(
+            "rate limit of {per_minute} messages, commands and settings per minute reached; retry in {} s",
+            (retry_after_ms + 999) / 1000
+        );
+        RoomError::client(ErrorCode::RateLimited, msg)
+    }
+
     /// A refusal of the client's request.
     pub fn client(code: ErrorCode, message: impl Into<String>) -> Self {
         RoomError::Client {

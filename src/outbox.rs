@@ -237,9 +237,75 @@ impl Replicator {
     }
 }
 
+/// What a conversation's live-registry row says (D1's `live_conversations`): how many sockets
+/// and whether a turn runs; a conversation with neither has no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveWrite {
+    Register { sockets: usize, turning: bool },
+    Unregister,
+}
+
+/// What this instance last wrote to its live-registry row, so an unchanged row is not written
+/// again (a turn that never reached `D1_COPY_DELAY_MS` never marked itself, so its end writes
+/// nothing). A failed write makes the row's state unknown, and the next write goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveRow {
+    written: Option<(usize, bool)>,
+}
+
+impl LiveRow {
+    /// The write that makes the row say `sockets` and `turning`, assumed to succeed.
+    pub fn write(&mut self, sockets: usize, turning: bool) -> LiveWrite {
+        self.written = Some((sockets, turning));
+        if sockets == 0 && !turning {
+            LiveWrite::Unregister
+        } else {
+            LiveWrite::Register { sockets, turning }
+        }
+    }
+
+    /// The same, or `None` when the row says so already.
+    pub fn change(&mut self, sockets: usize, turning: bool) -> Option<LiveWrite> {
+        self.differs(sockets, turning)
+            .then(|| self.write(sockets, turning))
+    }
+
+    /// Whether the row may say something other than `sockets` and `turning`.
+    pub fn differs(&self, sockets: usize, turning: bool) -> bool {
+        self.written != Some((sockets, turning))
+    }
+
+    /// A write failed: what the row says is unknown.
+    pub fn unknown(&mut self) {
+        self.written = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_live_row_is_written_only_when_it_changes_or_after_a_failure() {
+        let mut row = LiveRow::default();
+        assert_eq!(
+            row.change(1, false),
+            Some(LiveWrite::Register {
+                sockets: 1,
+                turning: false
+            })
+        );
+        assert_eq!(row.change(1, false), None);
+        assert!(row.change(1, true).is_some());
+        row.unknown();
+        assert!(row.change(1, true).is_some());
+        assert_eq!(row.change(0, false), Some(LiveWrite::Unregister));
+        assert_eq!(
+            row.write(0, false),
+            LiveWrite::Unregister,
+            "written even when unchanged"
+        );
+    }
 
     fn waiting(rows: &[OutboxRow], r: &Replicator) -> Vec<OutboxRow> {
         rows.iter()

@@ -52,9 +52,96 @@ pub fn shard_of(user: &str, shards: u32) -> u32 {
     hash % shards.max(1)
 }
 
+/// A shard's users in memory: their states, and which changed since the last write.
+///
+/// A refusal changes nothing and writes nothing; admissions are written in coalesced batches
+/// (the caller waits, then takes [`ShardState::take_dirty`]).
+#[derive(Debug, Default)]
+pub struct ShardState {
+    users: std::collections::HashMap<String, Gcra>,
+    dirty: std::collections::HashSet<String>,
+    write_pending: bool,
+}
+
+impl ShardState {
+    /// A user's state known to this instance.
+    pub fn known(&self, user: &str) -> Option<Gcra> {
+        self.users.get(user).copied()
+    }
+
+    /// Keeps a state read from storage, so the user's next event does not read it again.
+    pub fn warm(&mut self, user: String, gcra: Gcra) {
+        self.users.insert(user, gcra);
+    }
+
+    /// Admits one event of `user`, whose state is `gcra`, at `now_ms` under `per_minute`. With
+    /// more than `max_users` in memory, fully refilled states (the same as none) are dropped
+    /// first. Answers the admission, and whether a write must be scheduled (none is yet).
+    pub fn admit(
+        &mut self,
+        user: String,
+        mut gcra: Gcra,
+        now_ms: i64,
+        per_minute: u32,
+        max_users: usize,
+    ) -> (Admission, bool) {
+        let admission = gcra.admit(now_ms, per_minute);
+        if admission != Admission::Admitted {
+            return (admission, false);
+        }
+        if self.users.len() >= max_users {
+            self.users.retain(|_, g| g.tat > now_ms);
+        }
+        self.users.insert(user.clone(), gcra);
+        self.dirty.insert(user);
+        let schedule = !self.write_pending;
+        self.write_pending = true;
+        (admission, schedule)
+    }
+
+    /// The states to write now, each once; the next admission schedules the next write.
+    pub fn take_dirty(&mut self) -> Vec<(String, i64)> {
+        self.write_pending = false;
+        let dirty: Vec<String> = self.dirty.drain().collect();
+        dirty
+            .into_iter()
+            .filter_map(|u| self.users.get(&u).map(|g| (u, g.tat)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_writes_admitted_users_once_per_batch_and_never_refusals() {
+        let mut shard = ShardState::default();
+        let (a, schedule) = shard.admit("ann".into(), Gcra::default(), 0, 1, 100);
+        assert_eq!((a, schedule), (Admission::Admitted, true));
+        let ann = shard.known("ann").unwrap();
+        let (refused, schedule) = shard.admit("ann".into(), ann, 1, 1, 100);
+        assert!(matches!(refused, Admission::Refused { .. }) && !schedule);
+        let (_, schedule) = shard.admit("bob".into(), Gcra::default(), 1, 1, 100);
+        assert!(!schedule, "one write is pending already");
+        let mut written = shard.take_dirty();
+        written.sort();
+        assert_eq!(written, [("ann".into(), 60_000), ("bob".into(), 60_001)]);
+        assert!(shard.take_dirty().is_empty());
+        let (_, schedule) = shard.admit("cid".into(), Gcra::default(), 2, 1, 100);
+        assert!(schedule);
+    }
+
+    #[test]
+    fn a_full_shard_forgets_refilled_users_first() {
+        let mut shard = ShardState::default();
+        shard.admit("old".into(), Gcra::default(), 0, 60, 2);
+        shard.admit("recent".into(), Gcra::default(), 5_000, 1, 2);
+        // At 10 s, "old" (one event of 60 a minute, refilled after 1 s) is the same as no state.
+        shard.admit("new".into(), Gcra::default(), 10_000, 60, 2);
+        assert!(shard.known("old").is_none());
+        assert!(shard.known("recent").is_some() && shard.known("new").is_some());
+    }
 
     fn admitted(g: &mut Gcra, now: i64, limit: u32) -> bool {
         g.admit(now, limit) == Admission::Admitted

@@ -682,6 +682,30 @@ pub mod seen {
     }
 }
 
+/// A stored message as the history reads it: id, role, content and metadata text.
+pub type StoredRow = (String, String, String, String);
+
+/// The model context from the rows D1 holds followed by those still waiting in the outbox: a
+/// row in both (a copy committed between the two reads) counts once, and `storing` (the
+/// message of the turn being planned, which the plan adds itself) is left out.
+pub fn history_from_rows(
+    copied: impl IntoIterator<Item = StoredRow>,
+    waiting: impl IntoIterator<Item = StoredRow>,
+    storing: &str,
+) -> Vec<ChatMessage> {
+    let mut seen = std::collections::HashSet::new();
+    let rows: Vec<(String, String, Value)> = copied
+        .into_iter()
+        .chain(waiting)
+        .filter(|(id, ..)| id != storing && seen.insert(id.clone()))
+        .map(|(_, role, content, metadata)| {
+            let metadata = serde_json::from_str(&metadata).unwrap_or_default();
+            (role, content, metadata)
+        })
+        .collect();
+    context_from_rows(&rows)
+}
+
 /// Rebuilds the model context from stored messages (oldest first).
 pub fn context_from_rows(rows: &[(String, String, Value)]) -> Vec<ChatMessage> {
     let mut out = Vec::with_capacity(rows.len());
@@ -717,6 +741,36 @@ pub fn context_from_rows(rows: &[(String, String, Value)]) -> Vec<ChatMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_reads_d1_then_the_outbox_once_each_without_the_message_being_stored() {
+        let row = |id: &str, role: &str, content: &str| {
+            (
+                id.to_string(),
+                role.to_string(),
+                content.to_string(),
+                "{}".to_string(),
+            )
+        };
+        let copied = vec![row("m1", "user", "q1"), row("m2", "assistant", "a1")];
+        // m2 committed between the two reads: it is in both.
+        let waiting = vec![
+            row("m2", "assistant", "a1"),
+            row("m3", "user", "q2"),
+            row("m4", "user", "now"),
+        ];
+        let h = history_from_rows(copied, waiting, "m4");
+        let texts: Vec<&str> = h
+            .iter()
+            .map(|m| match m {
+                ChatMessage::User { content } | ChatMessage::Assistant { content, .. } => {
+                    content.as_str()
+                }
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(texts, ["q1", "a1", "q2"]);
+    }
 
     use crate::llm::UpstreamErrorKind;
 

@@ -1,10 +1,12 @@
 //! A conversation's state and the decisions on it that need no I/O: loading it from its record, which client events it takes, the queue of messages behind the running turn, the bookkeeping once a message is stored, and its sockets. Generic over the socket handle, so every branch runs on the host.
 
-use super::socket::SocketMeta;
+use super::socket::{self, SocketMeta};
 use super::{seen, Admission, AdmissionState, ReplayGap, SessionState, StreamLog};
 use crate::error::RoomError;
 use crate::llm::ChatMessage;
-use crate::protocol::{ClientEvent, ErrorCode, MessageEvent};
+use crate::protocol::framing::NSP;
+use crate::protocol::{sio, ClientEvent, ErrorCode, MessageEvent, OutEvent};
+use serde_json::{json, Value};
 use std::collections::VecDeque;
 
 /// Bytes of stream events kept for resume.
@@ -276,6 +278,48 @@ impl<S: Clone> Room<S> {
             .min()
     }
 
+    /// What a socket gets as it attaches: the commands manifest, then what it missed after
+    /// `last_seq` (or the `resume_gap` error when those events are gone).
+    pub fn greeting(&self, meta: &SocketMeta, last_seq: Option<u64>) -> Vec<String> {
+        let mut frames: Vec<String> = meta.frame(&manifest_event()).into_iter().collect();
+        let Some(last) = last_seq else {
+            return frames;
+        };
+        match self.replay(last, meta) {
+            Ok(missed) => frames.extend(missed),
+            Err(gap) => {
+                let payload = socket::resume_gap_payload(&self.id, last, gap.oldest);
+                frames.extend(meta.frame(&OutEvent::unsequenced("error", payload)));
+            }
+        }
+        frames
+    }
+
+    /// Accepts a socket.io CONNECT: the socket is connected to the namespace with a recovery
+    /// id (the one it asked to recover when the events it missed are still held, else
+    /// `fresh_pid`), and gets CONNECT, the manifest, then what it missed.
+    pub fn accept_connect(
+        &self,
+        meta: &mut SocketMeta,
+        auth: &Option<Value>,
+        fresh_pid: impl FnOnce() -> String,
+    ) -> Vec<String> {
+        let recovery =
+            socket::recovery_request(auth).filter(|(_, offset)| self.log.after(*offset).is_ok());
+        meta.conversation.clear();
+        meta.connected = true;
+        meta.pid = match &recovery {
+            Some((pid, _)) => pid.clone(),
+            None => fresh_pid(),
+        };
+        let mut frames = vec![sio::connect_ok(NSP, &meta.sid, Some(&meta.pid))];
+        frames.extend(meta.frame(&manifest_event()));
+        if let Some((_, offset)) = recovery {
+            frames.extend(self.replay(offset, meta).unwrap_or_default());
+        }
+        frames
+    }
+
     /// The frames a socket resuming after `last` missed, in order, or the gap that makes it
     /// impossible.
     pub fn replay(&self, last: u64, meta: &SocketMeta) -> Result<Vec<String>, ReplayGap> {
@@ -285,6 +329,13 @@ impl<S: Clone> Room<S> {
             .filter_map(|e| meta.frame(e))
             .collect())
     }
+}
+
+/// The `commands:manifest` event every socket gets first.
+pub fn manifest_event() -> OutEvent {
+    let models = crate::catalog::Catalog::builtin().model_ids();
+    let manifest = json!({ "manifest": crate::commands::manifest(&models) });
+    OutEvent::unsequenced("commands:manifest", manifest.to_string())
 }
 
 #[cfg(test)]
@@ -486,6 +537,48 @@ mod tests {
         room.sockets = Some(vec![(1, meta(Some("alice"))), (2, expiring), (3, held)]);
         assert_eq!(room.socket_count(), 2);
         assert_eq!(room.earliest_expiry(), Some(10));
+    }
+
+    #[test]
+    fn a_socket_is_greeted_with_the_manifest_then_what_it_missed_or_the_gap() {
+        let mut room = loaded(&[]);
+        for _ in 0..3 {
+            room.log.push("agent:text", "{}".into(), 0);
+        }
+        let alice = meta(Some("alice"));
+        let fresh = room.greeting(&alice, None);
+        assert_eq!(fresh.len(), 1);
+        assert!(fresh[0].starts_with(r#"{"event":"commands:manifest""#));
+        assert_eq!(room.greeting(&alice, Some(1)).len(), 3);
+        room.log.prune(120_000);
+        let gap = room.greeting(&alice, Some(1));
+        assert!(gap[1].contains("\"code\":\"resume_gap\""), "{}", gap[1]);
+    }
+
+    #[test]
+    fn a_socket_io_connect_recovers_only_when_the_missed_events_are_held() {
+        let mut room = loaded(&[]);
+        for _ in 0..3 {
+            room.log.push("agent:text", "{}".into(), 0);
+        }
+        let mut m = SocketMeta {
+            user: Some("alice".into()),
+            sio: true,
+            sid: "sid1".into(),
+            conversation: "c1".into(),
+            ..SocketMeta::default()
+        };
+        let auth = Some(json!({ "token": "t", "pid": "old-pid", "offset": "1" }));
+        let frames = room.accept_connect(&mut m, &auth, || "new-pid".into());
+        assert!(m.connected && m.conversation.is_empty());
+        assert_eq!(m.pid, "old-pid");
+        assert_eq!(frames[0], r#"40/chat,{"sid":"sid1","pid":"old-pid"}"#);
+        assert!(frames[1].starts_with(r#"42/chat,["commands:manifest""#));
+        assert_eq!(frames.len(), 4, "the manifest, then seqs 2 and 3");
+        room.log.prune(120_000);
+        let frames = room.accept_connect(&mut m, &auth, || "new-pid".into());
+        assert_eq!(m.pid, "new-pid");
+        assert_eq!(frames.len(), 2);
     }
 
     #[test]

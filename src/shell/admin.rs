@@ -3,12 +3,9 @@
 use super::gateway::conversation_stub;
 use super::{db, internal, json_response, new_id, now_ms};
 use crate::admin::{self, AdminRoute, BodyUse, FanOut};
-use crate::agents::AgentConfig;
 use crate::auth;
-use crate::catalog::ModelInfo;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::routing::RoutingRule;
 use crate::store::{sql, TokenRow};
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -288,18 +285,9 @@ async fn list_rules(db: &worker::D1Database) -> ApiResult {
 }
 
 async fn save_rule(id: Option<&str>, body: Value, db: &worker::D1Database) -> ApiResult {
-    let mut rule: RoutingRule = serde_json::from_value(body)
-        .map_err(|e| ApiError::BadRequest(format!("not a routing rule: {e}")))?;
-    rule.validate()
-        .map_err(|e| ApiError::BadRequest(format!("invalid rule: {e}")))?;
-    let id = id
-        .map(str::to_string)
-        .or_else(|| rule.id.clone())
-        .unwrap_or_else(new_id);
-    rule.id = Some(id.clone());
-    let text = serde_json::to_string(&rule).map_err(|e| internal("encode rule", e))?;
+    let (rule, text) = admin::rule_to_save(id, body, new_id)?;
     let params = [
-        db::text(&id),
+        db::text(rule.id.as_deref().unwrap_or_default()),
         db::text(&rule.name),
         db::num(rule.priority),
         db::num(rule.enabled as i64),
@@ -313,47 +301,32 @@ async fn save_rule(id: Option<&str>, body: Value, db: &worker::D1Database) -> Ap
 }
 
 async fn save_agent(id: Option<&str>, body: Value, db: &worker::D1Database) -> ApiResult {
-    let agent: AgentConfig = serde_json::from_value(body)
-        .map_err(|e| ApiError::BadRequest(format!("not an agent config: {e}")))?;
-    agent
-        .validate()
-        .map_err(|e| ApiError::BadRequest(format!("invalid agent: {e}")))?;
+    let (agent, text) = admin::agent_to_save(body)?;
     let id = id.map(str::to_string).unwrap_or_else(new_id);
-    let text = serde_json::to_string(&agent).map_err(|e| internal("encode agent", e))?;
-    db::run(
-        db,
-        sql::UPSERT_AGENT,
-        &[
-            db::text(&id),
-            db::text(&agent.name),
-            db::text(&text),
-            db::num(now_ms()),
-        ],
-    )
-    .await
-    .map_err(|e| conflict_or_internal(e, "agent"))?;
+    let params = [
+        db::text(&id),
+        db::text(&agent.name),
+        db::text(&text),
+        db::num(now_ms()),
+    ];
+    db::run(db, sql::UPSERT_AGENT, &params)
+        .await
+        .map_err(|e| conflict_or_internal(e, "agent"))?;
     json_response(201, &json!({ "id": id, "name": agent.name }))
         .map_err(|e| internal("response", e))
 }
 
 async fn save_model(body: Value, db: &worker::D1Database) -> ApiResult {
-    let info: ModelInfo = serde_json::from_value(body)
-        .map_err(|e| ApiError::BadRequest(format!("not a model: {e}")))?;
-    info.validate()
-        .map_err(|e| ApiError::BadRequest(format!("invalid model: {e}")))?;
-    let text = serde_json::to_string(&info).map_err(|e| internal("encode model", e))?;
-    db::run(
-        db,
-        sql::UPSERT_MODEL,
-        &[
-            db::text(&info.provider),
-            db::text(&info.id),
-            db::text(&text),
-            db::num(now_ms()),
-        ],
-    )
-    .await
-    .map_err(|e| internal("save model", e))?;
+    let (info, text) = admin::model_to_save(body)?;
+    let params = [
+        db::text(&info.provider),
+        db::text(&info.id),
+        db::text(&text),
+        db::num(now_ms()),
+    ];
+    db::run(db, sql::UPSERT_MODEL, &params)
+        .await
+        .map_err(|e| internal("save model", e))?;
     json_response(201, &json!({ "model": info })).map_err(|e| internal("response", e))
 }
 

@@ -6,6 +6,7 @@
 //! (every fetch body) is read with a BYOB reader into the same buffer each time, so a chunk
 //! allocates no new buffer for the garbage collector to finalise.
 
+use crate::text::Bounded;
 use futures::Stream;
 use js_sys::Uint8Array;
 use std::cell::RefCell;
@@ -170,60 +171,23 @@ impl Drop for BodyReader {
     }
 }
 
-/// A body read up to a bound: at most `limit` bytes are kept, and reading stops (the rest is
-/// cancelled, closing the connection) as soon as the bound is passed, so an endless or huge
-/// answer costs `limit` bytes of memory.
-pub struct Bounded {
-    pub bytes: Vec<u8>,
-    /// More bytes followed than were kept.
-    pub truncated: bool,
-}
-
-/// Reads `resp`'s body up to `limit` bytes.
+/// Reads `resp`'s body up to `limit` bytes; the rest is cancelled, closing the connection.
 pub async fn read_bounded(resp: &mut worker::Response, limit: usize) -> Result<Bounded, String> {
     use futures::StreamExt;
-    let mut bytes = Vec::new();
+    let mut body = Bounded::new(limit);
     let mut reader = match resp.body() {
         worker::ResponseBody::Stream(stream) => BodyReader::new(stream.as_ref()),
         worker::ResponseBody::Body(b) => {
-            let truncated = b.len() > limit;
-            bytes.extend_from_slice(&b[..b.len().min(limit)]);
-            return Ok(Bounded { bytes, truncated });
+            body.push(b);
+            return Ok(body);
         }
-        worker::ResponseBody::Empty => {
-            return Ok(Bounded {
-                bytes,
-                truncated: false,
-            })
-        }
+        worker::ResponseBody::Empty => return Ok(body),
     };
     while let Some(chunk) = reader.next().await {
-        let chunk = chunk?;
-        let room = limit - bytes.len();
-        if chunk.len() > room {
-            bytes.extend_from_slice(&chunk[..room]);
+        if !body.push(&chunk?) {
             // Dropping the reader cancels the rest of the body.
-            return Ok(Bounded {
-                bytes,
-                truncated: true,
-            });
+            break;
         }
-        bytes.extend_from_slice(&chunk);
     }
-    Ok(Bounded {
-        bytes,
-        truncated: false,
-    })
-}
-
-/// Bytes as text, cutting a character split by a bound.
-pub fn lossy_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_string(),
-        Err(e) if e.error_len().is_none() => {
-            // Only the last character is incomplete: the bound cut it.
-            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
-        }
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
+    Ok(body)
 }

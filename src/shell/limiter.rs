@@ -4,10 +4,9 @@
 //! create (and store) an object of its own on the turn's critical path, while a few shards stay
 //! warm and commit many users' states in one write.
 
-use crate::rate::{Admission, Gcra};
+use crate::rate::{Admission, Gcra, ShardState};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 use worker::*;
@@ -28,11 +27,7 @@ pub struct RateLimit {
 
 /// A shard's state, shared with its pending write.
 struct Shard {
-    /// Users' states known to this instance.
-    users: RefCell<HashMap<String, Gcra>>,
-    /// Users admitted since the last write.
-    dirty: RefCell<HashSet<String>>,
-    write_pending: Cell<bool>,
+    users: RefCell<ShardState>,
     /// This instance created (or found) the table.
     table_ready: Cell<bool>,
 }
@@ -42,9 +37,7 @@ impl DurableObject for RateLimit {
         RateLimit {
             state,
             shared: Rc::new(Shard {
-                users: RefCell::new(HashMap::new()),
-                dirty: RefCell::new(HashSet::new()),
-                write_pending: Cell::new(false),
+                users: RefCell::new(ShardState::default()),
                 table_ready: Cell::new(false),
             }),
         }
@@ -64,22 +57,27 @@ impl DurableObject for RateLimit {
         let Some(user) = user else {
             return super::json_response(400, &serde_json::json!({ "error": "user is required" }));
         };
-        let known = self.shared.users.borrow().get(&user).copied();
-        let mut gcra = match known {
+        let known = self.shared.users.borrow().known(&user);
+        let gcra = match known {
             Some(g) => g,
             None => self.read(&user),
         };
         if url.path() == "/warm" {
             // A socket of this user attached: have the state in memory before its first event.
-            self.shared.users.borrow_mut().insert(user, gcra);
+            self.shared.users.borrow_mut().warm(user, gcra);
             return super::json_response(200, &serde_json::json!({ "ok": true }));
         }
         let now = super::now_ms();
-        let answer = match gcra.admit(now, limit) {
-            Admission::Admitted => {
-                self.remember(user, gcra, now);
-                serde_json::json!({ "ok": true })
-            }
+        let (admission, schedule_write) =
+            self.shared
+                .users
+                .borrow_mut()
+                .admit(user, gcra, now, limit, MEMORY_USERS);
+        if schedule_write {
+            self.schedule_write();
+        }
+        let answer = match admission {
+            Admission::Admitted => serde_json::json!({ "ok": true }),
             Admission::Refused { retry_after_ms } => {
                 serde_json::json!({ "ok": false, "retryAfterMs": retry_after_ms })
             }
@@ -117,29 +115,15 @@ impl RateLimit {
         }
     }
 
-    /// Keeps an admitted user's state and schedules the write that stores it.
-    ///
-    /// A refusal changes nothing and writes nothing; admissions within `WRITE_COALESCE_MS` are
-    /// written in one commit, off every answer's path. What that risks: a crash within those
-    /// 200 ms forgets the events admitted in them; an eviction (after idleness) forgets nothing.
-    fn remember(&self, user: String, gcra: Gcra, now: i64) {
-        {
-            let mut users = self.shared.users.borrow_mut();
-            if users.len() >= MEMORY_USERS {
-                // A state whose next arrival time has passed is the same as no state at all.
-                users.retain(|_, g| g.tat > now);
-            }
-            users.insert(user.clone(), gcra);
-        }
-        self.shared.dirty.borrow_mut().insert(user);
-        if self.shared.write_pending.replace(true) {
-            return;
-        }
+    /// Schedules the write of the states admitted from now to `WRITE_COALESCE_MS` later, in
+    /// one commit, off every answer's path. What that risks: a crash within those 200 ms
+    /// forgets the events admitted in them; an eviction (after idleness) forgets nothing.
+    fn schedule_write(&self) {
         let sql = self.state.storage().sql();
         let shard = self.shared.clone();
         wasm_bindgen_futures::spawn_local(async move {
             Delay::from(Duration::from_millis(WRITE_COALESCE_MS)).await;
-            shard.write_pending.set(false);
+            let dirty = shard.users.borrow_mut().take_dirty();
             if !shard.table_ready.get() {
                 let created = sql.exec(
                     "CREATE TABLE IF NOT EXISTS gcra (user TEXT PRIMARY KEY, tat INTEGER NOT NULL)",
@@ -151,13 +135,10 @@ impl RateLimit {
                 }
                 shard.table_ready.set(true);
             }
-            let dirty: Vec<String> = shard.dirty.borrow_mut().drain().collect();
-            let users = shard.users.borrow();
-            for user in dirty {
-                let Some(g) = users.get(&user) else { continue };
+            for (user, tat) in dirty {
                 if let Err(e) = sql.exec(
                     "INSERT OR REPLACE INTO gcra (user, tat) VALUES (?, ?)",
-                    vec![user.as_str().into(), (g.tat as f64).into()],
+                    vec![user.into(), (tat as f64).into()],
                 ) {
                     console_error!("storing the rate limit: {e}");
                 }

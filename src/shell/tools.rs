@@ -1,6 +1,6 @@
 //! Runs an HTTP tool: POST the arguments as JSON, bounded by a timeout and the turn's abort signal.
 
-use super::body::{lossy_text, read_bounded};
+use super::body::read_bounded;
 use crate::agents::HttpTool;
 use futures::future::{select, Either};
 use std::time::Duration;
@@ -16,29 +16,21 @@ pub async fn run(
     signal: &AbortSignal,
     timeout_ms: u64,
 ) -> (String, bool) {
-    let args = if arguments.trim().is_empty() {
-        "{}"
-    } else {
-        arguments
+    let body = match tool.request_body(arguments) {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
     };
-    if serde_json::from_str::<serde_json::Value>(args).is_err() {
-        return (
-            format!("tool {}: the arguments are not valid JSON", tool.name),
-            true,
-        );
-    }
     let headers = Headers::new();
-    let _ = headers.set("content-type", "application/json");
-    if let Some(secret) = &tool.secret {
-        let _ = headers.set("authorization", &format!("Bearer {secret}"));
+    for (name, value) in tool.request_headers() {
+        let _ = headers.set(name, &value);
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
-        .with_body(Some(args.into()));
+        .with_body(Some(body.into()));
     let req = match Request::new_with_init(&tool.url, &init) {
         Ok(r) => r,
-        Err(e) => return (format!("tool {}: bad request: {e}", tool.name), true),
+        Err(e) => return tool.failed(Some(&format!("bad request: {e}")), timeout_ms),
     };
     let call = async {
         let mut resp = Fetch::Request(req)
@@ -49,33 +41,10 @@ pub async fn run(
         let body = read_bounded(&mut resp, MAX_RESULT_BYTES).await?;
         Ok::<_, String>((status, body))
     };
-    match select(
-        Box::pin(call),
-        Delay::from(Duration::from_millis(timeout_ms)),
-    )
-    .await
-    {
-        Either::Left((Ok((status, body)), _)) => {
-            let mut text = lossy_text(&body.bytes);
-            if body.truncated {
-                text.push_str(&format!(
-                    "\n[truncated by the gateway: the first {} bytes of a longer answer]",
-                    body.bytes.len()
-                ));
-            }
-            if (200..300).contains(&status) {
-                (text, false)
-            } else {
-                (
-                    format!("tool {} answered HTTP {status}: {text}", tool.name),
-                    true,
-                )
-            }
-        }
-        Either::Left((Err(e), _)) => (format!("tool {} failed: {e}", tool.name), true),
-        Either::Right(_) => (
-            format!("tool {} timed out after {timeout_ms} ms", tool.name),
-            true,
-        ),
+    let timeout = Delay::from(Duration::from_millis(timeout_ms));
+    match select(Box::pin(call), timeout).await {
+        Either::Left((Ok((status, body)), _)) => tool.result(status, &body),
+        Either::Left((Err(e), _)) => tool.failed(Some(&e), timeout_ms),
+        Either::Right(_) => tool.failed(None, timeout_ms),
     }
 }

@@ -1,6 +1,6 @@
 //! One streaming model call: fetch with an abort signal, SSE decoding as bytes arrive, stall detection; plus the built-in echo provider.
 
-use super::body::{lossy_text, read_bounded, BodyReader};
+use super::body::{read_bounded, BodyReader};
 use crate::config::ProviderConfig;
 use crate::llm::stream::{echo_answer, StallCheck, StreamReader};
 use crate::llm::{
@@ -83,7 +83,7 @@ pub async fn open(
         // must not cost the conversation its memory.
         let body = read_bounded(&mut resp, MAX_ERROR_BODY_BYTES)
             .await
-            .map(|b| lossy_text(&b.bytes))
+            .map(|b| b.text())
             .unwrap_or_default();
         let mut e = match provider.kind {
             ProviderKind::Anthropic => {

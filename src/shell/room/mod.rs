@@ -104,8 +104,8 @@ pub struct ConversationObject {
     replicator: RefCell<crate::outbox::Replicator>,
     /// The running turn's closing copy has started: a delayed copy must not mark it running.
     closing: Cell<bool>,
-    /// What the last live-registry write said: (sockets, whether a turn runs).
-    live_written: Cell<Option<(usize, bool)>>,
+    /// What the last live-registry write said.
+    live: RefCell<crate::outbox::LiveRow>,
     abort: RefCell<Option<AbortController>>,
     aborted: Cell<bool>,
     /// Held from reading a conversation's owner to recording it, so two users racing for a new
@@ -131,7 +131,7 @@ impl DurableObject for ConversationObject {
             copy_lock: futures::lock::Mutex::new(()),
             replicator: RefCell::new(crate::outbox::Replicator::default()),
             closing: Cell::new(false),
-            live_written: Cell::new(None),
+            live: RefCell::new(crate::outbox::LiveRow::default()),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
             claim_lock: futures::lock::Mutex::new(()),

@@ -1,7 +1,7 @@
 //! The conversation's outbox: messages stored in the object first, then copied to D1 in order, one batch at a time, retried by alarm.
 
 use super::*;
-use crate::outbox::{self, AfterCopy, OutboxRow, Param};
+use crate::outbox::{self, AfterCopy, LiveWrite, OutboxRow, Param};
 
 /// Shortest wait before an alarm retries a failed copy.
 pub(super) const RETRY_FLOOR_MS: u64 = 1_000;
@@ -154,7 +154,7 @@ impl ConversationObject {
 
     /// After a failed registry write: the row's state is unknown, so the next one is written.
     pub(super) fn live_unknown(&self) {
-        self.live_written.set(None);
+        self.live.borrow_mut().unknown();
     }
 
     /// The statement mirroring the session to D1 (the object's copy is authoritative).
@@ -170,19 +170,16 @@ impl ConversationObject {
             .bind(&[db::text(&id), db::text(&text), db::num(now_ms())])
     }
 
-    /// The live-registry statement, only when the row would change (a turn that never reached
-    /// D1_COPY_DELAY_MS never marked itself, so its end has nothing to write). A statement that
-    /// cannot be built is left out and the row's state becomes unknown, so the next write goes.
+    /// The live-registry statement, only when the row would change. A statement that cannot be
+    /// built is left out and the row's state becomes unknown, so the next write goes.
     pub(super) fn live_change(
         &self,
         d: &D1Database,
         sockets: usize,
         turning: bool,
     ) -> Option<D1PreparedStatement> {
-        if self.live_written.get() == Some((sockets, turning)) {
-            return None;
-        }
-        match self.live_statement(d, sockets, turning) {
+        let write = self.live.borrow_mut().change(sockets, turning)?;
+        match self.live_statement(d, write) {
             Ok(statement) => Some(statement),
             Err(e) => {
                 self.live_unknown();
@@ -192,25 +189,21 @@ impl ConversationObject {
         }
     }
 
-    /// The live-registry statement for `sockets` and whether a turn runs. The row is assumed
-    /// written; a caller whose write fails calls `live_unknown`.
+    /// The statement performing a live-registry write.
     pub(super) fn live_statement(
         &self,
         d: &D1Database,
-        sockets: usize,
-        turning: bool,
+        write: LiveWrite,
     ) -> Result<D1PreparedStatement> {
         let id = self.room.borrow().id.clone();
-        self.live_written.set(Some((sockets, turning)));
-        if sockets == 0 && !turning {
-            d.prepare(sql::UNREGISTER_LIVE).bind(&[db::text(&id)])
-        } else {
-            d.prepare(sql::REGISTER_LIVE).bind(&[
+        match write {
+            LiveWrite::Unregister => d.prepare(sql::UNREGISTER_LIVE).bind(&[db::text(&id)]),
+            LiveWrite::Register { sockets, turning } => d.prepare(sql::REGISTER_LIVE).bind(&[
                 db::text(&id),
                 db::num(now_ms()),
                 db::num(sockets as i64),
                 db::num(turning as i64),
-            ])
+            ]),
         }
     }
 }

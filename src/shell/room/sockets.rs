@@ -89,7 +89,8 @@ impl ConversationObject {
     pub(super) async fn update_live(&self, sockets: usize) {
         let Ok(d) = db::db(&self.env) else { return };
         let turning = self.room.borrow().turn_running;
-        let result = match self.live_statement(&d, sockets, turning) {
+        let write = self.live.borrow_mut().write(sockets, turning);
+        let result = match self.live_statement(&d, write) {
             Ok(statement) => statement.run().await.map(|_| ()),
             Err(e) => Err(e),
         };
@@ -169,14 +170,6 @@ impl ConversationObject {
         }
     }
 
-    pub(super) fn manifest(&self) -> OutEvent {
-        let models = Catalog::builtin().model_ids();
-        OutEvent::unsequenced(
-            "commands:manifest",
-            json!({ "manifest": commands::manifest(&models) }).to_string(),
-        )
-    }
-
     // ---- connecting ----------------------------------------------------------------------
 
     pub(super) async fn attach(&self, req: &Request, config: &Config) -> Result<Response> {
@@ -223,7 +216,9 @@ impl ConversationObject {
             self.arm_alarm_within(config.sio_ping_interval_ms).await;
         } else {
             self.set_meta(&ws, &meta)?;
-            self.greet(&ws, &meta, last_seq);
+            for frame in self.room.borrow().greeting(&meta, last_seq) {
+                let _ = ws.send_with_str(frame);
+            }
         }
         self.arm_expiry(expires).await;
         if let Some(user) = user {
@@ -342,24 +337,6 @@ impl ConversationObject {
         self.room.borrow().earliest_expiry()
     }
 
-    /// On connect: the manifest, then what a resuming client missed.
-    pub(super) fn greet(&self, ws: &WebSocket, meta: &SocketMeta, last_seq: Option<u64>) {
-        self.send_to(ws, meta, &self.manifest());
-        let Some(last) = last_seq else { return };
-        match self.room.borrow().replay(last, meta) {
-            Ok(frames) => {
-                for frame in frames {
-                    let _ = ws.send_with_str(frame);
-                }
-            }
-            Err(gap) => {
-                let id = self.room.borrow().id.clone();
-                let payload = socket::resume_gap_payload(&id, last, gap.oldest);
-                self.send_to(ws, meta, &OutEvent::unsequenced("error", payload));
-            }
-        }
-    }
-
     pub(super) async fn sio_connect(
         &self,
         ws: &WebSocket,
@@ -399,23 +376,10 @@ impl ConversationObject {
             let _ = ws.send_with_str(sio::connect_error(NSP, &e.connect_error(), None));
             return Ok(());
         }
-        let recovery = socket::recovery_request(&auth);
-        let recovered = recovery
-            .as_ref()
-            .is_some_and(|(_, offset)| self.room.borrow().log.after(*offset).is_ok());
-        meta.conversation.clear();
-        meta.connected = true;
-        meta.pid = match (&recovery, recovered) {
-            (Some((pid, _)), true) => pid.clone(),
-            _ => new_id(),
-        };
+        let frames = self.room.borrow().accept_connect(&mut meta, &auth, new_id);
         self.set_meta(ws, &meta)?;
-        let _ = ws.send_with_str(sio::connect_ok(NSP, &meta.sid, Some(&meta.pid)));
-        self.send_to(ws, &meta, &self.manifest());
-        if let (Some((_, offset)), true) = (recovery, recovered) {
-            for frame in self.room.borrow().replay(offset, &meta).unwrap_or_default() {
-                let _ = ws.send_with_str(frame);
-            }
+        for frame in frames {
+            let _ = ws.send_with_str(frame);
         }
         if !was_counted {
             self.warm_rate_limit(user);

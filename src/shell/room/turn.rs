@@ -22,17 +22,7 @@ impl ConversationObject {
         if event.is_rate_limited() {
             let limit = config.rate_limit_per_minute;
             if let Err(wait) = crate::shell::limiter::admit(&self.env, &user, limit).await {
-                let msg = format!(
-                    "rate limit of {limit} messages, commands and settings per minute reached; retry in {} s",
-                    (wait + 999) / 1000
-                );
-                self.refuse(
-                    ws,
-                    meta,
-                    ack,
-                    &RoomError::client(ErrorCode::RateLimited, msg),
-                );
-                return;
+                return self.refuse(ws, meta, ack, &RoomError::rate_limited(limit, wait));
             }
         }
         match event {
@@ -145,7 +135,7 @@ impl ConversationObject {
         self.kv_put("seq", &seq.to_string());
         self.kv_put("turn", "idle");
         let sockets = self.socket_count();
-        if self.live_written.get() != Some((sockets, false)) {
+        if self.live.borrow().differs(sockets, false) {
             // The registry may still say a turn runs: a queued duplicate ended the loop without a
             // turn of its own, or the closing copy failed.
             self.update_live(sockets).await;
@@ -556,25 +546,16 @@ impl ConversationObject {
         // rows in both (the ids dedupe them), never in neither.
         let waiting = self.kept_messages()?;
         let copied = db::list_messages(d, id).await?;
-        let mut seen = std::collections::HashSet::new();
-        let rows: Vec<(String, String, Value)> = copied
-            .into_iter()
-            .map(|m| (m.id, m.role, m.content, m.metadata))
-            .chain(
-                waiting
-                    .into_iter()
-                    .map(|w| (w.id, w.role, w.content, w.metadata)),
-            )
-            .filter(|(mid, ..)| mid != storing && seen.insert(mid.clone()))
-            .map(|(_, role, content, metadata)| {
-                (
-                    role,
-                    content,
-                    serde_json::from_str(&metadata).unwrap_or_default(),
-                )
-            })
-            .collect();
-        self.room.borrow_mut().history = Some(conversation::context_from_rows(&rows));
+        let history = conversation::history_from_rows(
+            copied
+                .into_iter()
+                .map(|m| (m.id, m.role, m.content, m.metadata)),
+            waiting
+                .into_iter()
+                .map(|w| (w.id, w.role, w.content, w.metadata)),
+            storing,
+        );
+        self.room.borrow_mut().history = Some(history);
         Ok(())
     }
 
