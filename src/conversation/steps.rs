@@ -111,16 +111,6 @@ impl TurnSteps {
         self.turn
     }
 
-    /// The model the turn is on.
-    pub fn target(&self) -> Option<&RoutingDecision> {
-        self.candidates.get(self.candidate)
-    }
-
-    /// Whether the turn was aborted.
-    pub fn aborted(&self) -> bool {
-        self.aborted
-    }
-
     /// Takes one stream event of the open call; what must reach the clients now is added to
     /// `emits` (merged with the last one of its kind).
     pub fn stream_event(&mut self, event: StreamEvent, emits: &mut Vec<Emit>) {

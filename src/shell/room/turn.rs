@@ -637,15 +637,13 @@ impl ConversationObject {
                     steps.tool_done(result, is_error);
                 }
                 StepAction::FellOver(next) => {
-                    if let Some(from) = steps.target() {
-                        console_log!(
-                            "{}/{} -> {}: {}",
-                            from.provider,
-                            from.model,
-                            next.model,
-                            next.reason
-                        );
-                    }
+                    // The reason names the provider that failed and how.
+                    console_log!(
+                        "falling over to {}/{}: {}",
+                        next.provider,
+                        next.model,
+                        next.reason
+                    );
                     self.room.borrow_mut().session.fall_over(next);
                     self.broadcast("session:info", self.session_info(c.catalog));
                 }
