@@ -48,6 +48,8 @@ pub struct Config {
     pub d1_copy_delay_ms: u64,
     /// How long a socket.io connection may stay open without authenticating.
     pub connect_timeout_ms: u64,
+    /// When a running turn's stream events are written to the conversation's storage.
+    pub checkpoint: crate::conversation::checkpoint::CheckpointPolicy,
 }
 
 /// A variable that is present but unusable.
@@ -191,6 +193,10 @@ impl Config {
             max_output_tokens: number(&var, "MAX_OUTPUT_TOKENS", 4_096, 1, 1_000_000)? as u32,
             d1_copy_delay_ms: number(&var, "D1_COPY_DELAY_MS", 1_000, 0, 60_000)?,
             connect_timeout_ms: number(&var, "CONNECT_TIMEOUT_MS", 10_000, 100, 60_000)?,
+            checkpoint: crate::conversation::checkpoint::CheckpointPolicy {
+                every_ms: number(&var, "CHECKPOINT_INTERVAL_MS", 1_000, 50, 60_000)?,
+                every_bytes: number(&var, "CHECKPOINT_BYTES", 8_192, 256, 1 << 20)? as usize,
+            },
         })
     }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 
+pub mod checkpoint;
 pub mod plan;
 pub mod reply;
 pub mod room;
@@ -137,6 +138,8 @@ pub enum StopReason {
     Error,
     Truncated,
     MaxSteps,
+    /// The object died mid-turn (a deploy, an eviction, a crash); stored with what was shown.
+    Interrupted,
 }
 
 impl StopReason {
@@ -149,6 +152,7 @@ impl StopReason {
             StopReason::Error => "error",
             StopReason::Truncated => "truncated",
             StopReason::MaxSteps => "max_steps",
+            StopReason::Interrupted => "interrupted",
         }
     }
 
@@ -197,7 +201,7 @@ pub enum StepOutcome {
 }
 
 /// A tool call as recorded in the assistant message's metadata (the seed's shape).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCallRecord {
     pub tool_call_id: String,

@@ -56,7 +56,10 @@ pub fn stored_reply(
         || !turn.tool_records.is_empty()
         || matches!(
             stop,
-            StopReason::Aborted | StopReason::Error | StopReason::Truncated
+            StopReason::Aborted
+                | StopReason::Error
+                | StopReason::Truncated
+                | StopReason::Interrupted
         );
     if !store_it {
         return None;

@@ -1,5 +1,6 @@
 //! A conversation's state and the decisions on it that need no I/O: loading it from its record, which client events it takes, the queue of messages behind the running turn, the bookkeeping once a message is stored, and its sockets. Generic over the socket handle, so every branch runs on the host.
 
+use super::checkpoint::Checkpoint;
 use super::socket::{self, SocketMeta};
 use super::{seen, Admission, AdmissionState, ReplayGap, SessionState, StreamLog};
 use crate::error::RoomError;
@@ -79,6 +80,8 @@ pub struct Room<S> {
     pub queue: VecDeque<Pending<S>>,
     /// The attached sockets (`None` until read from the runtime after a wake-up).
     pub sockets: Option<Vec<(S, SocketMeta)>>,
+    /// What of the running turn is written to storage, should this instance die.
+    pub checkpoint: Checkpoint,
     /// clientMessageIds remembered by this instance: every `seen::PRUNE_EVERY`th prunes the table.
     seen_inserts: u64,
     replay_window_ms: u64,
@@ -101,6 +104,7 @@ impl<S: Clone> Room<S> {
             in_flight: None,
             queue: VecDeque::new(),
             sockets: None,
+            checkpoint: Checkpoint::default(),
             seen_inserts: 0,
             replay_window_ms,
         }

@@ -366,6 +366,24 @@ pub const KEEPALIVE_PING: &str = r#"{"event":"ping"}"#;
 /// See [`KEEPALIVE_PING`].
 pub const KEEPALIVE_PONG: &str = r#"{"event":"pong"}"#;
 
+/// The conversation's stream events, by name: a stored event's name is one of these.
+pub const STREAM_EVENTS: [&str; 9] = [
+    "message:ack",
+    "session:info",
+    "agent:start",
+    "agent:text",
+    "agent:thinking",
+    "agent:tool:start",
+    "agent:tool:end",
+    "agent:end",
+    "error",
+];
+
+/// The static name of a stream event read back from storage.
+pub fn stream_event_name(name: &str) -> Option<&'static str> {
+    STREAM_EVENTS.iter().copied().find(|n| *n == name)
+}
+
 /// Payload of `agent:text` / `agent:thinking`, built by hand: it is the per-delta hot path.
 pub fn delta_payload(conversation_id_json: &str, text: &str) -> String {
     let mut s = String::with_capacity(conversation_id_json.len() + text.len() + 32);

@@ -205,10 +205,16 @@ export async function startGateway({ vars = {}, upstream, persistDir, d1Sql = []
     log(`wrangler dev ready on ${url} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   }
 
-  async function stopProcess() {
+  async function stopProcess({ hard = false } = {}) {
     const current = proc;
     proc = null;
     if (!current || current.exited) return;
+    if (hard) {
+      // As a crash or a deploy does it: no shutdown, whatever was in flight is cut.
+      killGroup(current.child.pid, 'SIGKILL');
+      await current.exit;
+      return;
+    }
     killGroup(current.child.pid, 'SIGTERM');
     const done = await Promise.race([current.exit, sleep(5000).then(() => null)]);
     if (!done) {
@@ -258,9 +264,12 @@ export async function startGateway({ vars = {}, upstream, persistDir, d1Sql = []
     expectUpgradeFailure: (opts) => expectUpgradeFailure(gateway.wsUrl, opts),
     connectSio: (opts) => connectSio(url, opts),
     expectSioConnectError: (opts) => expectSioConnectError(url, opts),
-    /** Stops wrangler dev and starts it again on the same port with the same persist dir and vars. */
-    async restart() {
-      await stopProcess();
+    /**
+     * Stops wrangler dev and starts it again on the same port with the same persist dir and vars;
+     * `hard` kills its process group with SIGKILL first (a crash), else it is asked to stop.
+     */
+    async restart({ hard = false } = {}) {
+      await stopProcess({ hard });
       await launch();
     },
     /** Stops wrangler dev (the whole process group) and removes the persist dir this harness created. */

@@ -1,5 +1,6 @@
 //! The conversation Durable Object: owns the sockets, the session and the running turn; streams model output to every socket.
 
+mod checkpoint;
 mod outbox;
 mod session;
 mod sockets;
@@ -38,6 +39,9 @@ const OPERATOR_CACHE_MS: i64 = 60_000;
 const OUTBOX_ALARM_SLACK_MS: u64 = 10_000;
 /// When the alarm copies messages a dead instance left waiting, found on load.
 const ORPHAN_COPY_MS: u64 = 1_000;
+/// While a turn that has written checkpoints runs, an alarm is due within this long: should
+/// the instance die, the alarm wakes the conversation, which stores the interrupted turn.
+const RECOVERY_ALARM_MS: u64 = 5_000;
 
 /// Operator configuration from D1, cached per object.
 struct Operator {
@@ -108,6 +112,8 @@ pub struct ConversationObject {
     live: RefCell<crate::outbox::LiveRow>,
     abort: RefCell<Option<AbortController>>,
     aborted: Cell<bool>,
+    /// The running turn armed the alarm that recovers it.
+    recovery_armed: Cell<bool>,
     /// Held from reading a conversation's owner to recording it, so two users racing for a new
     /// conversation cannot both claim it.
     claim_lock: futures::lock::Mutex<()>,
@@ -134,6 +140,7 @@ impl DurableObject for ConversationObject {
             live: RefCell::new(crate::outbox::LiveRow::default()),
             abort: RefCell::new(None),
             aborted: Cell::new(false),
+            recovery_armed: Cell::new(false),
             claim_lock: futures::lock::Mutex::new(()),
         }
     }
@@ -283,6 +290,10 @@ impl DurableObject for ConversationObject {
         if any_sio {
             self.arm_alarm_within(config.sio_ping_interval_ms).await;
         }
+        if self.room.borrow().turn_running && self.recovery_armed.get() {
+            // The turn runs on: should this instance die later, the next alarm stores it.
+            self.arm_alarm_within(RECOVERY_ALARM_MS).await;
+        }
         self.arm_expiry(next_expiry).await;
         Response::ok("ok")
     }
@@ -322,6 +333,7 @@ impl ConversationObject {
             None,
         )?;
         sql.exec(crate::outbox::CREATE_TABLE, None)?;
+        sql.exec(checkpoint::CREATE_TURN_LOG, None)?;
         sql.exec("CREATE TABLE IF NOT EXISTS seen (client_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL)", None)?;
         #[derive(Deserialize)]
         struct Kv {
@@ -330,6 +342,9 @@ impl ConversationObject {
         }
         let rows: Vec<Kv> = sql.exec("SELECT k, v FROM kv", None)?.to_array()?;
         let get = |key: &str| rows.iter().find(|r| r.k == key).map(|r| r.v.clone());
+        // A turn marked running in storage was left by an instance that died during it.
+        let interrupted = get("turn").as_deref() == Some("running");
+        let record = get(checkpoint::RECORD_KEY);
         // Counted only where there can be something to count: a new conversation has no outbox.
         let waiting = get("stored").is_some() && self.outbox_waiting();
         let loaded = self.room.borrow_mut().load(get, id_hint, waiting);
@@ -346,6 +361,9 @@ impl ConversationObject {
                     "conversation object used before its id was known".into(),
                 ))
             }
+        }
+        if interrupted {
+            self.recover_turn(record)?;
         }
         Ok(())
     }

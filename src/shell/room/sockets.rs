@@ -1,6 +1,7 @@
 //! The sockets of a conversation: attaching, framing and broadcasting, resume replay, socket.io CONNECT, the live registry.
 
 use super::*;
+use crate::conversation::checkpoint::Flush;
 use crate::protocol::framing::Framing;
 use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
 
@@ -112,9 +113,10 @@ impl ConversationObject {
     /// built once, and crosses into JavaScript once however many sockets get it.
     pub(super) fn broadcast(&self, name: &'static str, data: String) {
         self.ensure_sockets();
+        let now = now_ms();
         let mut guard = self.room.borrow_mut();
         let room = &mut *guard; // split borrows: the logged event and the socket list
-        let event = room.log.push(name, data, now_ms());
+        let event = room.log.push(name, data, now);
         // One frame per framing, made when the first socket of that framing needs it.
         let mut frames: [Option<JsValue>; 2] = [None, None];
         for (ws, meta) in room.sockets.iter().flatten() {
@@ -126,6 +128,15 @@ impl ConversationObject {
             let socket: &JsValue = ws.as_ref().as_ref();
             // A socket that closed meanwhile throws; its close event cleans up.
             let _ = socket.unchecked_ref::<SendTarget>().send(frame);
+        }
+        // After the sends: a checkpoint write holds every later outgoing frame until it commits,
+        // and these need not wait for it.
+        let bytes = event.data.len();
+        let policy = self.checkpoint_policy();
+        let flush = room.checkpoint.sent(bytes, now, policy);
+        drop(guard);
+        if flush == Flush::Now {
+            self.flush_checkpoint();
         }
     }
 

@@ -2,8 +2,11 @@
 
 use super::outbox::RETRY_FLOOR_MS;
 use super::*;
+use crate::conversation::checkpoint::TurnRecord;
 use crate::conversation::room::{Offer, Pending};
 use crate::outbox::OutboxRow;
+use futures::future::{select, Either};
+use std::pin::Pin;
 
 impl ConversationObject {
     pub(super) async fn handle_event(
@@ -218,6 +221,13 @@ impl ConversationObject {
         let known_history = self.room.borrow().stored_any;
         self.aborted.set(false);
         self.closing.set(false);
+        self.recovery_armed.set(false);
+        {
+            // The turn's events from here on (its ack first) are checkpointed.
+            let mut room = self.room.borrow_mut();
+            let last = room.log.next_seq() - 1;
+            room.checkpoint.start(last);
+        }
         let message_id = new_id();
         let input = TurnInput {
             id: &id,
@@ -270,6 +280,7 @@ impl ConversationObject {
         };
         // `join!` polls in order: the call goes out before the write starts.
         futures::join!(answer, keep_then_copy);
+        self.clear_checkpoint();
     }
 
     /// Writes the user message to the object's storage and acknowledges it; false (refused) when
@@ -379,6 +390,19 @@ impl ConversationObject {
             self.end_early(id, &e, d).await;
             return;
         };
+        {
+            // What a recovery needs beyond the events: the reply's id and the model.
+            let mut room = self.room.borrow_mut();
+            let s = &room.session;
+            let record = TurnRecord {
+                reply_id: new_id(),
+                provider: s.provider.clone().unwrap_or_default(),
+                model: s.model_id.clone().unwrap_or_default(),
+                thinking_level: s.thinking().as_str().to_string(),
+                ..TurnRecord::default()
+            };
+            room.checkpoint.set_record(record);
+        }
         // Sent while the provider prepares its first byte, not after it.
         let operator = &plan.operator;
         self.broadcast("session:info", self.session_info(&operator.catalog));
@@ -622,6 +646,8 @@ impl ConversationObject {
             match action {
                 StepAction::Send { name, data } => self.broadcast(name, data),
                 StepAction::Call { target, messages } => {
+                    self.save_progress(steps.turn(), None);
+                    self.arm_recovery().await;
                     let thinking = self.room.borrow().session.thinking();
                     let opened = self
                         .open_call(&target, &messages, c.tools, thinking, c.config)
@@ -633,6 +659,9 @@ impl ConversationObject {
                     steps.timer_fired();
                 }
                 StepAction::RunTool(call) => {
+                    // Recorded before it runs: a recovery answers it, and never runs it again.
+                    self.save_progress(steps.turn(), Some(&call));
+                    self.arm_recovery().await;
                     let (result, is_error) = self.run_tool(&call, c.agent, c.config).await;
                     steps.tool_done(result, is_error);
                 }
@@ -696,7 +725,23 @@ impl ConversationObject {
             Err(e) => return steps.call_failed(e),
         };
         let mut emits = Vec::new();
-        while let Some(event) = stream.next().await {
+        let policy = self.checkpoint_policy();
+        // One timer for the batch of unsaved events, not one per delta.
+        let mut flush_timer: Option<Pin<Box<Delay>>> = None;
+        loop {
+            let next = match flush_timer.as_mut() {
+                Some(timer) => match select(std::pin::pin!(stream.next()), timer).await {
+                    Either::Left((next, _)) => next,
+                    Either::Right(_) => {
+                        flush_timer = None;
+                        self.flush_checkpoint();
+                        self.arm_recovery().await;
+                        continue;
+                    }
+                },
+                None => stream.next().await,
+            };
+            let Some(event) = next else { break };
             if self.aborted.get() {
                 break;
             }
@@ -708,11 +753,26 @@ impl ConversationObject {
                 let (name, text) = emit.into_event();
                 self.broadcast(name, protocol::delta_payload(id_json, &text));
             }
+            if flush_timer.is_none() {
+                let due = self.room.borrow().checkpoint.due_in(now_ms(), policy);
+                if let Some(ms) = due {
+                    flush_timer = Some(Box::pin(Delay::from(Duration::from_millis(ms.max(1)))));
+                }
+            }
+            self.arm_recovery().await;
         }
         if self.aborted.get() {
             steps.abort();
         }
         steps.call_ended();
+    }
+
+    /// Once the running turn has written a checkpoint, makes sure an alarm comes while it runs.
+    async fn arm_recovery(&self) {
+        let written = self.room.borrow().checkpoint.turn_writes() > 0;
+        if written && !self.recovery_armed.replace(true) {
+            self.arm_alarm_within(RECOVERY_ALARM_MS).await;
+        }
     }
 
     /// Runs one of the agent's tools under the turn's abort signal.

@@ -1,0 +1,157 @@
+//! A running turn's checkpoints in the conversation's storage, and the turn a dead instance left, stored and ended on load; what is written when is the pure `Checkpoint`'s decision.
+
+use super::*;
+use crate::conversation::checkpoint::{self, CheckpointPolicy, TurnRecord};
+
+/// Creates the table of a running turn's event batches (one row per batch).
+pub(super) const CREATE_TURN_LOG: &str =
+    "CREATE TABLE IF NOT EXISTS turn_log (last_seq INTEGER PRIMARY KEY, events TEXT NOT NULL)";
+/// The key of the running turn's record.
+pub(super) const RECORD_KEY: &str = "turn_record";
+
+impl ConversationObject {
+    /// When the running turn's events are written.
+    pub(super) fn checkpoint_policy(&self) -> CheckpointPolicy {
+        self.config
+            .as_ref()
+            .map(|c| c.checkpoint)
+            .unwrap_or(CheckpointPolicy {
+                every_ms: 1_000,
+                every_bytes: 8_192,
+            })
+    }
+
+    /// Writes the running turn's unsaved events (one row) and its record, if it changed.
+    pub(super) fn flush_checkpoint(&self) {
+        let (batch, record, through) = {
+            let mut guard = self.room.borrow_mut();
+            let room = &mut *guard; // split borrows: the log and the checkpoint
+            if !room.checkpoint.active() {
+                return;
+            }
+            let through = room.checkpoint.saved_through();
+            let batch = room
+                .log
+                .after(through)
+                .ok()
+                .and_then(checkpoint::encode_batch);
+            (batch, room.checkpoint.record_to_save(), through)
+        };
+        if batch.is_none() && record.is_none() {
+            return;
+        }
+        let sql = self.sql();
+        let mut last = through;
+        if let Some((seq, row)) = batch {
+            let params = vec![(seq as f64).into(), row.into()];
+            match sql.exec(
+                "INSERT OR REPLACE INTO turn_log (last_seq, events) VALUES (?, ?)",
+                params,
+            ) {
+                Ok(_) => last = seq,
+                Err(e) => console_error!("writing the turn's checkpoint: {e}"),
+            }
+        }
+        if let Some(record) = record {
+            self.kv_put(RECORD_KEY, &record);
+        }
+        self.room.borrow_mut().checkpoint.saved(last);
+    }
+
+    /// Records the turn's progress at a step boundary (`running`: the tool about to run) and
+    /// writes it with the events so far: a tool is recorded before it runs.
+    pub(super) fn save_progress(&self, turn: &Turn, running: Option<&ToolCall>) {
+        {
+            let mut room = self.room.borrow_mut();
+            let Some(base) = room.checkpoint.record().cloned() else {
+                return;
+            };
+            room.checkpoint
+                .set_record(TurnRecord::of(&base, turn, running));
+        }
+        self.flush_checkpoint();
+    }
+
+    /// The turn ended and its reply is stored: its checkpoints go.
+    pub(super) fn clear_checkpoint(&self) {
+        let written = {
+            let mut room = self.room.borrow_mut();
+            let written = room.checkpoint.turn_writes() > 0;
+            room.checkpoint.stop();
+            written
+        };
+        // A turn that never wrote one (shorter than a batch) deletes nothing either.
+        if written {
+            if let Err(e) = self.sql().exec("DELETE FROM turn_log", None) {
+                console_warn!("clearing the turn's checkpoint: {e}");
+            }
+            if let Err(e) = self
+                .sql()
+                .exec("DELETE FROM kv WHERE k = ?", vec![RECORD_KEY.into()])
+            {
+                console_warn!("clearing the turn's record: {e}");
+            }
+        }
+    }
+
+    /// On load, after a turn was left running by an instance that died: stores the reply as far
+    /// as its checkpoints go (marked `interrupted`, under the id the turn would have used), puts
+    /// the written events back for clients that resume, and ends the turn for them.
+    pub(super) fn recover_turn(&self, record_text: Option<String>) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Row {
+            events: String,
+        }
+        let sql = self.sql();
+        let rows: Vec<Row> = sql
+            .exec("SELECT events FROM turn_log ORDER BY last_seq", None)?
+            .to_array()?;
+        let rows: Vec<String> = rows.into_iter().map(|r| r.events).collect();
+        let record: Option<TurnRecord> = record_text.and_then(|t| serde_json::from_str(&t).ok());
+        let events = checkpoint::decode_batches(&rows);
+        let Some(recovered) = checkpoint::recover(record, &events) else {
+            return Ok(());
+        };
+        let r = &recovered.record;
+        let thinking = ThinkingLevel::parse(&r.thinking_level).unwrap_or(ThinkingLevel::Off);
+        let usage = conversation::turn_usage(
+            &Catalog::builtin(),
+            &r.provider,
+            &r.model,
+            thinking,
+            &recovered.turn,
+        );
+        let stop = StopReason::Interrupted;
+        let now = now_ms();
+        if let Some(reply) = reply::stored_reply(&recovered.turn, &usage, stop, None, &now_iso()) {
+            let id = if r.reply_id.is_empty() {
+                new_id()
+            } else {
+                r.reply_id.clone()
+            };
+            self.keep_message(&id, "assistant", "", &reply.content, &reply.metadata, now)?;
+        }
+        let next_seq = {
+            let mut room = self.room.borrow_mut();
+            let end = reply::end_payload(&room.id, &usage, stop, None);
+            for event in recovered.events {
+                room.log.restore(event, now);
+            }
+            room.log.push("agent:end", end, now);
+            room.orphaned_outbox = true;
+            room.stored_any = true;
+            room.log.next_seq()
+        };
+        sql.exec("DELETE FROM turn_log", None)?;
+        sql.exec("DELETE FROM kv WHERE k = ?", vec![RECORD_KEY.into()])?;
+        self.kv_put("stored", "1");
+        self.kv_put("seq", &next_seq.to_string());
+        self.kv_put("turn", "idle");
+        console_warn!(
+            "stored a turn interrupted by a restart: {} events, {} bytes of text",
+            events.len(),
+            recovered.turn.text.len()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+// Turns that outlive their Durable Object: wrangler dev killed with SIGKILL mid-turn and started again on the same state; what was shown is stored, no tool runs twice, resuming clients get the end.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { startFakeUpstream, textOf } from '../support/fake-upstream.mjs';
+import { startToolServer } from '../support/tool-server.mjs';
+import { eventually, startGateway, uniq } from '../support/harness.mjs';
+
+// Batches every 200 ms (small so a test's few seconds cross several); deltas every 50 ms.
+const CHECKPOINT_MS = 200;
+const DELTA_MS = 50;
+
+let up;
+let tools;
+let gw;
+let agent;
+const restarts = { injected: 0, recovered: 0, deltasLost: [] };
+
+before(async () => {
+  up = await startFakeUpstream();
+  tools = await startToolServer();
+  gw = await startGateway({ upstream: up, vars: { CHECKPOINT_INTERVAL_MS: String(CHECKPOINT_MS), TOOL_TIMEOUT_MS: '30000' } });
+  agent = uniq('recovering');
+  const res = await gw.http('POST', '/admin/agents', {
+    token: gw.adminToken,
+    body: {
+      name: agent,
+      provider: 'openai',
+      model: 'gpt-4o-mini',
+      tools: [{ name: 'slow', description: 'Waits ms milliseconds.', parameters: { type: 'object', properties: { ms: { type: 'number' } } }, url: `${tools.url}/tools/slow` }],
+    },
+  });
+  assert.equal(res.status, 201, res.text);
+});
+
+after(async (t) => {
+  const lost = restarts.deltasLost;
+  // The closing figures: restarts injected, turns recovered, deltas shown and then lost.
+  console.log(`# [recovery] restarts injected: ${restarts.injected}; turns recovered: ${restarts.recovered}; deltas shown then lost per restart: ${JSON.stringify(lost)} (max ${Math.max(0, ...lost)})`);
+  await gw?.stop();
+  await up?.close();
+  await tools?.close();
+});
+
+async function user() {
+  const id = uniq('rec');
+  return { id, token: await gw.mintToken(id) };
+}
+
+async function open(token, conversationId, lastSeq) {
+  const client = await gw.connect({ token, conversationId, lastSeq });
+  assert.equal((await client.next(null)).event, 'commands:manifest');
+  return client;
+}
+
+async function history(token, conversationId, until = (msgs) => msgs.some((m) => m.role === 'assistant')) {
+  return eventually(
+    async () => {
+      const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+      return res.status === 200 && until(res.json.messages) ? res.json.messages : null;
+    },
+    { timeout: 20_000, interval: 250, what: 'the interrupted turn in the history' },
+  );
+}
+
+const deltas = (client) => client.events.filter((f) => f.event === 'agent:text');
+
+async function killAndRestart() {
+  restarts.injected += 1;
+  await gw.restart({ hard: true });
+}
+
+/** The next turn after a recovery works, and the model sees the interrupted reply in the history. */
+async function nextTurnWorks(client, interruptedText) {
+  const content = `and after that ${uniq()}`;
+  const t = await client.turn(content);
+  assert.equal(t.end.data.stopReason, 'stop', JSON.stringify(t.end.data));
+  const [req] = up.requestsFor(content);
+  const assistants = req.body.messages.filter((m) => m.role === 'assistant').map((m) => textOf(m.content) ?? '');
+  assert.ok(assistants.some((a) => a === interruptedText), `the partial reply is in the next request's history: ${JSON.stringify(assistants)}`);
+}
+
+describe('a restart mid-stream', () => {
+  test('with a client attached: what the checkpoints hold is stored as interrupted, the client that resumes gets agent:end, the next turn works', async () => {
+    const { token } = await user();
+    const conversationId = randomUUID();
+    const client = await open(token, conversationId);
+    const content = `cut mid-stream ${uniq()} [[slow deltas=120 delay=${DELTA_MS}]]`;
+    client.send('message', { conversationId, content });
+    const ack = await client.next('message:ack');
+    await eventually(() => deltas(client).length >= 30, { timeout: 15_000, what: '30 deltas' });
+    await killAndRestart();
+    await client.closed;
+    const seen = deltas(client);
+    const seenText = seen.map((f) => f.data.text).join('');
+    const lastSeq = Math.max(...client.events.filter((f) => typeof f.seq === 'number').map((f) => f.seq));
+
+    const back = await open(token, conversationId, lastSeq);
+    const replayed = await back.until('agent:end', { timeout: 20_000 });
+    const end = replayed.at(-1);
+    assert.equal(end.data.stopReason, 'interrupted', back.log.dump());
+    assert.ok(replayed.every((f) => f.seq === undefined || f.seq > lastSeq), `only events after lastSeq: ${back.log.dump()}`);
+    assert.ok(!replayed.some((f) => f.event === 'error' && f.data.code === 'resume_gap'), 'no gap');
+    restarts.recovered += 1;
+
+    const msgs = await history(token, conversationId);
+    assert.deepEqual(msgs.map((m) => m.role), ['user', 'assistant']);
+    assert.equal(msgs[0].id, ack.data.messageId);
+    const reply = msgs[1];
+    assert.equal(reply.metadata.stopReason, 'interrupted', JSON.stringify(reply.metadata));
+    assert.ok(reply.content.length > 0, 'the checkpoints held some of the reply');
+    assert.ok(seenText.startsWith(reply.content), `what is stored was shown: ${JSON.stringify(reply.content)} vs ${JSON.stringify(seenText)}`);
+    // Shown and not stored: the deltas after the last batch; the batch interval bounds them.
+    let kept = 0;
+    let lost = 0;
+    for (const d of seen) {
+      if (kept + d.data.text.length <= reply.content.length) kept += d.data.text.length;
+      else lost += 1;
+    }
+    restarts.deltasLost.push(lost);
+    assert.ok(lost <= Math.ceil(CHECKPOINT_MS / DELTA_MS) + 3, `${lost} deltas shown and lost, for batches every ${CHECKPOINT_MS} ms and deltas every ${DELTA_MS} ms`);
+    assert.equal(up.requestsFor(content).length, 1, 'the model is not called again');
+
+    await nextTurnWorks(back, reply.content);
+    await back.close();
+  });
+
+  test('with nobody connected: an alarm stores the interrupted turn without any client coming back', async () => {
+    const { token } = await user();
+    const conversationId = randomUUID();
+    const client = await open(token, conversationId);
+    const content = `nobody left ${uniq()} [[slow deltas=120 delay=${DELTA_MS}]]`;
+    client.send('message', { conversationId, content });
+    await eventually(() => deltas(client).length >= 10, { timeout: 15_000, what: '10 deltas' });
+    await client.close();
+    await new Promise((resolve) => setTimeout(resolve, CHECKPOINT_MS * 3));
+    await killAndRestart();
+    const msgs = await history(token, conversationId);
+    restarts.recovered += 1;
+    const reply = msgs.find((m) => m.role === 'assistant');
+    assert.equal(reply.metadata.stopReason, 'interrupted');
+    assert.ok(reply.content.length > 0);
+    assert.ok(up.requestsFor(content)[0] !== undefined);
+  });
+});
+
+describe('a restart while a tool runs', () => {
+  test('the tool is not run again; it is answered as interrupted, so the history stays valid for the next turn', async () => {
+    const { token } = await user();
+    const conversationId = randomUUID();
+    const client = await open(token, conversationId);
+    const marker = uniq('tool');
+    const content = `slow tool ${marker} [[tool name=slow args={"ms":6000,"tag":"${marker}"}]]`;
+    client.send('message', { conversationId, content, agentId: agent });
+    await client.next('agent:tool:start', { timeout: 10_000 });
+    await tools.waitForCall((c) => c.name === 'slow' && c.body?.tag === marker, 10_000);
+    await killAndRestart();
+    const back = await open(token, conversationId, 0);
+    const frames = await back.until('agent:end', { timeout: 20_000 });
+    assert.equal(frames.at(-1).data.stopReason, 'interrupted', back.log.dump());
+    restarts.recovered += 1;
+    const msgs = await history(token, conversationId);
+    const reply = msgs.find((m) => m.role === 'assistant');
+    assert.equal(reply.metadata.stopReason, 'interrupted');
+    assert.deepEqual(reply.metadata.toolCalls.map((c) => [c.toolName, c.isError]), [['slow', true]]);
+    // Long past the tool's 6 s: it ran once.
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    assert.equal(tools.calls.filter((c) => c.name === 'slow' && c.body?.tag === marker).length, 1, 'the tool ran once');
+    assert.equal(up.requestsFor(content).length, 1, 'the model is not called again for it');
+
+    const next = `after the tool ${uniq()}`;
+    const t = await back.turn(next, { agentId: agent });
+    assert.equal(t.end.data.stopReason, 'stop', JSON.stringify(t.end.data));
+    const [req] = up.requestsFor(next);
+    const results = req.body.messages.filter((m) => m.role === 'tool');
+    assert.equal(results.length, 1, JSON.stringify(req.body.messages));
+    assert.match(textOf(results[0].content), /^interrupted: the gateway restarted/);
+    await back.close();
+  });
+});
