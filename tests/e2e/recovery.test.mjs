@@ -27,7 +27,10 @@ before(async () => {
       name: agent,
       provider: 'openai',
       model: 'gpt-4o-mini',
-      tools: [{ name: 'slow', description: 'Waits ms milliseconds.', parameters: { type: 'object', properties: { ms: { type: 'number' } } }, url: `${tools.url}/tools/slow` }],
+      tools: [
+        { name: 'slow', description: 'Waits ms milliseconds.', parameters: { type: 'object', properties: { ms: { type: 'number' } } }, url: `${tools.url}/tools/slow` },
+        { name: 'echo', description: 'Echoes its arguments.', parameters: { type: 'object', properties: { text: { type: 'string' } } }, url: `${tools.url}/tools/echo` },
+      ],
     },
   });
   assert.equal(res.status, 201, res.text);
@@ -141,6 +144,39 @@ describe('a restart mid-stream', () => {
     assert.equal(reply.metadata.stopReason, 'interrupted');
     assert.ok(reply.content.length > 0);
     assert.ok(up.requestsFor(content)[0] !== undefined);
+  });
+});
+
+describe('a restart between two model calls of a tool loop', () => {
+  test('the tool that returned keeps its result, the second call\'s partial text is stored, and nothing runs again', async () => {
+    const { token } = await user();
+    const conversationId = randomUUID();
+    const client = await open(token, conversationId);
+    const marker = uniq('loop');
+    const content = `loop ${marker} [[tool name=echo args={"text":"${marker}"}]] [[slow deltas=80 delay=${DELTA_MS}]]`;
+    client.send('message', { conversationId, content, agentId: agent });
+    await client.next('agent:tool:end', { timeout: 15_000 });
+    await eventually(() => deltas(client).length >= 10, { timeout: 15_000, what: '10 deltas of the second call' });
+    await killAndRestart();
+    const seenText = deltas(client).map((f) => f.data.text).join('');
+    const back = await open(token, conversationId, 0);
+    const frames = await back.until('agent:end', { timeout: 20_000 });
+    assert.equal(frames.at(-1).data.stopReason, 'interrupted', back.log.dump());
+    restarts.recovered += 1;
+    const reply = (await history(token, conversationId)).find((m) => m.role === 'assistant');
+    assert.equal(reply.metadata.stopReason, 'interrupted');
+    assert.deepEqual(reply.metadata.toolCalls.map((c) => [c.toolName, c.isError]), [['echo', false]]);
+    assert.ok(reply.content.length > 0 && seenText.startsWith(reply.content), `${JSON.stringify(reply.content)} was shown: ${JSON.stringify(seenText)}`);
+    assert.equal(tools.calls.filter((c) => c.name === 'echo' && c.body?.text === marker).length, 1, 'the tool ran once');
+    assert.equal(up.requestsFor(content).length, 2, 'two model calls, none again');
+
+    const next = `after the loop ${uniq()}`;
+    const t = await back.turn(next, { agentId: agent });
+    assert.equal(t.end.data.stopReason, 'stop', JSON.stringify(t.end.data));
+    const [req] = up.requestsFor(next);
+    const roles = req.body.messages.filter((m) => m.role !== 'system').map((m) => m.role);
+    assert.deepEqual(roles, ['user', 'assistant', 'tool', 'assistant', 'user'], JSON.stringify(req.body.messages));
+    await back.close();
   });
 });
 

@@ -22,12 +22,11 @@ let broken; // D1 without its conversations table: every ownership check fails
 before(async () => {
   up = await startFakeUpstream();
   tools = await startToolServer();
-  [gw, strict, limited, broken] = await Promise.all([
-    startGateway({ upstream: up, vars: { RATE_LIMIT_PER_MINUTE: '1000' } }),
-    startGateway({ upstream: up, vars: { ALLOWED_ORIGINS: APP } }),
-    startGateway({ upstream: up, vars: { RATE_LIMIT_PER_MINUTE: String(RATE_LIMIT) } }),
-    startGateway({ upstream: up, d1Sql: ['DROP TABLE conversations'] }),
-  ]);
+  // One after the other: each that started is stopped by `after` even when a later one fails.
+  gw = await startGateway({ upstream: up, vars: { RATE_LIMIT_PER_MINUTE: '1000' } });
+  strict = await startGateway({ upstream: up, vars: { ALLOWED_ORIGINS: APP } });
+  limited = await startGateway({ upstream: up, vars: { RATE_LIMIT_PER_MINUTE: String(RATE_LIMIT) } });
+  broken = await startGateway({ upstream: up, d1Sql: ['DROP TABLE conversations'] });
 });
 
 after(async () => {

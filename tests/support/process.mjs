@@ -223,7 +223,21 @@ export async function startGateway({ vars = {}, upstream, persistDir, d1Sql = []
     }
   }
 
-  await launch();
+  // wrangler picks some of its own ports at random; two started at once can pick the same one.
+  // Such a start is retried (the others keep theirs).
+  async function launchRetrying(attempts = 3) {
+    for (let k = 1; ; k++) {
+      try {
+        await launch();
+        return;
+      } catch (e) {
+        if (k >= attempts || !/Address already in use/.test(String(e?.message))) throw e;
+        log(`wrangler dev lost a port race (attempt ${k}); starting it again`);
+      }
+    }
+  }
+
+  await launchRetrying();
 
   const gateway = {
     url,
@@ -270,7 +284,7 @@ export async function startGateway({ vars = {}, upstream, persistDir, d1Sql = []
      */
     async restart({ hard = false } = {}) {
       await stopProcess({ hard });
-      await launch();
+      await launchRetrying();
     },
     /** Stops wrangler dev (the whole process group) and removes the persist dir this harness created. */
     async stop() {
