@@ -56,7 +56,9 @@ export async function startBenchGateway(mode, upstreamUrl) {
   const startup = watchStartup();
   startup.catch(() => {}); // a failed start surfaces through startGateway
   const t0 = preciseNow();
-  const gateway = await startGateway({ upstream: { url: upstreamUrl }, vars: { RATE_LIMIT_PER_MINUTE: '100000' } });
+  // BENCH_VARS (a JSON object) sets more of the gateway's vars, to compare settings.
+  const extra = process.env.BENCH_VARS ? JSON.parse(process.env.BENCH_VARS) : {};
+  const gateway = await startGateway({ upstream: { url: upstreamUrl }, vars: { RATE_LIMIT_PER_MINUTE: '100000', ...extra } });
   const harnessStartMs = preciseNow() - t0;
   try {
     const s = await withTimeout(startup, 30_000, 'start-up probe');
