@@ -332,31 +332,25 @@ mod tests {
         c.stop();
         assert!(!c.active() && c.record().is_none() && !c.pending());
         // 2,000 deltas of 10 bytes, 10 ms apart: a batch per 500 ms or 100 bytes.
-        let mut c = Checkpoint::default();
-        c.start(0);
-        let mut writes = 0;
-        for i in 0..2000 {
-            if c.sent(10, i * 10, POLICY) == Flush::Now {
-                c.saved(i as u64);
-                writes += 1;
-            }
-        }
-        assert_eq!(writes, 200, "bytes bound them here");
-        // The defaults (CHECKPOINT_INTERVAL_MS, CHECKPOINT_BYTES).
-        let big = CheckpointPolicy {
+        assert_eq!(writes_for_2000_deltas(POLICY), 200, "bytes bound them here");
+        // The defaults (CHECKPOINT_INTERVAL_MS, CHECKPOINT_BYTES): a row a second.
+        let defaults = CheckpointPolicy {
             every_ms: 1000,
             every_bytes: 8192,
         };
+        assert_eq!(writes_for_2000_deltas(defaults), 19);
+    }
+
+    /// Rows written for a turn of 2,000 deltas of 10 bytes, 10 ms apart (20 s).
+    fn writes_for_2000_deltas(policy: CheckpointPolicy) -> u64 {
         let mut c = Checkpoint::default();
         c.start(0);
-        let mut writes = 0;
         for i in 0..2000 {
-            if c.sent(10, i * 10, big) == Flush::Now {
+            if c.sent(10, i * 10, policy) == Flush::Now {
                 c.saved(i as u64);
-                writes += 1;
             }
         }
-        assert_eq!(writes, 19, "2,000 deltas over 20 s: a row a second");
+        c.turn_writes()
     }
 
     fn delta(seq: u64, text: &str) -> SavedEvent {
