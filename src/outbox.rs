@@ -150,10 +150,8 @@ impl CopyKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyPlan {
     pub kind: CopyKind,
-    /// Rows in D1 order: the waiting ones, then the unkept reply when it may go.
+    /// Rows in the order they were kept, which is D1's order.
     pub rows: Vec<OutboxRow>,
-    /// The unkept reply went with this batch (else the caller keeps it behind the others).
-    pub carries_unkept: bool,
     /// The last outbox row this copy takes.
     pub through: Option<i64>,
 }
@@ -184,24 +182,13 @@ pub struct Replicator {
 
 impl Replicator {
     /// Plans a copy of `waiting` (rows after `copied_through`, oldest first, at most
-    /// `MAX_ROWS_PER_COPY`) and the reply `unkept` (not written to the outbox), which goes only
-    /// when no older row waits beyond this batch: it must never land in D1 before them.
-    pub fn plan(
-        &self,
-        kind: CopyKind,
-        waiting: Vec<OutboxRow>,
-        unkept: Option<&OutboxRow>,
-    ) -> CopyPlan {
+    /// `MAX_ROWS_PER_COPY`): a reply is kept in the outbox behind every older row, so it never
+    /// lands in D1 before them.
+    pub fn plan(&self, kind: CopyKind, waiting: Vec<OutboxRow>) -> CopyPlan {
         let through = waiting.last().map(|r| r.n);
-        let carries_unkept = unkept.is_some() && waiting.len() < MAX_ROWS_PER_COPY;
-        let mut rows = waiting;
-        if carries_unkept {
-            rows.extend(unkept.cloned());
-        }
         CopyPlan {
             kind,
-            rows,
-            carries_unkept,
+            rows: waiting,
             through,
         }
     }
@@ -333,7 +320,7 @@ mod tests {
         // Three failures: nothing moves, the waits grow.
         let mut waits = Vec::new();
         for _ in 0..3 {
-            let plan = r.plan(CopyKind::Retry, waiting(&kept, &r), None);
+            let plan = r.plan(CopyKind::Retry, waiting(&kept, &r));
             match r.on_result(&plan, false) {
                 AfterCopy::RetryAfter { ms } => waits.push(ms),
                 other => panic!("{other:?}"),
@@ -343,7 +330,7 @@ mod tests {
         assert_eq!(r.copied_through, 0);
         // Recovery: batches of at most 20, in order, until nothing waits.
         loop {
-            let plan = r.plan(CopyKind::Retry, waiting(&kept, &r), None);
+            let plan = r.plan(CopyKind::Retry, waiting(&kept, &r));
             if plan.rows.is_empty() {
                 break;
             }
@@ -363,27 +350,9 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_never_overtakes_older_rows() {
-        let r = Replicator::default();
-        let reply = row(0, "assistant", "reply", 99);
-        let full: Vec<OutboxRow> = (1..=20).map(|n| row(n, "user", "q", n)).collect();
-        let plan = r.plan(CopyKind::TurnEnd, full, Some(&reply));
-        assert!(
-            !plan.carries_unkept,
-            "20 rows wait: the reply is kept behind them"
-        );
-        assert_eq!(plan.rows.len(), 20);
-        let some: Vec<OutboxRow> = (1..=3).map(|n| row(n, "user", "q", n)).collect();
-        let plan = r.plan(CopyKind::TurnEnd, some, Some(&reply));
-        assert!(plan.carries_unkept);
-        assert_eq!(plan.rows.last().map(|x| x.content.as_str()), Some("reply"));
-        assert_eq!(plan.through, Some(3), "the reply is not an outbox row");
-    }
-
-    #[test]
     fn a_mid_turn_copy_remembers_without_deleting() {
         let mut r = Replicator::default();
-        let plan = r.plan(CopyKind::MidTurn, vec![row(1, "user", "q", 1)], None);
+        let plan = r.plan(CopyKind::MidTurn, vec![row(1, "user", "q", 1)]);
         assert_eq!(
             r.on_result(&plan, true),
             AfterCopy::Settle {
@@ -392,7 +361,7 @@ mod tests {
         );
         assert_eq!(r.copied_through, 1);
         // The turn's end then deletes what the mid-turn copy took, even with nothing new.
-        let plan = r.plan(CopyKind::TurnEnd, Vec::new(), None);
+        let plan = r.plan(CopyKind::TurnEnd, Vec::new());
         assert_eq!(
             r.on_result(&plan, true),
             AfterCopy::Settle {
@@ -404,7 +373,7 @@ mod tests {
     #[test]
     fn a_failed_copy_without_messages_is_not_retried() {
         let mut r = Replicator::default();
-        let plan = r.plan(CopyKind::Session, Vec::new(), None);
+        let plan = r.plan(CopyKind::Session, Vec::new());
         assert_eq!(r.on_result(&plan, false), AfterCopy::Dropped);
         assert_eq!(r.failures, 0);
     }

@@ -118,6 +118,41 @@ pub fn title_from(content: &str) -> String {
     t
 }
 
+/// A stored message as the history API serves it.
+pub fn message_json(
+    id: &str,
+    conversation: &str,
+    role: &str,
+    content: &str,
+    metadata: &str,
+    created_at: f64,
+) -> serde_json::Value {
+    let metadata: serde_json::Value = serde_json::from_str(metadata).unwrap_or_default();
+    serde_json::json!({ "id": id, "conversationId": conversation, "role": role, "content": content, "metadata": metadata, "createdAt": created_at })
+}
+
+/// The history: D1's messages, then those the conversation still holds that D1 lacks (a copy
+/// not yet made or failed), each once, in the order they were kept; these carry `held: true`.
+pub fn merge_history(
+    copied: Vec<serde_json::Value>,
+    held: Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let ids: std::collections::HashSet<String> = copied
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    let mut out = copied;
+    out.extend(
+        held.into_iter()
+            .filter(|m| m["id"].as_str().is_some_and(|id| !ids.contains(id)))
+            .map(|mut m| {
+                m["held"] = serde_json::Value::Bool(true);
+                m
+            }),
+    );
+    out
+}
+
 /// SQL statements, with `?N` parameters in the order their comment gives.
 pub mod sql {
     /// ?1 token_hash
@@ -188,6 +223,18 @@ pub mod sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_adds_what_the_conversation_holds_and_d1_lacks_once() {
+        let m = |id: &str| message_json(id, "c", "user", "x", "{\"a\":1}", 1.0);
+        let merged = merge_history(vec![m("1"), m("2")], vec![m("2"), m("3")]);
+        let ids: Vec<&str> = merged.iter().map(|v| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["1", "2", "3"]);
+        let held: Vec<bool> = merged.iter().map(|v| v["held"] == true).collect();
+        assert_eq!(held, [false, false, true], "only what D1 lacks is marked");
+        assert_eq!(merged[0]["metadata"]["a"], 1);
+        assert_eq!(merged[0]["conversationId"], "c");
+    }
 
     #[test]
     fn small_content_is_stored_as_is() {

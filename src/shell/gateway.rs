@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::{self, CredentialSource};
 use crate::protocol::sio;
+use crate::store;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
 
 /// Internal headers the Worker sets for the conversation object; stripped from client requests first.
@@ -247,19 +248,35 @@ async fn api(req: Request, env: &Env, config: &Config) -> std::result::Result<Re
         }
         ["conversations", id, "messages"] => {
             let id = *id;
+            let owner = db::conversation_owner(&db, id).await.map_err(|e| super::internal("owner lookup", e))?;
             // Another user's conversation and a missing one look the same: 404.
-            match db::conversation_owner(&db, id).await.map_err(|e| super::internal("owner lookup", e))? {
-                Some(owner) if owner == user => {}
-                _ => return Err(ApiError::NotFound("no such conversation".into())),
+            let missing = || ApiError::NotFound("no such conversation".into());
+            if owner.as_ref().is_some_and(|o| *o != user) {
+                return Err(missing());
             }
-            let rows = db::list_messages(&db, id).await.map_err(|e| super::internal("list messages", e))?;
-            let messages: Vec<serde_json::Value> = rows
-                .into_iter()
-                .map(|m| {
-                    let metadata: serde_json::Value = serde_json::from_str(&m.metadata).unwrap_or_default();
-                    serde_json::json!({ "id": m.id, "conversationId": m.conversation_id, "role": m.role, "content": m.content, "metadata": metadata, "createdAt": m.created_at })
-                })
-                .collect();
+            let copied: Vec<serde_json::Value> = match &owner {
+                Some(_) => db::list_messages(&db, id)
+                    .await
+                    .map_err(|e| super::internal("list messages", e))?
+                    .into_iter()
+                    .map(|m| store::message_json(&m.id, &m.conversation_id, &m.role, &m.content, &m.metadata, m.created_at))
+                    .collect(),
+                None => Vec::new(),
+            };
+            // What D1 lacks yet (a reply sent just now, a copy that failed) is read from the
+            // conversation, so a client that reads at agent:end finds the reply.
+            let held = match super::admin::call_object(env, id, "held", Method::Get, None).await {
+                Ok(v) => v,
+                Err(e) => {
+                    worker::console_warn!("reading held messages: {}", e.message());
+                    serde_json::Value::Null
+                }
+            };
+            if owner.is_none() && held["owner"].as_str() != Some(user.as_str()) {
+                return Err(missing());
+            }
+            let held: Vec<serde_json::Value> = serde_json::from_value(held["messages"].clone()).unwrap_or_default();
+            let messages = store::merge_history(copied, held);
             json_response(200, &serde_json::json!({ "conversationId": id, "messages": messages }))
         }
         ["models"] => {

@@ -96,11 +96,17 @@ async function messagesOf(token, conversationId) {
 
 const requestsExactly = (content) => up.requests.filter((r) => r.lastUserText === content);
 
-/** The conversation's messages in D1 once there are at least `count` (its history answers 404 until its first copy). */
+/**
+ * The conversation's messages in D1 once there are at least `count` (the history marks `held` what only the
+ * conversation has yet).
+ */
 function eventuallyInD1(token, conversationId, count, { timeout, interval = 100, what }) {
   return eventually(async () => {
+    const list = await gw.http('GET', '/api/conversations', { token });
+    if (!(list.json?.conversations ?? []).some((c) => c.id === conversationId)) return null;
     const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
-    return res.status === 200 && res.json.messages.length >= count ? res.json.messages : null;
+    const copied = res.status === 200 ? res.json.messages.filter((m) => !m.held) : [];
+    return copied.length >= count ? copied : null;
   }, { timeout, interval, what });
 }
 
@@ -200,7 +206,7 @@ describe('the conversation keeps the message, D1 gets a copy', () => {
     const content = `copied while running ${uniq()} [[slow deltas=10 delay=250]]`;
     a.send('message', { conversationId, content });
     const ack = await a.next('message:ack');
-    // Until the copy the conversation is not in D1 yet: its history answers 404.
+    // Until the copy the conversation is not in D1 yet.
     const stored = await eventuallyInD1(token, conversationId, 1, { timeout: 2000, interval: 50, what: 'the user message in D1 while the turn runs' });
     assert.equal(a.events.some((f) => f.event === 'agent:end'), false, 'checked while the turn was still running');
     assert.deepEqual(stored.map((m) => [m.id, m.role, m.content]), [[ack.data.messageId, 'user', content]]);
@@ -245,7 +251,7 @@ describe('D1 refuses a turn\'s closing copy', () => {
     const replyInD1 = async () => {
       const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
       assert.ok(res.status === 200 || res.status === 404, `${res.status}: ${res.text}`);
-      return res.status === 200 && res.json.messages.some((m) => m.role === 'assistant');
+      return res.status === 200 && res.json.messages.some((m) => m.role === 'assistant' && !m.held);
     };
     assert.equal(await replyInD1(), false, 'no reply in D1 while D1 refuses it');
     await sleep(1500);

@@ -156,6 +156,9 @@ impl DurableObject for ConversationObject {
             // A socket.io socket that authenticates in its CONNECT packet: held without loading.
             return self.attach_unauthenticated(&conversation, &config).await;
         }
+        if path == "/held" {
+            return self.held_messages().await;
+        }
         self.load(Some(&conversation)).await?;
         match path.as_str() {
             "/connect" => self.attach(&req, &config).await,
@@ -281,7 +284,7 @@ impl DurableObject for ConversationObject {
             let mut copies = 0;
             while copies < 10 && self.outbox_waiting() {
                 copies += 1;
-                if let Err(e) = self.copy_to_d1(&d, CopyKind::Retry, None, Vec::new).await {
+                if let Err(e) = self.copy_to_d1(&d, CopyKind::Retry, Vec::new).await {
                     console_warn!("retrying the copy to D1: {e}");
                     break;
                 }
@@ -368,6 +371,48 @@ impl ConversationObject {
         Ok(())
     }
 
+    /// The owner and the messages this conversation holds that D1 may lack, for the history
+    /// over HTTP. A conversation that never stored anything answers without creating storage.
+    async fn held_messages(&self) -> Result<Response> {
+        #[derive(Deserialize)]
+        struct Table {
+            #[allow(dead_code)]
+            name: String,
+        }
+        let known = self.room.borrow().loaded
+            || !self
+                .sql()
+                .exec(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'kv'",
+                    None,
+                )?
+                .to_array::<Table>()?
+                .is_empty();
+        if !known {
+            return super::json_response(200, &json!({ "owner": null, "messages": [] }));
+        }
+        self.load(None).await?;
+        let (id, owner) = {
+            let room = self.room.borrow();
+            (room.id.clone(), room.owner.clone())
+        };
+        let messages: Vec<Value> = self
+            .kept_messages()?
+            .iter()
+            .map(|m| {
+                store::message_json(
+                    &m.id,
+                    &id,
+                    &m.role,
+                    &m.content,
+                    &m.metadata,
+                    m.created_at as f64,
+                )
+            })
+            .collect();
+        super::json_response(200, &json!({ "owner": owner, "messages": messages }))
+    }
+
     fn kv_put(&self, key: &str, value: &str) {
         if let Err(e) = self.sql().exec(
             "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)",
@@ -382,7 +427,7 @@ impl ConversationObject {
         self.save_session_locally();
         if let Ok(d) = db::db(&self.env) {
             let mirror = || self.session_mirror(&d).into_iter().collect();
-            if let Err(e) = self.copy_to_d1(&d, CopyKind::Session, None, mirror).await {
+            if let Err(e) = self.copy_to_d1(&d, CopyKind::Session, mirror).await {
                 console_warn!("mirroring the session to D1: {e}");
             }
         }

@@ -45,33 +45,28 @@ impl ConversationObject {
         self.sql().exec(outbox::ALL, None)?.to_array()
     }
 
-    /// Copies the waiting messages to D1 in one batch, then `unkept` (a message not written here:
-    /// the reply at a turn's end), then the statements `extra` builds (session mirror, live
+    /// Copies the waiting messages to D1 in one batch, then the statements `extra` builds (session mirror, live
     /// registry). One copy runs at a time, so D1 numbers the messages in the order they were
     /// written, and `extra` is built once this copy holds the lock, so it says what is true when
     /// it runs. Which rows go and what the result means is the pure `Replicator`'s; this only
     /// runs the batch, the delete and the retry alarm it asks for.
-    ///
-    /// Answers whether `unkept` went with the batch (see `Replicator::plan`); the caller
-    /// otherwise keeps it here, behind the others.
     pub(super) async fn copy_to_d1(
         &self,
         d: &D1Database,
         kind: CopyKind,
-        unkept: Option<&OutboxRow>,
         extra: impl FnOnce() -> Vec<D1PreparedStatement>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let _copying = self.copy_lock.lock().await;
         let plan = self
             .replicator
             .borrow()
-            .plan(kind, self.waiting_messages()?, unkept);
+            .plan(kind, self.waiting_messages()?);
         let extra = extra();
         if plan.rows.is_empty() && extra.is_empty() {
             // Nothing to send; rows an earlier copy took may still be deleted.
             let due = self.replicator.borrow().delete_due(kind);
             self.settle_copied(due);
-            return Ok(false);
+            return Ok(());
         }
         let id = self.room.borrow().id.clone();
         let mut batch = Vec::with_capacity(plan.rows.len() + 2 + extra.len());
@@ -95,7 +90,7 @@ impl ConversationObject {
         match (after, result) {
             (AfterCopy::Settle { delete_through }, Ok(_)) => {
                 self.settle_copied(delete_through);
-                Ok(plan.carries_unkept)
+                Ok(())
             }
             (AfterCopy::RetryAfter { ms }, Err(e)) => {
                 let delay = ms.max(RETRY_FLOOR_MS);
@@ -107,7 +102,7 @@ impl ConversationObject {
                 Err(e)
             }
             (_, Err(e)) => Err(e),
-            (_, Ok(_)) => Ok(plan.carries_unkept),
+            (_, Ok(_)) => Ok(()),
         }
     }
 

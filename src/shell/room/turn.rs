@@ -272,7 +272,7 @@ impl ConversationObject {
                         .into_iter()
                         .collect()
                 };
-                if let Err(e) = self.copy_to_d1(&d, CopyKind::MidTurn, None, live).await {
+                if let Err(e) = self.copy_to_d1(&d, CopyKind::MidTurn, live).await {
                     self.live_unknown();
                     console_warn!("copying the user message to D1 (will retry): {e}");
                 }
@@ -427,16 +427,32 @@ impl ConversationObject {
     /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
     pub(super) async fn end_early(&self, id: &str, error: &RoomError, d: &D1Database) {
         self.broadcast("error", error.event_payload(Some(id)));
-        self.copy_turn_end(d, None).await;
         self.broadcast("agent:end", reply::early_end_payload(id, error));
+        self.copy_turn_end(d).await;
     }
 
-    /// The end of a turn in D1, in one batch: the messages still waiting, the reply, the session
-    /// mirror and the live registry. The reply is written here only when it did not go with that
-    /// batch (the batch failed, or older rows wait beyond it), and an alarm copies it: either way
-    /// it is durable before `agent:end`, and a turn whose copy succeeds writes its object storage
-    /// once, after the copy, not also before it. The session is saved in that same write.
-    pub(super) async fn copy_turn_end(&self, d: &D1Database, reply: Option<OutboxRow>) {
+    /// Keeps the reply in the conversation's own storage; a failure is told to every socket.
+    fn keep_reply(&self, r: &OutboxRow) {
+        let kept = self.keep_message(
+            &r.id,
+            &r.role,
+            &r.author,
+            &r.content,
+            &r.metadata,
+            r.created_at,
+        );
+        if let Err(e) = kept {
+            console_error!("storing the assistant message: {e}");
+            let id = self.room.borrow().id.clone();
+            let e = RoomError::internal("the reply could not be stored");
+            self.broadcast("error", e.event_payload(Some(&id)));
+        }
+    }
+
+    /// The end of a turn in D1, in one batch: the messages waiting (the reply among them), the
+    /// session mirror and the live registry. A failed copy stays in the outbox and is retried
+    /// by alarm.
+    pub(super) async fn copy_turn_end(&self, d: &D1Database) {
         self.closing.set(true);
         let extra = || {
             let turning = !self.room.borrow().queue.is_empty();
@@ -444,39 +460,13 @@ impl ConversationObject {
             self.session_mirror(d).into_iter().chain(live).collect()
         };
         // `mirrored`: the session mirror in the batch sets updated_at.
-        let (copied, failed) = match self
-            .copy_to_d1(d, CopyKind::TurnEnd, reply.as_ref(), extra)
-            .await
-        {
-            Ok(copied) => (copied, false),
-            Err(e) => {
-                self.live_unknown();
-                console_warn!("copying the turn to D1 (will retry): {e}");
-                (false, true)
-            }
-        };
-        if let (Some(r), false) = (&reply, copied) {
-            let kept = self.keep_message(
-                &r.id,
-                &r.role,
-                &r.author,
-                &r.content,
-                &r.metadata,
-                r.created_at,
-            );
-            match kept {
-                // A failed copy armed its retry; a backlog the batch could not take needs one.
-                Ok(()) if !failed => self.arm_alarm_within(RETRY_FLOOR_MS).await,
-                Ok(()) => {}
-                Err(e) => {
-                    console_error!("storing the assistant message: {e}");
-                    let id = self.room.borrow().id.clone();
-                    let e = RoomError::internal("the reply could not be stored");
-                    self.broadcast("error", e.event_payload(Some(&id)));
-                }
-            }
+        if let Err(e) = self.copy_to_d1(d, CopyKind::TurnEnd, extra).await {
+            self.live_unknown();
+            console_warn!("copying the turn to D1 (will retry): {e}");
+        } else if self.outbox_waiting() {
+            // A backlog the batch could not take: an alarm copies the rest.
+            self.arm_alarm_within(RETRY_FLOOR_MS).await;
         }
-        self.save_session_locally();
     }
 
     /// Decides the model, agent and context of a turn. Errs only when the history cannot be read.
@@ -829,10 +819,17 @@ impl ConversationObject {
             }
             room.session.metrics.record_turn(&usage);
         }
-        // In D1 before agent:end, so a client that reads the history then finds the reply.
-        self.copy_turn_end(d, reply).await;
+        // In the conversation's own storage before agent:end (the runtime sends agent:end once
+        // the write is committed), its checkpoints gone in the same write; D1 gets it after, and
+        // the history over HTTP reads what D1 lacks from here.
+        if let Some(r) = &reply {
+            self.keep_reply(r);
+        }
+        self.clear_checkpoint();
+        self.save_session_locally();
         self.broadcast("agent:end", reply::end_payload(&id, &usage, stop, error));
         self.aborted.set(false);
+        self.copy_turn_end(d).await;
         // The sequence number is saved once the queue drains (on_message), for every way a turn ends.
     }
 }
