@@ -50,6 +50,8 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// When a running turn's stream events are written to the conversation's storage.
     pub checkpoint: crate::conversation::checkpoint::CheckpointPolicy,
+    /// Whether a turn a restart interrupted is continued after it is stored.
+    pub resume_interrupted: crate::conversation::checkpoint::ResumePolicy,
 }
 
 /// A variable that is present but unusable.
@@ -196,6 +198,17 @@ impl Config {
             checkpoint: crate::conversation::checkpoint::CheckpointPolicy {
                 every_ms: number(&var, "CHECKPOINT_INTERVAL_MS", 1_000, 50, 60_000)?,
                 every_bytes: number(&var, "CHECKPOINT_BYTES", 8_192, 256, 1 << 20)? as usize,
+            },
+            resume_interrupted: match var("RESUME_INTERRUPTED_TURNS") {
+                None => crate::conversation::checkpoint::ResumePolicy::Auto,
+                Some(v) => {
+                    crate::conversation::checkpoint::ResumePolicy::parse(&v).ok_or_else(|| {
+                        ConfigError {
+                            variable: "RESUME_INTERRUPTED_TURNS",
+                            reason: format!("\"{v}\" is not auto, on or off"),
+                        }
+                    })?
+                }
             },
         })
     }

@@ -6,7 +6,7 @@
 //! runs and as soon as it returns. Recovery never runs anything again; it stores what was shown.
 
 use super::{StreamLog, ToolCallRecord, Turn};
-use crate::llm::{ChatMessage, ToolCall, Usage};
+use crate::llm::{ChatMessage, ProviderKind, ToolCall, Usage};
 use crate::protocol::OutEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -168,6 +168,9 @@ pub struct TurnRecord {
     pub steps: u32,
     /// The tool call being run when this was written.
     pub running_tool: Option<ToolCall>,
+    /// The interrupted reply this turn continues: a continuation that is interrupted in turn
+    /// is stored, not continued again.
+    pub continues: Option<String>,
 }
 
 impl TurnRecord {
@@ -282,6 +285,104 @@ pub fn recover(record: Option<TurnRecord>, events: &[SavedEvent]) -> Option<Reco
         turn,
         events,
     })
+}
+
+/// Whether a turn the gateway stored as interrupted is continued by a new model call
+/// (`RESUME_INTERRUPTED_TURNS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePolicy {
+    /// Only on Anthropic-compatible providers, whose assistant prefill continues the partial
+    /// text where it stopped; elsewhere the model would answer the user message again.
+    Auto,
+    /// On every provider.
+    Always,
+    Never,
+}
+
+impl ResumePolicy {
+    /// `auto`, `on` / `true` / `1`, `off` / `false` / `0`.
+    pub fn parse(value: &str) -> Option<ResumePolicy> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(ResumePolicy::Auto),
+            "on" | "true" | "1" => Some(ResumePolicy::Always),
+            "off" | "false" | "0" => Some(ResumePolicy::Never),
+            _ => None,
+        }
+    }
+
+    /// Whether a turn interrupted on a provider of `kind` is continued.
+    pub fn applies(self, kind: ProviderKind) -> bool {
+        match self {
+            ResumePolicy::Auto => kind == ProviderKind::Anthropic,
+            ResumePolicy::Always => true,
+            ResumePolicy::Never => false,
+        }
+    }
+}
+
+/// The call that continues a turn stored as interrupted, kept in storage until it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Continuation {
+    /// The stored partial reply it continues.
+    pub reply_id: String,
+    pub provider: String,
+    pub model: String,
+}
+
+impl Recovered {
+    /// The continuation this recovered turn gets under `policy`, its provider being of `kind`
+    /// (`None`: no longer configured). A turn that was itself a continuation gets none, so a
+    /// turn that kills its object every time is not run forever.
+    pub fn continuation(
+        &self,
+        reply_id: &str,
+        policy: ResumePolicy,
+        kind: Option<ProviderKind>,
+    ) -> Option<Continuation> {
+        let r = &self.record;
+        let resumable = r.continues.is_none()
+            && !r.provider.is_empty()
+            && !r.model.is_empty()
+            && kind.is_some_and(|k| policy.applies(k));
+        resumable.then(|| Continuation {
+            reply_id: reply_id.to_string(),
+            provider: r.provider.clone(),
+            model: r.model.clone(),
+        })
+    }
+}
+
+/// Shapes the context of the call that continues an interrupted turn (the history ends with
+/// the stored partial reply). On Anthropic a final assistant message is a prefill the model
+/// continues; the API refuses one that ends in whitespace, so it is trimmed, and an empty one
+/// is dropped. Elsewhere the partial stays as an ordinary assistant message. Returns whether
+/// the call prefills (Anthropic refuses a prefill with extended thinking on: the call runs
+/// without it).
+pub fn continuation_context(kind: ProviderKind, messages: &mut Vec<ChatMessage>) -> bool {
+    if kind != ProviderKind::Anthropic {
+        return false;
+    }
+    let Some(ChatMessage::Assistant {
+        content,
+        thinking,
+        tool_calls,
+    }) = messages.last_mut()
+    else {
+        return false;
+    };
+    if !tool_calls.is_empty() {
+        // A complete step with calls: their results follow, or it is not a prefill.
+        return false;
+    }
+    let kept = content.trim_end().len();
+    content.truncate(kept);
+    *thinking = None;
+    if content.is_empty() {
+        messages.pop();
+        return false;
+    }
+    true
 }
 
 impl StreamLog {
@@ -450,5 +551,121 @@ mod tests {
         assert_eq!(r.turn.tool_records.len(), 1);
         assert!(r.turn.tool_records[0].is_error);
         assert_eq!(r.turn.text, "paying ");
+    }
+
+    #[test]
+    fn resume_policy_reads_its_values_and_defaults_to_anthropic_only() {
+        assert_eq!(ResumePolicy::parse("AUTO"), Some(ResumePolicy::Auto));
+        assert_eq!(ResumePolicy::parse("on"), Some(ResumePolicy::Always));
+        assert_eq!(ResumePolicy::parse("0"), Some(ResumePolicy::Never));
+        assert_eq!(ResumePolicy::parse("sometimes"), None);
+        assert!(ResumePolicy::Auto.applies(ProviderKind::Anthropic));
+        assert!(!ResumePolicy::Auto.applies(ProviderKind::OpenAi));
+        assert!(ResumePolicy::Always.applies(ProviderKind::OpenAi));
+        assert!(!ResumePolicy::Never.applies(ProviderKind::Anthropic));
+    }
+
+    fn assistant(text: &str, calls: Vec<ToolCall>) -> ChatMessage {
+        ChatMessage::Assistant {
+            content: text.into(),
+            thinking: None,
+            tool_calls: calls,
+        }
+    }
+
+    #[test]
+    fn an_anthropic_continuation_prefills_the_partial_without_trailing_whitespace() {
+        let user = ChatMessage::User {
+            content: "tell me".into(),
+        };
+        let mut messages = vec![user.clone(), assistant("Once upon a time \n", vec![])];
+        assert!(continuation_context(ProviderKind::Anthropic, &mut messages));
+        assert_eq!(
+            messages,
+            vec![user.clone(), assistant("Once upon a time", vec![])]
+        );
+
+        // Only whitespace shown: no prefill, the model answers the user message.
+        let mut messages = vec![user.clone(), assistant("  \n", vec![])];
+        assert!(!continuation_context(
+            ProviderKind::Anthropic,
+            &mut messages
+        ));
+        assert_eq!(messages, vec![user.clone()]);
+
+        // Interrupted between steps: the last message is a tool result, an ordinary call.
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "lookup".into(),
+            arguments: "{}".into(),
+        };
+        let result = ChatMessage::Tool {
+            tool_call_id: "c1".into(),
+            name: "lookup".into(),
+            content: INTERRUPTED_TOOL.into(),
+            is_error: true,
+        };
+        let mut messages = vec![user.clone(), assistant("", vec![call]), result];
+        let before = messages.clone();
+        assert!(!continuation_context(
+            ProviderKind::Anthropic,
+            &mut messages
+        ));
+        assert_eq!(messages, before);
+    }
+
+    #[test]
+    fn elsewhere_the_partial_stays_in_the_history_as_it_was() {
+        let mut messages = vec![
+            ChatMessage::User {
+                content: "tell me".into(),
+            },
+            assistant("Once upon ", vec![]),
+        ];
+        let before = messages.clone();
+        assert!(!continuation_context(ProviderKind::OpenAi, &mut messages));
+        assert_eq!(messages, before);
+    }
+
+    #[test]
+    fn a_recovered_turn_is_continued_once_and_only_where_the_policy_says() {
+        let record = TurnRecord {
+            reply_id: "r1".into(),
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            ..TurnRecord::default()
+        };
+        let recovered = recover(Some(record.clone()), &[]).unwrap();
+        let anthropic = Some(ProviderKind::Anthropic);
+        let c = recovered
+            .continuation("r1", ResumePolicy::Auto, anthropic)
+            .unwrap();
+        assert_eq!(
+            (c.reply_id.as_str(), c.model.as_str()),
+            ("r1", "claude-sonnet-4-5")
+        );
+        assert!(recovered
+            .continuation("r1", ResumePolicy::Auto, Some(ProviderKind::OpenAi))
+            .is_none());
+        assert!(recovered
+            .continuation("r1", ResumePolicy::Never, anthropic)
+            .is_none());
+        assert!(
+            recovered
+                .continuation("r1", ResumePolicy::Always, None)
+                .is_none(),
+            "a provider no longer configured"
+        );
+        let again = recover(
+            Some(TurnRecord {
+                continues: Some("r0".into()),
+                ..record
+            }),
+            &[],
+        )
+        .unwrap();
+        assert!(again
+            .continuation("r1", ResumePolicy::Always, anthropic)
+            .is_none());
     }
 }

@@ -47,14 +47,7 @@ pub fn plan_turn(
     if let Some(agent) = &message.agent_id {
         session.agent = Some(agent.clone());
     }
-    let agent_name = session.agent.clone();
-    let agent: Option<AgentConfig> = agent_name
-        .as_ref()
-        .and_then(|n| agents::find_for(operator.agents, n, user).cloned());
-    let missing_agent = agent_name.filter(|_| agent.is_none());
-    if missing_agent.is_some() {
-        session.agent = None;
-    }
+    let (agent, missing_agent) = session_agent(session, user, operator);
     let candidates: Vec<RoutingDecision> =
         candidates(session, message, user, agent.as_ref(), operator, config)
             .into_iter()
@@ -71,13 +64,7 @@ pub fn plan_turn(
         session.clamp_thinking(&levels);
     }
     let tools = agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default();
-    let mut base = Vec::with_capacity(history.len() + 2);
-    if let Some(a) = agent.as_ref().filter(|a| !a.system_prompt.is_empty()) {
-        base.push(ChatMessage::System {
-            content: a.system_prompt.clone(),
-        });
-    }
-    base.extend(history.iter().cloned());
+    let mut base = context(agent.as_ref(), history);
     let user_message = ChatMessage::User {
         content: message.content.clone(),
     };
@@ -90,6 +77,68 @@ pub fn plan_turn(
         tools,
         base,
     }
+}
+
+/// Plans the call that continues a turn the gateway stored as interrupted: the session's agent
+/// (checked again) and its tools, the history as the context (it ends with the stored partial
+/// reply) and the model the interrupted turn used, when its provider is still configured.
+pub fn plan_continuation(
+    session: &mut SessionState,
+    history: &[ChatMessage],
+    user: &str,
+    operator: Operator<'_>,
+    config: &Config,
+    target: Target,
+) -> TurnPlan {
+    let (agent, missing_agent) = session_agent(session, user, operator);
+    let candidates = match config.provider(&target.provider) {
+        Some(_) if !target.model.is_empty() => vec![RoutingDecision {
+            provider: target.provider,
+            model: target.model,
+            rule_name: "resume".into(),
+            reason: "continues the turn a restart interrupted".into(),
+        }],
+        _ => Vec::new(),
+    };
+    if let Some(first) = candidates.first() {
+        session.use_model(&first.provider, &first.model);
+    }
+    TurnPlan {
+        missing_agent,
+        tools: agent.as_ref().map(|a| a.tool_specs()).unwrap_or_default(),
+        base: context(agent.as_ref(), history),
+        agent,
+        candidates,
+    }
+}
+
+/// The session's agent if `user` may still run it; else none, and the name that was dropped.
+fn session_agent(
+    session: &mut SessionState,
+    user: &str,
+    operator: Operator<'_>,
+) -> (Option<AgentConfig>, Option<String>) {
+    let agent_name = session.agent.clone();
+    let agent: Option<AgentConfig> = agent_name
+        .as_ref()
+        .and_then(|n| agents::find_for(operator.agents, n, user).cloned());
+    let missing_agent = agent_name.filter(|_| agent.is_none());
+    if missing_agent.is_some() {
+        session.agent = None;
+    }
+    (agent, missing_agent)
+}
+
+/// The agent's system prompt, then the history.
+fn context(agent: Option<&AgentConfig>, history: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut base = Vec::with_capacity(history.len() + 2);
+    if let Some(a) = agent.filter(|a| !a.system_prompt.is_empty()) {
+        base.push(ChatMessage::System {
+            content: a.system_prompt.clone(),
+        });
+    }
+    base.extend(history.iter().cloned());
+    base
 }
 
 /// Candidates in order: override, client choice, agent model, then routing rules and the
@@ -343,6 +392,58 @@ mod tests {
         assert_eq!(plan.candidates[0].provider, "anthropic");
         assert_eq!(session.agent.as_deref(), Some("helper"));
         assert_eq!(session.thinking(), ThinkingLevel::High);
+    }
+
+    #[test]
+    fn a_continuation_keeps_the_interrupted_model_and_adds_nothing_to_the_history() {
+        let w = World::new(
+            Vec::new(),
+            vec![agent(
+                json!({ "name": "helper", "systemPrompt": "be brief", "public": true }),
+            )],
+        );
+        let mut session = SessionState {
+            agent: Some("helper".into()),
+            ..SessionState::default()
+        };
+        let history = vec![
+            ChatMessage::User {
+                content: "tell me".into(),
+            },
+            ChatMessage::Assistant {
+                content: "Once".into(),
+                thinking: None,
+                tool_calls: Vec::new(),
+            },
+        ];
+        let target = |provider: &str| Target {
+            provider: provider.into(),
+            model: "claude-sonnet-4-5".into(),
+        };
+        let plan = plan_continuation(
+            &mut session,
+            &history,
+            "alice",
+            w.operator(),
+            &w.config,
+            target("anthropic"),
+        );
+        assert_eq!(plan.candidates.len(), 1);
+        assert_eq!(plan.candidates[0].rule_name, "resume");
+        assert_eq!(session.provider.as_deref(), Some("anthropic"));
+        assert_eq!(plan.base.len(), 3, "the prompt, then the history as it is");
+        assert_eq!(plan.base[2], history[1]);
+
+        // The provider is gone from the configuration: nothing to continue with.
+        let gone = plan_continuation(
+            &mut session,
+            &history,
+            "alice",
+            w.operator(),
+            &w.config,
+            target("mistral"),
+        );
+        assert!(gone.candidates.is_empty());
     }
 
     #[test]

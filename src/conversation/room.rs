@@ -1,6 +1,6 @@
 //! A conversation's state and the decisions on it that need no I/O: loading it from its record, which client events it takes, the queue of messages behind the running turn, the bookkeeping once a message is stored, and its sockets. Generic over the socket handle, so every branch runs on the host.
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Continuation};
 use super::socket::{self, SocketMeta};
 use super::{seen, Admission, AdmissionState, ReplayGap, SessionState, StreamLog};
 use crate::error::RoomError;
@@ -54,6 +54,9 @@ pub struct StoredWrites {
     pub prune: Option<(i64, u64)>,
 }
 
+/// The key-value row of a continuation waiting to run.
+pub const CONTINUATION_KEY: &str = "continuation";
+
 /// Why a conversation could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoId;
@@ -82,6 +85,8 @@ pub struct Room<S> {
     pub sockets: Option<Vec<(S, SocketMeta)>>,
     /// What of the running turn is written to storage, should this instance die.
     pub checkpoint: Checkpoint,
+    /// A turn stored as interrupted waits to be continued (kept in storage too).
+    pub continuation: Option<Continuation>,
     /// clientMessageIds remembered by this instance: every `seen::PRUNE_EVERY`th prunes the table.
     seen_inserts: u64,
     replay_window_ms: u64,
@@ -105,6 +110,7 @@ impl<S: Clone> Room<S> {
             queue: VecDeque::new(),
             sockets: None,
             checkpoint: Checkpoint::default(),
+            continuation: None,
             seen_inserts: 0,
             replay_window_ms,
         }
@@ -128,6 +134,7 @@ impl<S: Clone> Room<S> {
         self.id = id;
         self.owner = get("owner");
         self.stored_any = get("stored").is_some();
+        self.continuation = get(CONTINUATION_KEY).and_then(|t| serde_json::from_str(&t).ok());
         self.orphaned_outbox = self.stored_any && outbox_waiting;
         self.session = get("session")
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -221,6 +228,17 @@ impl<S: Clone> Room<S> {
 
     /// The next queued message whose turn runs now; `None` when the queue is empty, and then
     /// no turn runs any more.
+    /// The continuation to run now, if one waits and no turn runs; it counts as the running
+    /// turn (messages queue behind it) until [`Room::next_turn`] says none is left.
+    pub fn begin_continuation(&mut self) -> Option<Continuation> {
+        if self.turn_running {
+            return None;
+        }
+        let next = self.continuation.take()?;
+        self.turn_running = true;
+        Some(next)
+    }
+
     pub fn next_turn(&mut self) -> Option<Pending<S>> {
         let next = self.queue.pop_front();
         if next.is_none() {
@@ -418,6 +436,27 @@ mod tests {
             .load(|k| (k == "stored").then(|| "1".into()), Some("c1"), true)
             .unwrap();
         assert!(orphaned.orphaned_outbox);
+    }
+
+    #[test]
+    fn a_stored_continuation_runs_once_when_no_turn_runs_and_messages_queue_behind_it() {
+        let waiting = r#"{"replyId":"r1","provider":"anthropic","model":"m"}"#;
+        let mut room = loaded(&[(CONTINUATION_KEY, waiting)]);
+        room.turn_running = true;
+        assert_eq!(room.begin_continuation(), None, "not while a turn runs");
+        room.turn_running = false;
+        let c = room.begin_continuation().unwrap();
+        assert_eq!(c.reply_id, "r1");
+        assert!(room.turn_running);
+        assert_eq!(room.begin_continuation(), None, "once");
+        assert!(matches!(
+            room.offer(pending(1, None), None, 8),
+            Offer::Queued
+        ));
+        assert!(room.next_turn().is_some());
+        assert!(room.next_turn().is_none() && !room.turn_running);
+        let unreadable = loaded(&[(CONTINUATION_KEY, "{")]);
+        assert_eq!(unreadable.continuation, None);
     }
 
     #[test]

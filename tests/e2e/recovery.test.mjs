@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { startFakeUpstream, textOf } from '../support/fake-upstream.mjs';
 import { startToolServer } from '../support/tool-server.mjs';
-import { eventually, startGateway, uniq } from '../support/harness.mjs';
+import { eventually, startGateway, summarizeTurn, uniq } from '../support/harness.mjs';
 
 // Batches every 200 ms (small so a test's few seconds cross several); deltas every 50 ms.
 const CHECKPOINT_MS = 200;
@@ -212,5 +212,100 @@ describe('a restart while a tool runs', () => {
     assert.equal(results.length, 1, JSON.stringify(req.body.messages));
     assert.match(textOf(results[0].content), /^interrupted: the gateway restarted/);
     await back.close();
+  });
+});
+
+describe('continuing an interrupted turn (RESUME_INTERRUPTED_TURNS: auto continues Anthropic turns)', () => {
+  test('the partial reply is a prefill: the model goes on where the stream stopped, and the two stored parts make the whole answer', async () => {
+    const { token } = await user();
+    const conversationId = randomUUID();
+    const client = await open(token, conversationId);
+    // Longer than the 120 deltas, so the fake's pieces are all text.
+    const words = `continue me ${uniq()} ${'and on '.repeat(20).trim()}`;
+    const content = `${words} [[slow deltas=120 delay=${DELTA_MS}]]`;
+    const whole = `You said: ${words}`;
+    client.send('message', { conversationId, content, provider: 'anthropic', modelId: 'claude-sonnet-4-5' });
+    await eventually(() => deltas(client).length >= 30, { timeout: 15_000, what: '30 deltas' });
+    await killAndRestart();
+    await client.closed;
+    const lastSeq = Math.max(...client.events.filter((f) => typeof f.seq === 'number').map((f) => f.seq));
+
+    const back = await open(token, conversationId, lastSeq);
+    const interrupted = await back.until('agent:end', { timeout: 20_000 });
+    assert.equal(interrupted.at(-1).data.stopReason, 'interrupted', back.log.dump());
+    restarts.recovered += 1;
+    const continued = summarizeTurn(await back.until('agent:end', { timeout: 30_000 }));
+    assert.equal(continued.end.data.stopReason, 'stop', back.log.dump());
+    assert.ok(continued.start, 'the continuation starts like a turn');
+    assert.equal(continued.ack, undefined, 'it answers no new message');
+
+    const msgs = await history(token, conversationId, (m) => m.filter((x) => x.role === 'assistant').length === 2);
+    assert.deepEqual(msgs.map((m) => m.role), ['user', 'assistant', 'assistant']);
+    const [, partial, rest] = msgs;
+    assert.equal(partial.metadata.stopReason, 'interrupted');
+    assert.equal(continued.start.data.continues, partial.id, 'agent:start names the reply it continues');
+    assert.equal(rest.content, continued.text, 'the continuation is stored as it was streamed');
+    assert.equal(partial.content.trimEnd() + rest.content, whole, 'the partial and its continuation are the whole answer');
+
+    const calls = up.requestsFor(content);
+    assert.equal(calls.length, 2, 'one call, then one continuation');
+    assert.equal(calls[1].prefill, partial.content.trimEnd(), 'the partial goes back as the assistant prefill, trimmed');
+    assert.notEqual(calls[1].body.thinking?.type, 'enabled', 'a prefill runs without thinking');
+
+    const next = `and after that ${uniq()}`;
+    const t = await back.turn(next, { provider: 'anthropic', modelId: 'claude-sonnet-4-5' });
+    assert.equal(t.end.data.stopReason, 'stop', JSON.stringify(t.end.data));
+    const [req] = up.requestsFor(next);
+    const roles = req.body.messages.map((m) => m.role);
+    assert.equal(roles.at(-1), 'user');
+    assert.equal(req.body.messages.filter((m) => m.role === 'assistant').map((m) => textOf(m.content)).join(''), partial.content + rest.content);
+    await back.close();
+  });
+});
+
+describe('a restart during the closing copy', () => {
+  test('a reply acknowledged by agent:end survives a kill right after it, and is stored once', async () => {
+    const { token } = await user();
+    const conversationId = randomUUID();
+    const client = await open(token, conversationId);
+    const content = `closing copy ${uniq()} [[slow deltas=5 delay=20]]`;
+    // The copy to D1 follows agent:end: the kill lands before, during or after it.
+    const t = await client.turn(content);
+    assert.equal(t.end.data.stopReason, 'stop');
+    await killAndRestart();
+    const msgs = await history(token, conversationId, (m) => m.length >= 2 && m.every((x) => !x.held));
+    assert.deepEqual(msgs.map((m) => m.role), ['user', 'assistant'], 'each message once, and in D1');
+    assert.equal(msgs[1].content, t.text);
+    assert.equal(msgs[1].metadata.stopReason, 'stop');
+    assert.equal(up.requestsFor(content).length, 1);
+    const back = await open(token, conversationId);
+    const next = await back.turn(`after the copy ${uniq()}`);
+    assert.equal(next.end.data.stopReason, 'stop');
+    await back.close();
+  });
+});
+
+describe('the history of a conversation D1 does not hold yet', () => {
+  test('is its owner\'s only: another user gets the same 404 as for an unknown id', async () => {
+    const alice = await user();
+    const bob = await user();
+    const conversationId = randomUUID();
+    const client = await open(alice.token, conversationId);
+    client.send('message', { conversationId, content: `not in D1 yet ${uniq()} [[slow deltas=40 delay=${DELTA_MS}]]` });
+    await client.next('message:ack');
+    const path = `/api/conversations/${conversationId}/messages`;
+    const [theirs, unknown, own] = await Promise.all([
+      gw.http('GET', path, { token: bob.token }),
+      gw.http('GET', `/api/conversations/${randomUUID()}/messages`, { token: bob.token }),
+      gw.http('GET', path, { token: alice.token }),
+    ]);
+    assert.equal(own.status, 200, own.text);
+    assert.ok(own.json.messages.some((m) => m.role === 'user' && m.held === true), `read from the conversation, not D1: ${own.text}`);
+    assert.equal(theirs.status, 404, theirs.text);
+    assert.equal(unknown.status, 404);
+    assert.deepEqual(theirs.json, unknown.json, 'nothing tells the two apart');
+    assert.ok(!theirs.text.includes('not in D1 yet'));
+    await client.until('agent:end', { timeout: 20_000 });
+    await client.close();
   });
 });

@@ -556,6 +556,26 @@ export async function startFakeUpstream({ openaiKey = 'test-openai-key', anthrop
     const flakyCount = (flakyCounts.get(lastUserText) ?? 0) + 1;
     flakyCounts.set(lastUserText, flakyCount);
     const plan = buildPlan({ provider, body, lastUserText, toolResults, directives, stripped, flakyCount, nextId });
+    if (provider === 'anthropic') {
+      // A final assistant message is a prefill: the API refuses one that ends in whitespace or
+      // comes with thinking on, and otherwise the answer goes on from where it stops.
+      const last = messages.at(-1);
+      if (last?.role === 'assistant') {
+        const prefill = textOf(last.content) ?? '';
+        if (/\s$/.test(prefill)) {
+          return sendJson(400, errorBody('anthropic', 400, { message: 'messages: final assistant content cannot end with trailing whitespace' }));
+        }
+        if (body.thinking?.type === 'enabled') {
+          return sendJson(400, errorBody('anthropic', 400, { message: 'messages: the final assistant message cannot be a prefill when thinking is enabled' }));
+        }
+        rec.prefill = prefill;
+        const whole = plan.text.every((piece) => typeof piece === 'string') ? plan.text.join('') : null;
+        if (whole !== null && prefill !== '' && whole.startsWith(prefill)) {
+          const rest = whole.slice(prefill.length);
+          plan.text = rest === '' ? [] : splitInto(rest, Math.min(plan.text.length, rest.length));
+        }
+      }
+    }
     const id = provider === 'openai' ? `chatcmpl-fake${nextId()}` : `msg_fake${nextId()}`;
 
     if (plan.failure?.kind === 'reset') {

@@ -421,6 +421,22 @@ describe('scenarios', () => {
     assert.deepEqual(JSON.parse(aEvents.at(-1).data), { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } });
   });
 
+  test('anthropic prefill: the answer goes on from a final assistant message; trailing whitespace or thinking is a 400', async () => {
+    const user = { role: 'user', content: 'go on [[slow deltas=6 delay=0]]' };
+    const text = async (res) => parseSse(await res.text()).map((e) => JSON.parse(e.data)).filter((d) => d.delta?.type === 'text_delta').map((d) => d.delta.text).join('');
+    const full = await text(await anthropic(null, { messages: [user] }));
+    assert.equal(full, 'You said: go on');
+    const rest = await text(await anthropic(null, { messages: [user, { role: 'assistant', content: [{ type: 'text', text: 'You said:' }] }] }));
+    assert.equal(rest, ' go on');
+    assert.equal(lastRecord().prefill, 'You said:');
+    const spaced = await anthropic(null, { messages: [user, { role: 'assistant', content: 'You said: ' }] });
+    assert.equal(spaced.status, 400);
+    assert.match((await spaced.json()).error.message, /trailing whitespace/);
+    const body = { model: 'claude-sonnet-4-5', max_tokens: 2048, stream: true, thinking: { type: 'enabled', budget_tokens: 1024 }, messages: [user, { role: 'assistant', content: 'You said:' }] };
+    const thinking = await fetch(anthropicUrl, { method: 'POST', headers: ANTHROPIC_HEADERS, body: JSON.stringify(body) });
+    assert.equal(thinking.status, 400);
+  });
+
   test('flaky code=503 times=2: two failures for this content, then success; other content is unaffected', async () => {
     const content = `retry me ${Math.random()} [[flaky code=503 times=2 retry_after=0]]`;
     assert.equal((await openai(content)).status, 503);

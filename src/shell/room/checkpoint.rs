@@ -1,7 +1,9 @@
 //! A running turn's checkpoints in the conversation's storage, and the turn a dead instance left, stored and ended on load; what is written when is the pure `Checkpoint`'s decision.
 
 use super::*;
-use crate::conversation::checkpoint::{self, CheckpointPolicy, TurnRecord};
+use crate::conversation::checkpoint::{self, CheckpointPolicy, Continuation, TurnRecord};
+use crate::conversation::room::CONTINUATION_KEY;
+use crate::routing::Target;
 
 /// Creates the table of a running turn's event batches (one row per batch).
 pub(super) const CREATE_TURN_LOG: &str =
@@ -123,13 +125,24 @@ impl ConversationObject {
         );
         let stop = StopReason::Interrupted;
         let now = now_ms();
+        let id = if r.reply_id.is_empty() {
+            new_id()
+        } else {
+            r.reply_id.clone()
+        };
         if let Some(reply) = reply::stored_reply(&recovered.turn, &usage, stop, None, &now_iso()) {
-            let id = if r.reply_id.is_empty() {
-                new_id()
-            } else {
-                r.reply_id.clone()
-            };
             self.keep_message(&id, "assistant", "", &reply.content, &reply.metadata, now)?;
+        }
+        let continuation = self.config().ok().and_then(|config| {
+            let kind = config.provider(&r.provider).map(|p| p.kind);
+            recovered.continuation(&id, config.resume_interrupted, kind)
+        });
+        if let Some(c) = &continuation {
+            // In the same write as the reply: an alarm runs it, whoever loaded the object.
+            self.kv_put(
+                CONTINUATION_KEY,
+                &serde_json::to_string(c).unwrap_or_default(),
+            );
         }
         let next_seq = {
             let mut room = self.room.borrow_mut();
@@ -140,6 +153,7 @@ impl ConversationObject {
             room.log.push("agent:end", end, now);
             room.orphaned_outbox = true;
             room.stored_any = true;
+            room.continuation = continuation;
             room.log.next_seq()
         };
         sql.exec("DELETE FROM turn_log", None)?;
@@ -153,5 +167,123 @@ impl ConversationObject {
             recovered.turn.text.len()
         );
         Ok(())
+    }
+
+    /// Continues a turn stored as interrupted with a new model call (on Anthropic the partial
+    /// reply is a prefill the model goes on from): a turn of its own, with no user message,
+    /// whose reply is stored after the partial one.
+    pub(super) async fn continue_turn(&self, job: Continuation, config: &Config) {
+        // From here the continuation's own checkpoints keep it; a death now stores it, once.
+        if let Err(e) = self
+            .sql()
+            .exec("DELETE FROM kv WHERE k = ?", vec![CONTINUATION_KEY.into()])
+        {
+            console_warn!("clearing the continuation: {e}");
+        }
+        let d = match db::db(&self.env) {
+            Ok(d) => d,
+            Err(e) => return console_error!("database binding: {e}"),
+        };
+        let (id, id_json, owner, known) = {
+            let room = self.room.borrow();
+            let owner = room.owner.clone().unwrap_or_default();
+            (
+                room.id.clone(),
+                room.id_json.clone(),
+                owner,
+                room.stored_any,
+            )
+        };
+        if let Err(e) = self.load_history(&d, &id, "", known).await {
+            return console_error!("loading history to continue a turn: {e}");
+        }
+        let operator = self.operator().await;
+        let kind = config.provider(&job.provider).map(|p| p.kind);
+        let (plan, prefill) = {
+            let mut room = self.room.borrow_mut();
+            let room = &mut *room; // split borrows: the session and the history
+            let history = room.history.as_deref().unwrap_or_default();
+            let target = Target {
+                provider: job.provider.clone(),
+                model: job.model.clone(),
+            };
+            let mut plan = plan::plan_continuation(
+                &mut room.session,
+                history,
+                &owner,
+                operator.view(),
+                config,
+                target,
+            );
+            let prefill = kind.is_some_and(|k| checkpoint::continuation_context(k, &mut plan.base));
+            (plan, prefill)
+        };
+        if plan.candidates.is_empty() {
+            console_warn!(
+                "not continuing the interrupted turn: {} is gone",
+                job.provider
+            );
+            return;
+        }
+        self.aborted.set(false);
+        self.closing.set(false);
+        self.recovery_armed.set(false);
+        self.kv_put("turn", "running");
+        let thinking = {
+            let mut room = self.room.borrow_mut();
+            let last = room.log.next_seq() - 1;
+            room.checkpoint.start(last);
+            let s = &room.session;
+            let thinking = if prefill {
+                ThinkingLevel::Off
+            } else {
+                s.thinking()
+            };
+            let record = TurnRecord {
+                reply_id: new_id(),
+                provider: job.provider.clone(),
+                model: job.model.clone(),
+                thinking_level: thinking.as_str().to_string(),
+                continues: Some(job.reply_id.clone()),
+                ..TurnRecord::default()
+            };
+            room.checkpoint.set_record(record);
+            thinking
+        };
+        let tools: Vec<String> = plan.tools.iter().map(|t| t.name.clone()).collect();
+        let mut steps = TurnSteps::new(
+            &id,
+            plan.candidates.clone(),
+            plan.base.clone(),
+            tools,
+            RetryPolicy::new(config.upstream_retries),
+            config.max_tool_steps,
+        );
+        let Some(StepAction::Call { target, messages }) = steps.poll() else {
+            return;
+        };
+        self.broadcast("session:info", self.session_info(&operator.catalog));
+        let start = json!({ "conversationId": id, "continues": job.reply_id });
+        self.broadcast("agent:start", start.to_string());
+        let opened = self
+            .open_call(&target, &messages, &plan.tools, thinking, config)
+            .await;
+        let context = CallContext {
+            tools: &plan.tools,
+            agent: plan.agent.as_ref(),
+            config,
+            id_json: &id_json,
+            catalog: &operator.catalog,
+            thinking: Some(thinking),
+        };
+        let (turn, stop, last_error) = self.run_steps(steps, opened, &context).await;
+        self.abort.borrow_mut().take();
+        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
+            .await;
+        console_log!(
+            "continued the turn interrupted at reply {}: {}",
+            job.reply_id,
+            stop.as_str()
+        );
     }
 }

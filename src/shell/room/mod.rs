@@ -91,6 +91,9 @@ struct CallContext<'a> {
     config: &'a Config,
     id_json: &'a str,
     catalog: &'a Catalog,
+    /// The thinking level of every call, instead of the session's (a continuation's prefill
+    /// runs without thinking).
+    thinking: Option<ThinkingLevel>,
 }
 
 #[durable_object]
@@ -298,6 +301,13 @@ impl DurableObject for ConversationObject {
             self.arm_alarm_within(RECOVERY_ALARM_MS).await;
         }
         self.arm_expiry(next_expiry).await;
+        // A turn a restart interrupted, to be continued: it runs here, so it needs no client.
+        let continuation = self.room.borrow_mut().begin_continuation();
+        if let Some(job) = continuation {
+            self.continue_turn(job, &config).await;
+            let next = self.room.borrow_mut().next_turn();
+            self.run_queue(next, &config).await;
+        }
         Response::ok("ok")
     }
 }

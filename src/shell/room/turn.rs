@@ -117,7 +117,7 @@ impl ConversationObject {
             .room
             .borrow_mut()
             .offer(pending, stored_as, config.max_queued_messages);
-        let mut next = match offer {
+        let next = match offer {
             Offer::Duplicate {
                 pending,
                 message_id,
@@ -130,6 +130,11 @@ impl ConversationObject {
             Offer::Refused(_, e) => return self.refuse(ws, meta, ack, &e),
             Offer::Start(pending) => Some(pending),
         };
+        self.run_queue(next, config).await;
+    }
+
+    /// Runs `next` and the turns queued behind it, then marks the conversation idle.
+    pub(super) async fn run_queue(&self, mut next: Option<Pending<WebSocket>>, config: &Config) {
         while let Some(p) = next {
             self.run_turn(p, config).await;
             next = self.room.borrow_mut().next_turn();
@@ -417,6 +422,7 @@ impl ConversationObject {
             config,
             id_json,
             catalog: &operator.catalog,
+            thinking: None,
         };
         let (turn, stop, last_error) = self.run_steps(steps, first_call, &context).await;
         self.abort.borrow_mut().take();
@@ -619,7 +625,7 @@ impl ConversationObject {
 
     /// Performs the turn's steps: model calls, waits before retries, tools, fallover; the
     /// decisions are the pure `TurnSteps`'s.
-    async fn run_steps(
+    pub(super) async fn run_steps(
         &self,
         mut steps: TurnSteps,
         first_call: std::result::Result<upstream::ModelStream, UpstreamError>,
@@ -638,7 +644,9 @@ impl ConversationObject {
                 StepAction::Call { target, messages } => {
                     self.save_progress(steps.turn(), None);
                     self.arm_recovery().await;
-                    let thinking = self.room.borrow().session.thinking();
+                    let thinking = c
+                        .thinking
+                        .unwrap_or_else(|| self.room.borrow().session.thinking());
                     let opened = self
                         .open_call(&target, &messages, c.tools, thinking, c.config)
                         .await;
@@ -672,7 +680,7 @@ impl ConversationObject {
     }
 
     /// Starts one model call under a fresh abort controller.
-    async fn open_call(
+    pub(super) async fn open_call(
         &self,
         target: &RoutingDecision,
         messages: &[ChatMessage],
