@@ -197,7 +197,7 @@ impl Config {
             connect_timeout_ms: number(&var, "CONNECT_TIMEOUT_MS", 10_000, 100, 60_000)?,
             checkpoint: crate::conversation::checkpoint::CheckpointPolicy {
                 every_ms: number(&var, "CHECKPOINT_INTERVAL_MS", 1_000, 50, 60_000)?,
-                every_bytes: number(&var, "CHECKPOINT_BYTES", 8_192, 256, 1 << 20)? as usize,
+                every_bytes: number(&var, "CHECKPOINT_BYTES", 8_192, 1, 1 << 20)? as usize,
             },
             resume_interrupted: match var("RESUME_INTERRUPTED_TURNS") {
                 None => crate::conversation::checkpoint::ResumePolicy::Auto,
