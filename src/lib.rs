@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod commands;
 pub mod config;
+pub mod connection;
 pub mod conversation;
 pub mod error;
 pub mod http;

@@ -1,8 +1,8 @@
-//! Text-only Engine.IO 4 / Socket.IO 5 codec for the websocket transport: client frames in, server frames out, no I/O.
+//! Text-only Engine.IO 4 / Socket.IO 5 codec for both transports (WebSocket frames and long-polling bodies): client frames in, server frames out, no I/O.
 //!
-//! One websocket text frame carries one Engine.IO packet; an Engine.IO MESSAGE (`4`) carries one
-//! Socket.IO packet: `4<sio type>[<nsp>,][<ack id>][<json>]`. Binary packets, long-polling and
-//! transport upgrades are deliberately out of scope, so every frame is plain text and the
+//! One websocket text frame (or one record of a long-polling body) carries one Engine.IO packet;
+//! an Engine.IO MESSAGE (`4`) carries one Socket.IO packet: `4<sio type>[<nsp>,][<ack id>][<json>]`.
+//! Binary packets are deliberately out of scope, so every frame is plain text and the
 //! attachment machinery of the reference parser (which needs clocks and buffering) never runs.
 //!
 //! The module is sans-IO: ids, intervals and offsets are passed in, nothing reads a clock or a
@@ -416,6 +416,23 @@ pub fn recovery(auth: &Option<Value>) -> Option<(String, String)> {
 /// Check the upgrade request's query (`?EIO=4&transport=websocket&...`) before accepting the
 /// websocket. Only the first occurrence of each parameter counts; other parameters are ignored.
 pub fn check_handshake_query(query: &[(String, String)]) -> Result<(), SioError> {
+    match handshake_transport(query)? {
+        Transport::WebSocket => Ok(()),
+        Transport::Polling => Err(SioError::PollingNotSupported),
+    }
+}
+
+/// An Engine.IO transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP long-polling: GET receives packets, POST sends them.
+    Polling,
+    WebSocket,
+}
+
+/// The transport a request's query asks for (`?EIO=4&transport=polling|websocket`), where the
+/// gateway serves both (the connection route).
+pub fn handshake_transport(query: &[(String, String)]) -> Result<Transport, SioError> {
     let first = |key: &str| {
         query
             .iter()
@@ -429,10 +446,27 @@ pub fn check_handshake_query(query: &[(String, String)]) -> Result<(), SioError>
     }
     match first("transport") {
         None => Err(SioError::MissingTransport),
-        Some("websocket") => Ok(()),
-        Some("polling") => Err(SioError::PollingNotSupported),
+        Some("websocket") => Ok(Transport::WebSocket),
+        Some("polling") => Ok(Transport::Polling),
         Some(t) => Err(SioError::UnknownTransport(truncate(t))),
     }
+}
+
+/// The Engine.IO packets of a long-polling body (separated by the record separator).
+pub fn split_payload(body: &str) -> impl Iterator<Item = &str> {
+    body.split('\u{1e}').filter(|p| !p.is_empty())
+}
+
+/// A long-polling response body carrying `packets`.
+pub fn join_payload<S: AsRef<str>>(packets: &[S]) -> String {
+    let mut out = String::with_capacity(packets.iter().map(|p| p.as_ref().len() + 1).sum());
+    for (k, p) in packets.iter().enumerate() {
+        if k > 0 {
+            out.push('\u{1e}');
+        }
+        out.push_str(p.as_ref());
+    }
+    out
 }
 
 /// Keep echoed client text short, so an error message cannot grow with hostile input.
@@ -455,10 +489,38 @@ pub fn open_packet(
     ping_timeout_ms: u64,
     max_payload: u64,
 ) -> String {
+    open_with(sid, "[]", ping_interval_ms, ping_timeout_ms, max_payload)
+}
+
+/// The Engine.IO OPEN packet of a long-polling connection, which may upgrade to a WebSocket.
+pub fn open_packet_polling(
+    sid: &str,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    max_payload: u64,
+) -> String {
+    open_with(
+        sid,
+        "[\"websocket\"]",
+        ping_interval_ms,
+        ping_timeout_ms,
+        max_payload,
+    )
+}
+
+fn open_with(
+    sid: &str,
+    upgrades: &str,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    max_payload: u64,
+) -> String {
     let mut out = String::with_capacity(96 + sid.len());
     out.push_str("0{\"sid\":");
     push_json_str(&mut out, sid);
-    out.push_str(",\"upgrades\":[],\"pingInterval\":");
+    out.push_str(",\"upgrades\":");
+    out.push_str(upgrades);
+    out.push_str(",\"pingInterval\":");
     out.push_str(&ping_interval_ms.to_string());
     out.push_str(",\"pingTimeout\":");
     out.push_str(&ping_timeout_ms.to_string());
@@ -587,6 +649,33 @@ mod tests {
         assert_eq!(
             open_packet("lv_VI97HAXpY6yYWAAAC", 25000, 20000, 1_000_000),
             "0{\"sid\":\"lv_VI97HAXpY6yYWAAAC\",\"upgrades\":[],\"pingInterval\":25000,\"pingTimeout\":20000,\"maxPayload\":1000000}"
+        );
+    }
+
+    #[test]
+    fn a_polling_open_offers_the_websocket_upgrade_and_payloads_split_on_the_record_separator() {
+        assert_eq!(
+            open_packet_polling("s1", 25000, 20000, 1_000_000),
+            "0{\"sid\":\"s1\",\"upgrades\":[\"websocket\"],\"pingInterval\":25000,\"pingTimeout\":20000,\"maxPayload\":1000000}"
+        );
+        let body = join_payload(&["40/chat,", "42/chat,[\"a\"]", "2"]);
+        assert_eq!(body, "40/chat,\u{1e}42/chat,[\"a\"]\u{1e}2");
+        assert_eq!(
+            split_payload(&body).collect::<Vec<_>>(),
+            vec!["40/chat,", "42/chat,[\"a\"]", "2"]
+        );
+        assert_eq!(split_payload("").count(), 0);
+        assert_eq!(join_payload::<&str>(&[]), "");
+        let q = |t: &str| {
+            vec![
+                ("EIO".to_string(), "4".to_string()),
+                ("transport".to_string(), t.to_string()),
+            ]
+        };
+        assert_eq!(handshake_transport(&q("polling")), Ok(Transport::Polling));
+        assert_eq!(
+            handshake_transport(&q("websocket")),
+            Ok(Transport::WebSocket)
         );
     }
 
