@@ -74,6 +74,9 @@ pub struct Connection {
     pub user: Option<String>,
     /// When that credential expires (ms since the epoch).
     pub expires: Option<i64>,
+    /// The SHA-256 of the gateway token it came from, passed to relays so a revocation reaches
+    /// them.
+    pub token: Option<String>,
     /// The conversation of the latest `message`.
     pub current: Option<String>,
     connected: bool,
@@ -98,6 +101,7 @@ impl Connection {
             pid,
             user,
             expires,
+            token: None,
             current: None,
             connected: false,
             relays: Vec::new(),
@@ -172,6 +176,21 @@ impl Connection {
         if let Some(id) = ack {
             self.push_out(sio::ack(NSP, id, &format!("[{payload}]")), actions);
         }
+    }
+
+    /// The credential of the client's CONNECT (`auth.token`) names `user`: it replaces the
+    /// handshake's.
+    pub fn sign_in(&mut self, user: String, token: Option<String>, expires: Option<i64>) {
+        self.user = Some(user);
+        self.token = token;
+        self.expires = expires;
+    }
+
+    /// The client's CONNECT presented a credential that is refused.
+    pub fn refuse_connect(&mut self, nsp: &str, message: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.push_out(sio::connect_error(nsp, message, None), &mut actions);
+        actions
     }
 
     /// The client CONNECTs to a namespace (its credential, if any, already checked by the
@@ -477,6 +496,16 @@ impl Connection {
                 packet,
             });
         }
+    }
+
+    /// A relay could not be opened (the conversation's object refused it: another user's
+    /// conversation, or a failure): as if it refused the CONNECT.
+    pub fn relay_open_failed(&mut self, conversation: &str, reason: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(k) = self.relay_index(conversation) {
+            self.relay_refused(k, reason, &mut actions);
+        }
+        actions
     }
 
     fn relay_refused(&mut self, k: usize, message: &str, actions: &mut Vec<Action>) {

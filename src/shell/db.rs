@@ -78,6 +78,24 @@ pub async fn token_grant(db: &D1Database, token: &str, now: i64) -> Result<Optio
         }))
 }
 
+/// What a socket.io CONNECT token grants, or the `CONNECT_ERROR` message refusing it (a
+/// failure of the gateway says `internal:` first).
+pub async fn connect_grant(
+    env: &Env,
+    token: &str,
+) -> std::result::Result<TokenGrant, &'static str> {
+    const UNCHECKED: &str = "internal: the gateway could not check the token; try again";
+    let d = db(env).map_err(|_| UNCHECKED)?;
+    match token_grant(&d, token, crate::shell::now_ms()).await {
+        Ok(Some(grant)) => Ok(grant),
+        Ok(None) => Err("unauthorized: invalid, expired or revoked token"),
+        Err(e) => {
+            worker::console_error!("token lookup: {e}");
+            Err(UNCHECKED)
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct OwnerRow {
     owner_id: String,

@@ -27,14 +27,15 @@ pub async fn route(
 ) -> std::result::Result<Response, ApiError> {
     let path = req.path();
     let method = req.method();
-    if method == Method::Options && (path.starts_with("/api/") || path.starts_with("/admin/")) {
+    let preflighted = ["/api/", "/admin/", "/socket.io"];
+    if method == Method::Options && preflighted.iter().any(|p| path.starts_with(p)) {
         return preflight(&req, config).map_err(|e| super::internal("preflight", e));
     }
     match path.as_str() {
         "/health" => json_response(200, &serde_json::json!({ "ok": true, "service": "edge-chat-gateway", "version": env!("CARGO_PKG_VERSION") }))
             .map_err(|e| super::internal("health", e)),
         "/chat" | "/chat/" => chat_upgrade(req, env, config).await,
-        "/socket.io" | "/socket.io/" => socketio_upgrade(req, env, config).await,
+        "/socket.io" | "/socket.io/" => socketio(req, env, config).await,
         p if p.starts_with("/admin/") => super::admin::route(req, env, config).await,
         p if p.starts_with("/api/") => api(req, env, config).await,
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
@@ -134,6 +135,149 @@ async fn chat_upgrade(
     let last_seq = http::last_seq_param(&query)?;
     check_owner(env, &conversation, &grant.user).await?;
     forward(req, env, &conversation, "json", Some(&grant), last_seq).await
+}
+
+/// `/socket.io/`: a WebSocket bound to one conversation (`conversationId` in the query), or a
+/// connection object that serves many (long-polling first, or a WebSocket, as the reference
+/// gateway's clients connect).
+async fn socketio(
+    req: Request,
+    env: &Env,
+    config: &Config,
+) -> std::result::Result<Response, ApiError> {
+    let query = query_pairs(&req);
+    let transport =
+        sio::handshake_transport(&query).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let bound = http::query_get(&query, "conversationId").is_some_and(|c| !c.is_empty());
+    if transport == sio::Transport::WebSocket && bound {
+        return socketio_upgrade(req, env, config).await;
+    }
+    let presented = presented_token(&req, &query);
+    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
+    if let Some(sid) = http::query_get(&query, "sid") {
+        return connection_request(req, env, sid, transport).await;
+    }
+    // The reference gateway's clients sign in with what their handshake carries. A credential
+    // sent on purpose (header, `?token=`) that fails is refused; a cookie that fails leaves the
+    // connection signed out, which its CONNECT then learns (connected, then disconnected).
+    let grant = match presented {
+        Some((token, source)) => match authenticate(env, &token).await {
+            Ok(grant) => Some(grant),
+            Err(ApiError::Unauthorized(_)) if source == CredentialSource::Ambient => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    if transport == sio::Transport::WebSocket {
+        require_upgrade(&req)?;
+    }
+    let sid = new_id();
+    let headers = Headers::new();
+    let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| super::internal("headers", e));
+    set(super::connection::H_SID, &sid)?;
+    set(
+        super::connection::H_TRANSPORT,
+        match transport {
+            sio::Transport::WebSocket => "websocket",
+            sio::Transport::Polling => "polling",
+        },
+    )?;
+    if transport == sio::Transport::WebSocket {
+        set("upgrade", "websocket")?;
+    }
+    if let Some(g) = &grant {
+        set(H_USER, &g.user)?;
+        set(H_TOKEN, &g.hash)?;
+        if let Some(at) = g.expires_at {
+            set(H_TOKEN_EXPIRES, &at.to_string())?;
+        }
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let inner = Request::new_with_init("https://connection/open", &init)
+        .map_err(|e| super::internal("request", e))?;
+    let resp = connection_stub(env, &sid)?
+        .fetch_with_request(inner)
+        .await
+        .map_err(|e| super::internal("connection object", e))?;
+    with_own_headers(resp).await
+}
+
+/// A connection object's HTTP answer with headers the Worker may still set (CORS): a
+/// subrequest's response has immutable ones. A WebSocket answer passes as it is.
+async fn with_own_headers(mut resp: Response) -> std::result::Result<Response, ApiError> {
+    let status = resp.status_code();
+    if status == 101 {
+        return Ok(resp);
+    }
+    let content_type = resp.headers().get("content-type").ok().flatten();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| super::internal("connection answer", e))?;
+    let headers = Headers::new();
+    let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| super::internal("headers", e));
+    set("cache-control", "no-store")?;
+    if let Some(t) = content_type {
+        set("content-type", &t)?;
+    }
+    Ok(Response::ok(body)
+        .map_err(|e| super::internal("response", e))?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// A request of an open connection (a poll, a post, the upgrade) for its object.
+async fn connection_request(
+    mut req: Request,
+    env: &Env,
+    sid: &str,
+    transport: sio::Transport,
+) -> std::result::Result<Response, ApiError> {
+    if !crate::protocol::valid_id(sid) {
+        return super::connection::engine_error(400, 1, "Session ID unknown")
+            .map_err(|e| super::internal("response", e));
+    }
+    let headers = Headers::new();
+    let mut init = RequestInit::new();
+    let path = match (transport, req.method()) {
+        (sio::Transport::WebSocket, _) => {
+            require_upgrade(&req)?;
+            headers
+                .set("upgrade", "websocket")
+                .map_err(|e| super::internal("headers", e))?;
+            init.with_method(Method::Get);
+            "upgrade"
+        }
+        (sio::Transport::Polling, Method::Get) => {
+            init.with_method(Method::Get);
+            "poll"
+        }
+        (sio::Transport::Polling, Method::Post) => {
+            let body = req
+                .text()
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("unreadable body: {e}")))?;
+            init.with_method(Method::Post).with_body(Some(body.into()));
+            "post"
+        }
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    init.with_headers(headers);
+    let inner = Request::new_with_init(&format!("https://connection/{path}"), &init)
+        .map_err(|e| super::internal("request", e))?;
+    let resp = connection_stub(env, sid)?
+        .fetch_with_request(inner)
+        .await
+        .map_err(|e| super::internal("connection object", e))?;
+    with_own_headers(resp).await
+}
+
+/// The Durable Object of a socket.io connection.
+pub fn connection_stub(env: &Env, sid: &str) -> std::result::Result<worker::Stub, ApiError> {
+    env.durable_object("CONNECTION")
+        .and_then(|ns| ns.id_from_name(sid)?.get_stub())
+        .map_err(|e| super::internal("connection namespace", e))
 }
 
 async fn socketio_upgrade(

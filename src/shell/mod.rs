@@ -2,6 +2,7 @@
 
 mod admin;
 mod body;
+mod connection;
 mod db;
 mod gateway;
 pub(crate) mod limiter;
@@ -60,6 +61,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Err(e) => return error_response(&ApiError::Internal(e.to_string())),
     };
     let cors = cors_origin(&req, &config);
+    let polling = req.path().starts_with("/socket.io");
     let mut resp = match gateway::route(req, &env, &config).await {
         Ok(r) => r,
         Err(e) => error_response(&e)?,
@@ -70,6 +72,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             let h = resp.headers_mut();
             let _ = h.set("access-control-allow-origin", &origin);
             let _ = h.set("vary", "origin");
+            if polling {
+                // socket.io-client polls with `withCredentials` from a page on another origin.
+                let _ = h.set("access-control-allow-credentials", "true");
+            }
         }
     }
     Ok(resp)
@@ -78,7 +84,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 /// The origin to echo in CORS headers, when the request has an allowed one.
 fn cors_origin(req: &Request, config: &Config) -> Option<String> {
     let path = req.path();
-    if !(path.starts_with("/api/") || path.starts_with("/admin/")) {
+    if !(path.starts_with("/api/") || path.starts_with("/admin/") || path.starts_with("/socket.io"))
+    {
         return None;
     }
     let origin = req.headers().get("origin").ok().flatten()?;

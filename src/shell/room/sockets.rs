@@ -404,16 +404,7 @@ impl ConversationObject {
 
     /// What a CONNECT token grants, or the reason to refuse it.
     async fn token_grant(&self, token: &str) -> std::result::Result<db::TokenGrant, &'static str> {
-        const UNCHECKED: &str = "internal: the gateway could not check the token; try again";
-        let d = db::db(&self.env).map_err(|_| UNCHECKED)?;
-        match db::token_grant(&d, token, now_ms()).await {
-            Ok(Some(grant)) => Ok(grant),
-            Ok(None) => Err("unauthorized: invalid, expired or revoked token"),
-            Err(e) => {
-                console_error!("token lookup: {e}");
-                Err(UNCHECKED)
-            }
-        }
+        db::connect_grant(&self.env, token).await
     }
 
     /// Makes `user` the owner of a conversation that has none yet; refuses anyone else.
