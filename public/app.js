@@ -192,10 +192,16 @@ function endTool(b, id, name, isError) {
 const STOP_LABELS = { length: 'Cut at output limit', aborted: 'Stopped', error: 'Failed', truncated: 'Truncated: the stream broke', max_steps: 'Stopped at the tool-step limit' };
 const num = (n) => (typeof n === 'number' ? n.toLocaleString('en-US') : '?');
 
-/** The footer under a finished turn: stop reason, tokens, cost (or "cost unknown"), context use. */
+const usd = (n) => `$${n < 0.01 ? n.toFixed(6) : n.toFixed(4)}`;
+
+/**
+ * The footer under a finished turn: stop reason, tokens, cost (or "cost unknown"), context use.
+ * In agent:end, usage.tokens and usage.cost are the conversation's running totals; the turn's own
+ * figures are in usage.turn.
+ */
 function finishBubble(b, { stopReason, usage, tokens, cost, context, error }) {
-  tokens ??= usage?.tokens;
-  cost = usage ? usage.cost : cost;
+  tokens ??= usage?.turn?.tokens;
+  if (usage) cost = usage.turn?.cost ?? null;
   context ??= usage?.context;
   const state = stopReason === 'aborted' ? 'stopped' : stopReason === 'error' ? 'error' : 'done';
   Object.assign(b.node.dataset, { state, stopReason: stopReason ?? '' });
@@ -204,7 +210,8 @@ function finishBubble(b, { stopReason, usage, tokens, cost, context, error }) {
   const parts = [];
   if (STOP_LABELS[stopReason]) parts.push(el('strong', { class: 'stop-reason' }, STOP_LABELS[stopReason]));
   if (tokens) parts.push(`${num(tokens.total)} tokens (${num(tokens.input)} in, ${num(tokens.output)} out${tokens.cacheRead ? `, ${num(tokens.cacheRead)} cached` : ''})`);
-  if (tokens || usage) parts.push(typeof cost?.total === 'number' ? `$${cost.total < 0.01 ? cost.total.toFixed(6) : cost.total.toFixed(4)}` : 'cost unknown');
+  if (tokens || usage) parts.push(typeof cost?.total === 'number' ? usd(cost.total) : 'cost unknown');
+  if (typeof usage?.cost === 'number') parts.push(`${usd(usage.cost)} in this conversation${usage.unpricedTurns ? ` (+${usage.unpricedTurns} unpriced turns)` : ''}`);
   if (context && typeof context.percent === 'number') parts.push(`${+context.percent.toFixed(2)}% of ${num(context.window)} context`);
   const model = usage ? `${usage.provider}/${usage.modelId}` : null;
   if (model) parts.push(model);

@@ -120,7 +120,7 @@ describe('a fleet of 50 conversations × 2 sockets', () => {
     for (const c of turned) {
       const t = await c.sockets[0].turn(`counted ${uniq()}`);
       assert.deepEqual(t.errors, [], c.sockets[0].log.dump());
-      tokens += t.end.data.usage.tokens.total;
+      tokens += t.end.data.usage.turn.tokens.total;
     }
     // A slow turn shows up as a live turn while it runs.
     const slow = turned[1].sockets[0];
@@ -134,7 +134,7 @@ describe('a fleet of 50 conversations × 2 sockets', () => {
     assert.equal(during.live.conversations, FLEET);
     assert.equal(during.live.sockets, 2 * FLEET);
     const slowTurn = summarizeTurn(await slow.until('agent:end', { timeout: 15_000 }));
-    tokens += slowTurn.end.data.usage.tokens.total;
+    tokens += slowTurn.end.data.usage.turn.tokens.total;
     assert.ok(tokens > 0);
 
     const afterTurns = await eventually(async () => {

@@ -159,11 +159,16 @@ describe('a turn', () => {
     assert.equal(stopReason, 'stop');
     assert.equal(usage.provider, 'openai');
     assert.equal(usage.modelId, 'gpt-4o-mini');
-    assert.equal(usage.tokens.input, req.sent.tokens.input);
-    assert.equal(usage.tokens.output, req.sent.tokens.output);
-    assert.equal(usage.tokens.total, req.sent.tokens.total);
-    assert.equal(usage.tokens.cacheRead, 0);
-    assert.equal(usage.tokens.cacheWrite, 0);
+    assert.equal(usage.turn.tokens.input, req.sent.tokens.input);
+    assert.equal(usage.turn.tokens.output, req.sent.tokens.output);
+    assert.equal(usage.turn.tokens.total, req.sent.tokens.total);
+    assert.equal(usage.turn.tokens.cacheRead, 0);
+    assert.equal(usage.turn.tokens.cacheWrite, 0);
+    // The reference gateway's shape: running totals (the first turn's here), cost a number in USD.
+    assert.deepEqual(usage.tokens, usage.turn.tokens);
+    assert.equal(typeof usage.cost, 'number');
+    assert.ok(Math.abs(usage.cost - usage.turn.cost.total) < 1e-12, JSON.stringify(usage));
+    assert.deepEqual(Object.keys(usage.context).sort(), ['percent', 'window']);
 
     const at = (f) => t.frames.indexOf(f);
     assert.ok(at(t.start) > at(t.ack) && at(t.start) > at(t.info), 'agent:start after the ack and session:info');

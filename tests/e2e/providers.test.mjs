@@ -140,7 +140,8 @@ describe('streaming', () => {
     const { usage } = t.end.data;
     assert.equal(usage.provider, 'anthropic');
     assert.equal(usage.modelId, 'claude-sonnet-4-5');
-    assert.deepEqual(usage.tokens, req.sent.tokens);
+    assert.deepEqual(usage.turn.tokens, req.sent.tokens);
+    assert.deepEqual(usage.tokens, req.sent.tokens, 'the first turn: the running total is the turn');
     t.frames.slice(1).forEach((f, k) => assert.equal(f.seq, t.frames[k].seq + 1, `seq of ${f.event}`));
   });
 
@@ -234,7 +235,7 @@ describe('tool turns', () => {
     assert.equal(t.frames.at(-1), t.end);
     assert.equal(t.text, second.sent.text);
     assert.equal(t.text, `Tool add returned ${JSON.stringify({ sum: a + b })}`);
-    assert.deepEqual(t.end.data.usage.tokens, sumTokens(reqs), 'usage adds up both calls');
+    assert.deepEqual(t.end.data.usage.turn.tokens, sumTokens(reqs), 'usage adds up both calls');
 
     const assistant = (await storedMessages(token, conversationId)).at(-1);
     assert.equal(assistant.content, t.text);
@@ -288,7 +289,7 @@ describe('tool turns', () => {
       assert.ok(t.frames.indexOf(start) < t.frames.indexOf(end), 'each tool starts before it ends');
     }
     assert.equal(t.text, second.sent.text);
-    assert.deepEqual(t.end.data.usage.tokens, sumTokens(reqs));
+    assert.deepEqual(t.end.data.usage.turn.tokens, sumTokens(reqs));
 
     const assistant = (await storedMessages(token, conversationId)).at(-1);
     assert.deepEqual(
@@ -421,7 +422,7 @@ describe('usage', () => {
       const content = `usage ${uniq()} [[cache read=50 write=30]]`;
       const t = await okTurn(client, content, onProvider(provider));
       const req = onlyRequestFor(content);
-      const { tokens } = t.end.data.usage;
+      const { tokens } = t.end.data.usage.turn;
       assert.deepEqual(tokens, req.sent.tokens);
       assert.equal(tokens.cacheRead, 50);
       assert.equal(tokens.cacheWrite, provider === 'anthropic' ? 30 : 0, 'Chat Completions reports no cache writes');

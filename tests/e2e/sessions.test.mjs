@@ -389,10 +389,16 @@ describe('slash commands', () => {
     const d = s.data;
     assert.equal(d.turns, 2);
     assert.equal(d.messages, 2, 'user messages sent');
-    const sum = (k) => t1.end.data.usage.tokens[k] + t2.end.data.usage.tokens[k];
+    const sum = (k) => t1.end.data.usage.turn.tokens[k] + t2.end.data.usage.turn.tokens[k];
     assert.deepEqual(d.tokens, { input: sum('input'), output: sum('output'), cacheRead: sum('cacheRead'), cacheWrite: sum('cacheWrite'), total: sum('total') });
     assert.equal(d.tokens.cacheRead, 30);
-    assertUsd(d.costUsd, t1.end.data.usage.cost.total + t2.end.data.usage.cost.total, 'costUsd');
+    assertUsd(d.costUsd, t1.end.data.usage.turn.cost.total + t2.end.data.usage.turn.cost.total, 'costUsd');
+    // agent:end.usage carries the running totals, as the reference gateway's session statistics do.
+    assert.deepEqual(t1.end.data.usage.tokens, t1.end.data.usage.turn.tokens, 'after the first turn the total is that turn');
+    assert.deepEqual(t2.end.data.usage.tokens, d.tokens, 'after the second turn the total is both turns');
+    assertUsd(t1.end.data.usage.cost, t1.end.data.usage.turn.cost.total, 'usage.cost after the first turn');
+    assertUsd(t2.end.data.usage.cost, d.costUsd, 'usage.cost after the second turn');
+    assert.equal(t2.end.data.usage.unpricedTurns, 0);
     assert.ok(d.costUsd > 0);
     assert.equal(d.unpricedTurns, 0);
     assert.equal(d.modelSwitches, 0);
@@ -451,7 +457,7 @@ describe('model override', () => {
   test('PUT /admin/conversations/:id/model: session:info to the socket, an unknown model costs null, null clears', async () => {
     const { client, token, conversationId } = await fresh();
     const first = await okTurn(client, `priced ${uniq()}`);
-    assert.ok(first.end.data.usage.cost, 'gpt-4o-mini has a cost');
+    assert.ok(first.end.data.usage.turn.cost, 'gpt-4o-mini has a cost');
 
     assert.equal((await admin('PUT', `/admin/conversations/${randomUUID()}/model`, { model: 'openai/gpt-4o' })).status, 404);
     const res = await admin('PUT', `/admin/conversations/${conversationId}/model`, { model: 'openai/some-unknown-model' });
@@ -465,14 +471,18 @@ describe('model override', () => {
     assert.equal(onlyRequestFor(content).body.model, 'some-unknown-model');
     const { usage } = t.end.data;
     assert.equal(usage.modelId, 'some-unknown-model');
-    assert.equal(usage.cost, null, `an unknown model has cost null, not a number: ${JSON.stringify(usage)}`);
-    assert.ok(usage.tokens.input > 0 && usage.tokens.output > 0, 'tokens are still reported');
+    assert.equal(usage.turn.cost, null, `an unknown model's turn has cost null, not a number: ${JSON.stringify(usage)}`);
+    assert.ok(usage.turn.tokens.input > 0 && usage.turn.tokens.output > 0, 'tokens are still reported');
+    // The running total stays a number: it counts the priced turn, and says one turn is unpriced.
+    assertUsd(usage.cost, first.end.data.usage.cost, 'usage.cost after an unpriced turn');
+    assert.equal(usage.unpricedTurns, 1);
+    assert.equal(usage.tokens.total, first.end.data.usage.tokens.total + usage.turn.tokens.total);
     const stored = (await storedMessages(token, conversationId)).at(-1);
     assert.equal(stored.metadata.cost, null);
 
     const status = await command(client, '/status');
     assert.equal(status.data.unpricedTurns, 1);
-    assertUsd(status.data.costUsd, first.end.data.usage.cost.total, 'costUsd counts only the priced turn');
+    assertUsd(status.data.costUsd, first.end.data.usage.turn.cost.total, 'costUsd counts only the priced turn');
 
     const clear = await admin('PUT', `/admin/conversations/${conversationId}/model`, { model: null });
     assert.equal(clear.status, 200, clear.text);
@@ -481,7 +491,8 @@ describe('model override', () => {
     const again = `priced again ${uniq()}`;
     const t2 = await okTurn(client, again);
     assert.equal(onlyRequestFor(again).body.model, 'gpt-4o-mini');
-    assert.ok(t2.end.data.usage.cost);
+    assert.ok(t2.end.data.usage.turn.cost);
+    assert.ok(t2.end.data.usage.cost > first.end.data.usage.cost, 'the total grows with a priced turn');
   });
 });
 
@@ -656,14 +667,16 @@ describe('cost', () => {
     const { usage } = t.end.data;
     assert.equal(usage.provider, 'openai');
     assert.equal(usage.modelId, 'gpt-4o-mini');
-    assert.deepEqual(usage.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 0, total: 96 });
+    assert.deepEqual(usage.turn.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 0, total: 96 });
+    assert.deepEqual(usage.tokens, usage.turn.tokens, 'a first turn: the total is the turn');
     // $0.15 input, $0.075 cached input, $0.60 output per million tokens.
-    assertCost(usage.cost, { input: 0.00000165, output: 0.000003, cacheRead: 0.000006, cacheWrite: 0, total: 0.00001065 }, 'gpt-4o-mini');
+    assertCost(usage.turn.cost, { input: 0.00000165, output: 0.000003, cacheRead: 0.000006, cacheWrite: 0, total: 0.00001065 }, 'gpt-4o-mini');
+    assertUsd(usage.cost, 0.00001065, 'usage.cost, a number');
     assert.deepEqual(usage.context, { percent: percentOf(91, 128_000), window: 128_000 });
     const stored = (await storedMessages(token, conversationId)).at(-1).metadata;
-    assert.deepEqual(stored.tokenUsage, usage.tokens);
+    assert.deepEqual(stored.tokenUsage, usage.turn.tokens);
     // Stored JSON is re-read server-side; compared to the float tolerance, not bit for bit.
-    assertCost(stored.cost, usage.cost, 'stored gpt-4o-mini');
+    assertCost(stored.cost, usage.turn.cost, 'stored gpt-4o-mini');
   });
 
   test('Anthropic claude-sonnet-4-5 with cache reads and writes: each part priced by hand', async () => {
@@ -676,13 +689,14 @@ describe('cost', () => {
     const { usage } = t.end.data;
     assert.equal(usage.provider, 'anthropic');
     assert.equal(usage.modelId, 'claude-sonnet-4-5');
-    assert.deepEqual(usage.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 20, total: 116 });
+    assert.deepEqual(usage.turn.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 20, total: 116 });
     // $3.00 input, $15.00 output, $0.30 cache read, $3.75 cache write per million tokens.
-    assertCost(usage.cost, { input: 0.000033, output: 0.000075, cacheRead: 0.000024, cacheWrite: 0.000075, total: 0.000207 }, 'claude-sonnet-4-5');
+    assertCost(usage.turn.cost, { input: 0.000033, output: 0.000075, cacheRead: 0.000024, cacheWrite: 0.000075, total: 0.000207 }, 'claude-sonnet-4-5');
+    assertUsd(usage.cost, 0.000207, 'usage.cost, a number');
     assert.deepEqual(usage.context, { percent: percentOf(111, 200_000), window: 200_000 });
     const stored = (await storedMessages(token, conversationId)).at(-1).metadata;
-    assert.deepEqual(stored.tokenUsage, usage.tokens);
-    assertCost(stored.cost, usage.cost, 'stored claude-sonnet-4-5');
+    assert.deepEqual(stored.tokenUsage, usage.turn.tokens);
+    assertCost(stored.cost, usage.turn.cost, 'stored claude-sonnet-4-5');
   });
 
   test('/model openai/<unknown>: cost null; /status counts it as unpriced', async () => {
@@ -690,7 +704,9 @@ describe('cost', () => {
     assert.equal((await command(client, '/model openai/some-other-unknown-model')).success, true);
     const t = await okTurn(client, `who prices this ${uniq()}`);
     assert.equal(t.end.data.usage.modelId, 'some-other-unknown-model');
-    assert.equal(t.end.data.usage.cost, null);
+    assert.equal(t.end.data.usage.turn.cost, null);
+    assert.equal(t.end.data.usage.cost, 0, 'a number even when no price is known');
+    assert.equal(t.end.data.usage.unpricedTurns, 1);
     const s = await command(client, '/status');
     assert.equal(s.data.unpricedTurns, 1);
     assert.equal(s.data.costUsd, 0);
@@ -726,9 +742,9 @@ describe('cost', () => {
     assert.equal(req.body.model, id);
     assert.equal(req.body.reasoning_effort, 'low');
     const { usage } = t.end.data;
-    assert.deepEqual(usage.tokens, { input: 11, output: 5, cacheRead: 40, cacheWrite: 0, total: 56 });
+    assert.deepEqual(usage.turn.tokens, { input: 11, output: 5, cacheRead: 40, cacheWrite: 0, total: 56 });
     // $2 input, $0.50 cache read, $8 output per million tokens.
-    assertCost(usage.cost, { input: 0.000022, output: 0.00004, cacheRead: 0.00002, cacheWrite: 0, total: 0.000082 }, id);
+    assertCost(usage.turn.cost, { input: 0.000022, output: 0.00004, cacheRead: 0.00002, cacheWrite: 0, total: 0.000082 }, id);
     assert.deepEqual(usage.context, { percent: percentOf(51, 50_000), window: 50_000 });
   });
 });

@@ -835,7 +835,11 @@ impl ConversationObject {
         }
         self.clear_checkpoint();
         self.save_session_locally();
-        self.broadcast("agent:end", reply::end_payload(&id, &usage, stop, error));
+        let end = {
+            let metrics = &self.room.borrow().session.metrics;
+            reply::end_payload(&id, &usage, metrics, stop, error)
+        };
+        self.broadcast("agent:end", end);
         self.aborted.set(false);
         self.copy_turn_end(d).await;
         // The sequence number is saved once the queue drains (on_message), for every way a turn ends.
