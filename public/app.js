@@ -34,6 +34,7 @@ const S = {
   turn: null,
   pending: new Map(), // clientMessageId -> {content, node, gen}: resent with the same id until acked
   quietStatus: 0, // our own /status probes, whose results are not shown
+  quietThinking: 0, // the thinking picker's /thinking commands, whose results show only when they fail
   catchUp: false, // the socket dropped before any seq was seen: no resume point, so the history is reloaded instead
   completion: { items: [], index: 0, dismissed: null, exact: false, moved: false },
 };
@@ -285,7 +286,11 @@ function renderPickers() {
 }
 
 ui.modelSelect.onchange = () => execute('/model', ui.modelSelect.value);
-ui.thinkingSelect.onchange = () => send('set:thinking', withConv({ level: ui.thinkingSelect.value }));
+// /thinking rather than set:thinking: set:thinking needs a session (a first message), as in the
+// reference gateway, and the picker works before one too. session:info brings the level back.
+ui.thinkingSelect.onchange = () => {
+  if (send('command:execute', withConv({ command: '/thinking', args: ui.thinkingSelect.value }))) S.quietThinking++;
+};
 
 // ---------------------------------------------------------------------------
 // Socket
@@ -454,6 +459,14 @@ function onFrame(f, gen) {
       break;
     case 'command:result':
       if (d.conversationId && !S.convId) adopt(d.conversationId);
+      if (d.command === 'thinking' && S.quietThinking > 0) {
+        S.quietThinking--;
+        if (!d.success) {
+          note(d.message || '/thinking failed', 'error');
+          renderPickers();
+        }
+        break;
+      }
       if (d.command === 'status' && S.quietStatus > 0) {
         S.quietStatus--;
         if (!S.session && d.data?.provider) S.session = { ...d.data, conversationId: d.conversationId };

@@ -16,6 +16,33 @@ pub struct StoredReply {
     pub metadata: String,
 }
 
+/// What opens a turn whose user message is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// `session:info`: the model, thinking level and routing the turn runs with.
+    SessionInfo,
+    /// `message:ack` (and the sender's socket.io ack).
+    Ack,
+    /// `agent:start`; the model call follows.
+    Start,
+    /// The turn cannot start: `error` ("Failed to start agent session. Please try again."), then
+    /// `agent:end`.
+    StartFailed,
+}
+
+/// The events that open a turn, in the reference gateway's order: `session:info`, then
+/// `message:ack`, then `agent:start`. `planned`: the turn's plan was made (its history could be
+/// read), so its session is known; `callable`: a configured provider can serve it. A turn that
+/// cannot start still acknowledges its message, which is stored.
+pub fn opening(planned: bool, callable: bool) -> &'static [Opening] {
+    use Opening::*;
+    match (planned, callable) {
+        (true, true) => &[SessionInfo, Ack, Start],
+        (true, false) => &[SessionInfo, Ack, StartFailed],
+        (false, _) => &[Ack, StartFailed],
+    }
+}
+
 /// The stored user message's metadata.
 pub fn user_metadata(now_iso: &str, client_message_id: Option<&str>) -> String {
     let mut m = json!({ "timestamp": now_iso });
@@ -137,9 +164,11 @@ pub fn end_payload(
     end.to_string()
 }
 
-/// The `agent:end` payload of a turn that ended before any model call (clients wait for it).
+/// The `agent:end` payload of a turn that ended before any model call (clients wait for it);
+/// its `error.message` is the gateway's own reason (the `error` event's `detail`, if it has one).
 pub fn early_end_payload(conversation: &str, error: &RoomError) -> String {
-    json!({ "conversationId": conversation, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": error.message() } }).to_string()
+    let message = error.detail().unwrap_or(error.message());
+    json!({ "conversationId": conversation, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": message } }).to_string()
 }
 
 #[cfg(test)]
@@ -166,6 +195,17 @@ mod tests {
         t.on_stream_event(StreamEvent::Text(text.into()));
         t.end_step(4);
         t
+    }
+
+    #[test]
+    fn a_turn_opens_in_the_reference_gateways_order() {
+        use Opening::*;
+        assert_eq!(opening(true, true), [SessionInfo, Ack, Start]);
+        // Whatever happens, the stored message is acknowledged, and never before session:info
+        // when the session is known.
+        assert_eq!(opening(true, false), [SessionInfo, Ack, StartFailed]);
+        assert_eq!(opening(false, true), [Ack, StartFailed]);
+        assert_eq!(opening(false, false), [Ack, StartFailed]);
     }
 
     #[test]
@@ -353,5 +393,9 @@ mod tests {
             v,
             json!({ "conversationId": "c", "stopReason": "error", "error": { "code": "provider_not_configured", "message": "no provider" } })
         );
+        // A turn that could not start says why in agent:end, not the reference gateway's text.
+        let v: Value =
+            serde_json::from_str(&early_end_payload("c", &RoomError::start_failed(early))).unwrap();
+        assert_eq!(v["error"]["message"], "no provider");
     }
 }

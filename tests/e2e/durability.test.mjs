@@ -512,6 +512,7 @@ describe('overlapping sends', () => {
     a.send('message', { conversationId, content: refused });
     const e = await a.next('error', { timeout: 5000 });
     assert.equal(e.data.code, 'queue_full', a.log.dump());
+    assert.equal(e.data.error, 'The agent failed to process your message. Please try again.', 'the seed text for a message the agent cannot take now');
     assert.ok(!a.events.some((f) => f.event === 'agent:end'), 'queue_full came while the first turn was still running');
     const frames = [];
     for (let k = 0; k < MAX_QUEUED + 1; k++) frames.push(...(await a.until('agent:end', { timeout: 30_000 })));
@@ -776,7 +777,7 @@ describe('malformed frames', () => {
       ['modelId is an object', msg({ content: 'x', modelId: { id: 'gpt' } }), P],
       ['set:thinking without level', JSON.stringify({ event: 'set:thinking', data: { conversationId } }), P],
       ['set:thinking to an unknown level', JSON.stringify({ event: 'set:thinking', data: { conversationId, level: 'ludicrous' } }), ['invalid_thinking_level']],
-      ['abort with no running turn', JSON.stringify({ event: 'abort', data: { conversationId } }), ['no_active_turn']],
+      ['abort naming another conversation', JSON.stringify({ event: 'abort', data: { conversationId: randomUUID() } }), ['conversation_mismatch']],
       ['command:execute without command', JSON.stringify({ event: 'command:execute', data: { conversationId } }), P],
       ['command:execute with a 5000-byte command', JSON.stringify({ event: 'command:execute', data: { command: `/help ${'x'.repeat(5000)}` } }), ['payload_too_large']],
     ];
@@ -834,11 +835,14 @@ describe('rate limit', () => {
     const stored = await messagesOf(token, conversationId);
     assert.equal(stored.length, 2 * RATE_LIMIT);
     assert.ok(!stored.some((m) => m.content === over));
-    // Commands count against the same limit; the socket stays open, and abort (never limited) is answered.
+    // Commands count against the same limit; the socket stays open, and abort is never limited:
+    // on this idle session it is taken and, as in the reference gateway, answered with nothing.
     client.send('command:execute', { conversationId, command: '/status' });
     assert.equal((await client.next('error')).data.code, 'rate_limited');
+    const beforeAbort = client.events.length;
     client.send('abort', { conversationId });
-    assert.equal((await client.next('error')).data.code, 'no_active_turn');
+    await sleep(500);
+    assert.deepEqual(client.events.slice(beforeAbort), [], 'no rate_limited for an abort, and nothing else');
     await client.close();
   });
 });

@@ -521,7 +521,8 @@ describe('upstream failures', () => {
       assert.equal(requestsFor(content).length, 1, 'a 401 is not retried');
       assert.equal(t.errors.length, 1, client.log.dump());
       assert.equal(t.errors[0].data.code, 'upstream_auth');
-      assert.match(t.errors[0].data.error, /401/);
+      assert.equal(t.errors[0].data.error, 'The agent failed to process your message. Please try again.');
+      assert.match(t.errors[0].data.detail, /401/);
       assert.equal(t.end.data.stopReason, 'error');
       assert.equal(t.end.data.error?.code, 'upstream_auth');
       assert.equal(t.text, '');
@@ -650,7 +651,8 @@ describe('without Anthropic configured', () => {
     const e = await client.next('error', { timeout: 10_000 });
     assert.equal(e.data.code, 'provider_not_configured', JSON.stringify(e.data));
     assert.equal(e.data.conversationId, client.conversationId);
-    assert.equal(typeof e.data.error, 'string');
+    assert.equal(e.data.error, 'Failed to start agent session. Please try again.', 'the seed text');
+    assert.match(e.data.detail, /provider/);
     assert.equal(requestsFor(content).length, 0);
 
     client.send('command:execute', { conversationId: client.conversationId, command: '/model', args: 'anthropic/claude-sonnet-4-5' });
