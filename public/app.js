@@ -502,7 +502,8 @@ function onFrame(f, gen) {
       note(`${d.error ?? 'Error'}${d.code ? ` (${d.code})` : ''}`, 'error');
       break;
     case 'system:reload':
-      showBanner(`The gateway was updated${d.reason ? ` (${d.reason})` : ''}; reloading…`);
+      // The payload is whatever the admin posted: show a reason only if it is text.
+      showBanner(`The gateway was updated${typeof d.reason === 'string' && d.reason ? ` (${d.reason})` : ''}; reloading…`);
       closeSocket();
       setTimeout(() => location.reload(), 1500);
       break;
