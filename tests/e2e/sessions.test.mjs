@@ -434,7 +434,7 @@ describe('slash commands', () => {
     assert.equal(r.message, 'Invalid thinking level "ultra". Available: off');
   });
 
-  test('/status after two turns: messages, turns, tokens and cost are the sums of the turns', async () => {
+  test('/status after two turns: messages, turns, tokens and cost are the sums of the turns, as agent:end.usage says', async () => {
     const { client } = await fresh();
     const t1 = await okTurn(client, `first ${uniq()} [[cache read=30]]`);
     const t2 = await okTurn(client, `second ${uniq()}`);
@@ -509,7 +509,7 @@ describe('model override', () => {
     assert.equal((await command(a, '/status')).data.modelSwitches, 1);
   });
 
-  test('PUT /admin/conversations/:id/model: session:info to the socket, an unknown model costs null, null clears', async () => {
+  test('PUT /admin/conversations/:id/model: session:info to the socket, an unknown model\'s turn costs null (the total stays a number), null clears', async () => {
     const { client, token, conversationId } = await fresh();
     const first = await okTurn(client, `priced ${uniq()}`);
     assert.ok(first.end.data.usage.turn.cost, 'gpt-4o-mini has a cost');
@@ -776,7 +776,7 @@ describe('cost', () => {
     assertCost(stored.cost, usage.turn.cost, 'stored claude-sonnet-4-5');
   });
 
-  test('/model openai/<unknown>: cost null; /status counts it as unpriced', async () => {
+  test('/model openai/<unknown>: the turn\'s cost null, usage.cost a number; /status counts it as unpriced', async () => {
     const { client } = await fresh();
     assert.equal((await command(client, '/model openai/some-other-unknown-model')).success, true);
     const t = await okTurn(client, `who prices this ${uniq()}`);
