@@ -352,7 +352,8 @@ describe('resume with lastSeq (JSON framing)', () => {
     const a = await openJson({ token, conversationId });
     const t = await turn(a, token, `late ${uniq()}`);
     await a.close();
-    const replay = await openJson({ token, conversationId, lastSeq: t.ack.seq - 1 });
+    // From before the turn's first frame (session:info, then message:ack).
+    const replay = await openJson({ token, conversationId, lastSeq: t.frames[0].seq - 1 });
     const again = await replay.until('agent:end', { timeout: 5000 });
     const shape = (frames) => frames.map((f) => [f.event, f.seq, JSON.stringify(f.data)]);
     assert.deepEqual(shape(again), shape(t.frames));
@@ -362,7 +363,7 @@ describe('resume with lastSeq (JSON framing)', () => {
     await sleep(700);
     assert.deepEqual(none.events.slice(1), [], `nothing after the last seq:\n${none.log.dump()}`);
     const next = await turn(none, token, `live again ${uniq()}`);
-    assert.equal(next.ack.seq, t.end.seq + 1, 'numbering continues');
+    assert.equal(next.frames[0].seq, t.end.seq + 1, 'numbering continues');
     await none.close();
   });
 
