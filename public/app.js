@@ -34,6 +34,7 @@ const S = {
   turn: null,
   pending: new Map(), // clientMessageId -> {content, node, gen}: resent with the same id until acked
   quietStatus: 0, // our own /status probes, whose results are not shown
+  quietThinking: 0, // the thinking picker's /thinking commands, whose results show only when they fail
   catchUp: false, // the socket dropped before any seq was seen: no resume point, so the history is reloaded instead
   completion: { items: [], index: 0, dismissed: null, exact: false, moved: false },
 };
@@ -192,10 +193,16 @@ function endTool(b, id, name, isError) {
 const STOP_LABELS = { length: 'Cut at output limit', aborted: 'Stopped', error: 'Failed', truncated: 'Truncated: the stream broke', max_steps: 'Stopped at the tool-step limit' };
 const num = (n) => (typeof n === 'number' ? n.toLocaleString('en-US') : '?');
 
-/** The footer under a finished turn: stop reason, tokens, cost (or "cost unknown"), context use. */
+const usd = (n) => `$${n < 0.01 ? n.toFixed(6) : n.toFixed(4)}`;
+
+/**
+ * The footer under a finished turn: stop reason, tokens, cost (or "cost unknown"), context use.
+ * In agent:end, usage.tokens and usage.cost are the conversation's running totals; the turn's own
+ * figures are in usage.turn.
+ */
 function finishBubble(b, { stopReason, usage, tokens, cost, context, error }) {
-  tokens ??= usage?.tokens;
-  cost = usage ? usage.cost : cost;
+  tokens ??= usage?.turn?.tokens;
+  if (usage) cost = usage.turn?.cost ?? null;
   context ??= usage?.context;
   const state = stopReason === 'aborted' ? 'stopped' : stopReason === 'error' ? 'error' : 'done';
   Object.assign(b.node.dataset, { state, stopReason: stopReason ?? '' });
@@ -204,7 +211,8 @@ function finishBubble(b, { stopReason, usage, tokens, cost, context, error }) {
   const parts = [];
   if (STOP_LABELS[stopReason]) parts.push(el('strong', { class: 'stop-reason' }, STOP_LABELS[stopReason]));
   if (tokens) parts.push(`${num(tokens.total)} tokens (${num(tokens.input)} in, ${num(tokens.output)} out${tokens.cacheRead ? `, ${num(tokens.cacheRead)} cached` : ''})`);
-  if (tokens || usage) parts.push(typeof cost?.total === 'number' ? `$${cost.total < 0.01 ? cost.total.toFixed(6) : cost.total.toFixed(4)}` : 'cost unknown');
+  if (tokens || usage) parts.push(typeof cost?.total === 'number' ? usd(cost.total) : 'cost unknown');
+  if (typeof usage?.cost === 'number') parts.push(`${usd(usage.cost)} in this conversation${usage.unpricedTurns ? ` (+${usage.unpricedTurns} unpriced turns)` : ''}`);
   if (context && typeof context.percent === 'number') parts.push(`${+context.percent.toFixed(2)}% of ${num(context.window)} context`);
   const model = usage ? `${usage.provider}/${usage.modelId}` : null;
   if (model) parts.push(model);
@@ -278,7 +286,11 @@ function renderPickers() {
 }
 
 ui.modelSelect.onchange = () => execute('/model', ui.modelSelect.value);
-ui.thinkingSelect.onchange = () => send('set:thinking', withConv({ level: ui.thinkingSelect.value }));
+// /thinking rather than set:thinking: set:thinking needs a session (a first message), as in the
+// reference gateway, and the picker works before one too. session:info brings the level back.
+ui.thinkingSelect.onchange = () => {
+  if (send('command:execute', withConv({ command: '/thinking', args: ui.thinkingSelect.value }))) S.quietThinking++;
+};
 
 // ---------------------------------------------------------------------------
 // Socket
@@ -447,6 +459,14 @@ function onFrame(f, gen) {
       break;
     case 'command:result':
       if (d.conversationId && !S.convId) adopt(d.conversationId);
+      if (d.command === 'thinking' && S.quietThinking > 0) {
+        S.quietThinking--;
+        if (!d.success) {
+          note(d.message || '/thinking failed', 'error');
+          renderPickers();
+        }
+        break;
+      }
       if (d.command === 'status' && S.quietStatus > 0) {
         S.quietStatus--;
         if (!S.session && d.data?.provider) S.session = { ...d.data, conversationId: d.conversationId };
@@ -482,7 +502,8 @@ function onFrame(f, gen) {
       note(`${d.error ?? 'Error'}${d.code ? ` (${d.code})` : ''}`, 'error');
       break;
     case 'system:reload':
-      showBanner(`The gateway was updated${d.reason ? ` (${d.reason})` : ''}; reloading…`);
+      // The payload is whatever the admin posted: show a reason only if it is text.
+      showBanner(`The gateway was updated${typeof d.reason === 'string' && d.reason ? ` (${d.reason})` : ''}; reloading…`);
       closeSocket();
       setTimeout(() => location.reload(), 1500);
       break;

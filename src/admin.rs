@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest token lifetime an admin may mint.
 const MAX_TOKEN_SECONDS: u64 = 10 * 365 * 86_400;
-/// Longest reload reason.
-const MAX_REASON_BYTES: usize = 1000;
+/// Largest `system:reload` payload (`POST /admin/reload`'s body): it goes to every socket.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 
 /// An admin route, with the ids its path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,35 @@ pub enum BodyUse {
     None,
     /// A JSON object is required.
     Object,
-    /// A JSON object, or nothing (read as `{}`).
-    ObjectOrEmpty,
+    /// A JSON object passed on as given (at most [`MAX_PAYLOAD_BYTES`]), or nothing (read as
+    /// `null`).
+    Payload,
+}
+
+impl BodyUse {
+    /// The most bytes such a body may have.
+    pub fn limit(self) -> usize {
+        match self {
+            BodyUse::Payload => MAX_PAYLOAD_BYTES,
+            BodyUse::None | BodyUse::Object => MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The refusal of a body over `limit` bytes.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "this admin body is limited to {} KiB",
+        limit / 1024
+    ))
+}
+
+/// Whether a request's `Content-Length` already says its body is over `limit`: refused before
+/// it is read. A missing or unreadable length says nothing (the read itself is bounded).
+pub fn declared_too_large(content_length: Option<&str>, limit: usize) -> bool {
+    content_length
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .is_some_and(|l| l > limit as u64)
 }
 
 impl<'a> AdminRoute<'a> {
@@ -107,21 +134,23 @@ impl<'a> AdminRoute<'a> {
             R::MintToken | R::SetModel(_) | R::SaveRule(_) | R::SaveAgent(_) | R::SaveModel => {
                 BodyUse::Object
             }
-            R::Reload => BodyUse::ObjectOrEmpty,
+            R::Reload => BodyUse::Payload,
             _ => BodyUse::None,
         }
     }
 }
 
-/// Reads an admin body: strict JSON, a single object, at most [`MAX_BODY_BYTES`].
+/// Reads an admin body: strict JSON, a single object, at most [`BodyUse::limit`] bytes. An
+/// empty [`BodyUse::Payload`] is `null`.
 pub fn parse_body(text: &str, use_: BodyUse) -> Result<Value, ApiError> {
-    if use_ == BodyUse::None || (use_ == BodyUse::ObjectOrEmpty && text.trim().is_empty()) {
+    if use_ == BodyUse::None {
         return Ok(json!({}));
     }
-    if text.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge(
-            "admin bodies are limited to 256 KiB".into(),
-        ));
+    if use_ == BodyUse::Payload && text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    if text.len() > use_.limit() {
+        return Err(too_large(use_.limit()));
     }
     let v: Value = crate::protocol::parse_strict(text)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
@@ -187,14 +216,12 @@ pub fn token_mint(body: Value, now_ms: i64, suffix: &str) -> Result<TokenMint, A
     })
 }
 
-/// The reload reason of `{reason?}`: a string of at most 1000 bytes, or none.
-pub fn reload_reason(body: &Value) -> Result<Option<String>, ApiError> {
-    match body.get("reason") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= MAX_REASON_BYTES => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::BadRequest(
-            "reason must be a string of at most 1000 bytes".into(),
-        )),
+/// The `system:reload` payload: `POST /admin/reload`'s body as given (a JSON object, as the
+/// reference gateway's admin passes it on), or `{at}` without a body.
+pub fn reload_payload(body: &Value, now_iso: &str) -> String {
+    match body {
+        Value::Null => json!({ "at": now_iso }).to_string(),
+        given => given.to_string(),
     }
 }
 
@@ -340,12 +367,12 @@ mod tests {
         );
         assert!(AdminRoute::SaveModel.changes_operator_config());
         assert!(!AdminRoute::ListRules.changes_operator_config());
-        assert_eq!(AdminRoute::Reload.body_use(), BodyUse::ObjectOrEmpty);
+        assert_eq!(AdminRoute::Reload.body_use(), BodyUse::Payload);
     }
 
     #[test]
     fn bodies_are_strict_json_objects_of_bounded_size() {
-        assert_eq!(parse_body("", BodyUse::ObjectOrEmpty), Ok(json!({})));
+        assert_eq!(parse_body(" \n", BodyUse::Payload), Ok(Value::Null));
         assert_eq!(parse_body("", BodyUse::Object).unwrap_err().status(), 400);
         assert_eq!(
             parse_body("[1]", BodyUse::Object).unwrap_err().status(),
@@ -359,6 +386,41 @@ mod tests {
         );
         let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_BODY_BYTES));
         assert_eq!(parse_body(&big, BodyUse::Object).unwrap_err().status(), 413);
+        let payload = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
+        assert_eq!(
+            parse_body(&payload, BodyUse::Payload).unwrap_err().status(),
+            413
+        );
+        assert!(parse_body(&payload, BodyUse::Object).is_ok());
+        assert!(declared_too_large(Some("16385"), MAX_PAYLOAD_BYTES));
+        assert!(!declared_too_large(Some(" 16384"), MAX_PAYLOAD_BYTES));
+        assert!(!declared_too_large(Some("chunked?"), MAX_PAYLOAD_BYTES));
+        assert!(!declared_too_large(None, MAX_PAYLOAD_BYTES));
+    }
+
+    #[test]
+    fn the_reload_payload_is_the_body_as_given_or_the_time_without_one() {
+        let given = parse_body(
+            r#"{"reason":"deploy","version":"2.1","commands":[{"name":"x"}]}"#,
+            BodyUse::Payload,
+        )
+        .unwrap();
+        let sent: Value = serde_json::from_str(&reload_payload(&given, "T")).unwrap();
+        assert_eq!(
+            sent,
+            json!({ "reason": "deploy", "version": "2.1", "commands": [{ "name": "x" }] }),
+            "passed through, nothing added or changed"
+        );
+        assert_eq!(reload_payload(&json!({}), "T"), "{}");
+        assert_eq!(reload_payload(&Value::Null, "T"), r#"{"at":"T"}"#);
+        // Not JSON, or JSON that is not an object: 400.
+        for bad in ["reload now", "{\"reason\":", "[1]", "\"x\"", "42", "null"] {
+            assert_eq!(
+                parse_body(bad, BodyUse::Payload).unwrap_err().status(),
+                400,
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -387,14 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn reload_reasons_and_model_overrides_are_checked() {
-        assert_eq!(reload_reason(&json!({})), Ok(None));
-        assert_eq!(
-            reload_reason(&json!({ "reason": "deploy" })),
-            Ok(Some("deploy".into()))
-        );
-        assert!(reload_reason(&json!({ "reason": 5 })).is_err());
-        assert!(reload_reason(&json!({ "reason": "x".repeat(1001) })).is_err());
+    fn model_overrides_are_checked() {
         assert_eq!(model_override(&json!({ "model": null })), Ok(None));
         assert_eq!(
             model_override(&json!({ "model": "openai/gpt-4o" })),

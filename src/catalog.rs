@@ -161,14 +161,16 @@ pub fn cost(prices: &Prices, usage: &Usage) -> Cost {
     }
 }
 
-/// Thinking levels a session on this model may select, weakest first, always with `off`.
+/// Thinking levels a session on `model` (its catalog row `info`) may select, weakest first,
+/// always with `off`.
 ///
-/// An unknown model (`None`) gets every level: it is most likely a self-hosted or newly released
-/// model, and refusing a level the model supports would block its user, while a level it does
-/// not support only earns an upstream `upstream_bad_request` the user can act on.
-pub fn thinking_levels_for(info: Option<&ModelInfo>) -> Vec<ThinkingLevel> {
+/// An unknown model (`None`) gets the levels of a reasoning model (`xhigh` only where its id says
+/// it takes it): it is most likely a self-hosted or newly released model, and refusing a level
+/// the model supports would block its user, while a level it does not support only earns an
+/// upstream `upstream_bad_request` the user can act on.
+pub fn thinking_levels_for(info: Option<&ModelInfo>, model: &str) -> Vec<ThinkingLevel> {
     let Some(info) = info else {
-        return ThinkingLevel::ALL.to_vec();
+        return ThinkingLevel::offered(crate::llm::supports_xhigh(model));
     };
     // Normalise rows that bypassed validation: sorted, deduplicated, `off` present.
     let mut levels = info.thinking_levels.clone();
@@ -185,18 +187,15 @@ pub struct Catalog {
     skipped: Vec<String>,
 }
 
-/// Levels of an OpenAI o-series model: effort can be lowered but reasoning not turned off,
-/// so `off` means "send no effort" and the model reasons at its default.
-const O_SERIES: &[ThinkingLevel] = &[
-    ThinkingLevel::Off,
-    ThinkingLevel::Low,
-    ThinkingLevel::Medium,
-    ThinkingLevel::High,
-];
+/// The levels of a reasoning model, as the reference gateway's agent offers them: GPT-5 accepts
+/// `minimal` effort (the o-series gets `low` for it), and on Anthropic `minimal` maps to the
+/// smallest budget the API accepts (1,024 tokens), distinct from `low` (2,048). On an o-series
+/// model reasoning cannot be turned off: `off` sends no effort and the model reasons at its
+/// default.
+const REASONING: &[ThinkingLevel] = &ThinkingLevel::STANDARD;
 
-/// Every level: GPT-5 accepts `minimal` effort, and on Anthropic `minimal` maps to the
-/// smallest budget the API accepts (1,024 tokens), distinct from `low` (2,048).
-const ALL_LEVELS: &[ThinkingLevel] = &ThinkingLevel::ALL;
+/// [`REASONING`] and `xhigh`, for the models that take it ([`crate::llm::supports_xhigh`]).
+const WITH_XHIGH: &[ThinkingLevel] = &ThinkingLevel::ALL;
 
 /// Levels of a model that cannot reason.
 const OFF: &[ThinkingLevel] = &[ThinkingLevel::Off];
@@ -277,24 +276,18 @@ impl Catalog {
             openai("gpt-4.1", 1_047_576, 32_768, 2.00, 0.50, 8.00, OFF),
             openai("gpt-4.1-mini", 1_047_576, 32_768, 0.40, 0.10, 1.60, OFF),
             openai("gpt-4.1-nano", 1_047_576, 32_768, 0.10, 0.025, 0.40, OFF),
-            openai("o3", 200_000, 100_000, 2.00, 0.50, 8.00, O_SERIES),
-            openai("o4-mini", 200_000, 100_000, 1.10, 0.275, 4.40, O_SERIES),
-            openai("gpt-5", 400_000, 128_000, 1.25, 0.125, 10.00, ALL_LEVELS),
-            openai(
-                "gpt-5-mini",
-                400_000,
-                128_000,
-                0.25,
-                0.025,
-                2.00,
-                ALL_LEVELS,
-            ),
+            openai("o3", 200_000, 100_000, 2.00, 0.50, 8.00, REASONING),
+            openai("o4-mini", 200_000, 100_000, 1.10, 0.275, 4.40, REASONING),
+            openai("gpt-5", 400_000, 128_000, 1.25, 0.125, 10.00, REASONING),
+            openai("gpt-5-mini", 400_000, 128_000, 0.25, 0.025, 2.00, REASONING),
+            openai("gpt-5.2", 400_000, 128_000, 1.75, 0.175, 14.00, WITH_XHIGH),
             // Anthropic: (max output, input, output); every model has a 200k window.
-            anthropic("claude-opus-4-1", 32_000, 15.00, 75.00, ALL_LEVELS),
-            anthropic("claude-sonnet-4-5", 64_000, 3.00, 15.00, ALL_LEVELS),
-            anthropic("claude-sonnet-4-0", 64_000, 3.00, 15.00, ALL_LEVELS),
-            anthropic("claude-3-7-sonnet-latest", 64_000, 3.00, 15.00, ALL_LEVELS),
-            anthropic("claude-haiku-4-5", 64_000, 1.00, 5.00, ALL_LEVELS),
+            anthropic("claude-opus-4-6", 128_000, 5.00, 25.00, WITH_XHIGH),
+            anthropic("claude-opus-4-1", 32_000, 15.00, 75.00, REASONING),
+            anthropic("claude-sonnet-4-5", 64_000, 3.00, 15.00, REASONING),
+            anthropic("claude-sonnet-4-0", 64_000, 3.00, 15.00, REASONING),
+            anthropic("claude-3-7-sonnet-latest", 64_000, 3.00, 15.00, REASONING),
+            anthropic("claude-haiku-4-5", 64_000, 1.00, 5.00, REASONING),
             anthropic("claude-3-5-haiku-latest", 8_192, 0.80, 4.00, OFF),
             // The local echo provider costs nothing: zero prices, so its cost is 0, not null.
             row("echo", "echo", 32_768, 32_768, (0.0, 0.0, 0.0, 0.0), OFF),
@@ -415,7 +408,7 @@ mod tests {
         for m in catalog.all() {
             assert_eq!(m.validate(), Ok(()), "{}", m.qualified_id());
         }
-        assert_eq!(catalog.all().len(), 16);
+        assert_eq!(catalog.all().len(), 18);
     }
 
     #[test]
@@ -659,34 +652,41 @@ mod tests {
     #[test]
     fn thinking_levels_for_known_and_unknown_models() {
         let c = Catalog::builtin();
+        let levels = |id: &str| thinking_levels_for(c.lookup(None, id), id);
+        assert_eq!(levels("gpt-4o"), vec![ThinkingLevel::Off]);
+        // Every reasoning model offers what the reference gateway's agent offers.
+        for id in ["o4-mini", "gpt-5", "claude-sonnet-4-5", "claude-opus-4-1"] {
+            assert_eq!(levels(id), ThinkingLevel::STANDARD.to_vec(), "{id}");
+        }
+        for id in ["gpt-5.2", "claude-opus-4-6"] {
+            assert_eq!(levels(id), ThinkingLevel::ALL.to_vec(), "{id}");
+            assert!(crate::llm::supports_xhigh(id));
+        }
         assert_eq!(
-            thinking_levels_for(c.lookup(None, "gpt-4o")),
-            vec![ThinkingLevel::Off]
+            thinking_levels_for(None, "qwen3"),
+            ThinkingLevel::STANDARD.to_vec()
         );
         assert_eq!(
-            thinking_levels_for(c.lookup(None, "o4-mini")),
-            vec![
-                ThinkingLevel::Off,
-                ThinkingLevel::Low,
-                ThinkingLevel::Medium,
-                ThinkingLevel::High
-            ]
-        );
-        assert_eq!(
-            thinking_levels_for(c.lookup(None, "gpt-5")),
+            thinking_levels_for(None, "gpt-5.4-preview"),
             ThinkingLevel::ALL.to_vec()
         );
-        assert_eq!(
-            thinking_levels_for(c.lookup(None, "claude-sonnet-4-5")),
-            ThinkingLevel::ALL.to_vec()
-        );
-        assert_eq!(thinking_levels_for(None), ThinkingLevel::ALL.to_vec());
         // A row built by hand without `off`, unsorted and repeated, is normalised.
         let mut odd = c.lookup(None, "o3").unwrap().clone();
         odd.thinking_levels = vec![ThinkingLevel::High, ThinkingLevel::Low, ThinkingLevel::High];
         assert_eq!(
-            thinking_levels_for(Some(&odd)),
+            thinking_levels_for(Some(&odd), "o3"),
             vec![ThinkingLevel::Off, ThinkingLevel::Low, ThinkingLevel::High]
+        );
+        // An operator row may offer xhigh.
+        let row: ModelInfo = serde_json::from_value(serde_json::json!({
+            "provider": "openai", "id": "house", "contextWindow": 1000, "maxOutput": 100,
+            "reasoning": true, "thinkingLevels": ["off", "xhigh"]
+        }))
+        .unwrap();
+        assert_eq!(row.validate(), Ok(()));
+        assert_eq!(
+            thinking_levels_for(Some(&row), "house"),
+            vec![ThinkingLevel::Off, ThinkingLevel::Xhigh]
         );
     }
 
@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(out["prices"]["cacheRead"], 0.5);
         assert_eq!(
             out["thinkingLevels"],
-            serde_json::json!(["off", "low", "medium", "high"])
+            serde_json::json!(["off", "minimal", "low", "medium", "high"])
         );
     }
 }

@@ -311,7 +311,7 @@ fn available() -> String {
         .join(", ")
 }
 
-/// `off, minimal, low, medium, high`.
+/// `off, minimal, low, medium, high, xhigh`.
 fn levels() -> String {
     ThinkingLevel::ALL
         .iter()
@@ -910,7 +910,7 @@ mod tests {
     fn bad_thinking_level_lists_the_levels() {
         assert_eq!(
             err("/thinking x"),
-            "Invalid thinking level \"x\". Available: off, minimal, low, medium, high"
+            "Invalid thinking level \"x\". Available: off, minimal, low, medium, high, xhigh"
         );
     }
 
@@ -925,7 +925,7 @@ mod tests {
         );
         assert_eq!(
             err("/think"),
-            "Missing argument <level> for /thinking. Usage: /thinking <level>. Available: off, minimal, low, medium, high"
+            "Missing argument <level> for /thinking. Usage: /thinking <level>. Available: off, minimal, low, medium, high, xhigh"
         );
         assert!(pa("thinking", json!([" "])).is_err());
     }
@@ -1089,7 +1089,7 @@ mod tests {
         );
         assert_eq!(
             commands[1]["args"][0]["values"],
-            json!(["off", "minimal", "low", "medium", "high"])
+            json!(["off", "minimal", "low", "medium", "high", "xhigh"])
         );
         assert_eq!(commands[1]["args"][0]["required"], true);
         assert_eq!(commands[1]["aliases"], json!(["think"]));
@@ -1120,7 +1120,7 @@ mod tests {
         assert!(help.starts_with("Available commands:\n"));
         assert!(help.contains("\n  /model [<id>|clear] (alias /m) - "));
         assert!(help.contains("\n  /thinking <level> (alias /think) - "));
-        assert!(help.contains("Levels: off, minimal, low, medium, high."));
+        assert!(help.contains("Levels: off, minimal, low, medium, high, xhigh."));
         assert!(help.contains("\n  /agent [<name>|clear] - "));
         assert!(help.contains("\n  /status (alias /s) - "));
         assert!(help.contains("\n  /new - "));

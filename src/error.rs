@@ -98,6 +98,20 @@ pub enum Fault {
     Internal,
 }
 
+/// The reference gateway's error texts, for the situations it has. Clients written for it match
+/// on them; the gateway's own reason goes with them as `detail`.
+pub mod seed {
+    /// A turn that could not start: no model to serve it, an agent that cannot be run, the
+    /// conversation's history or storage unavailable.
+    pub const START_FAILED: &str = "Failed to start agent session. Please try again.";
+    /// A turn the model failed (an upstream error), or a message refused while turns run.
+    pub const PROMPT_FAILED: &str = "The agent failed to process your message. Please try again.";
+    /// `set:thinking` on a conversation that never had a turn.
+    pub const NO_SESSION: &str = "No active session for this conversation.";
+    /// `abort` on a conversation that never had a turn.
+    pub const NO_SESSION_TO_ABORT: &str = "No active session to abort.";
+}
+
 /// Why a conversation refused or failed something a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomError {
@@ -113,6 +127,12 @@ pub enum RoomError {
     },
     /// The gateway failed; `message` is generic, the detail went to the log.
     Internal { message: String },
+    /// A situation the reference gateway has: its `text` is what clients see as the reason, and
+    /// `cause` (code, fault, the gateway's own reason as `detail`) is everything else.
+    Seed {
+        text: &'static str,
+        cause: Box<RoomError>,
+    },
 }
 
 impl RoomError {
@@ -140,12 +160,30 @@ impl RoomError {
         }
     }
 
+    /// A turn that could not start, told in the reference gateway's words ([`seed::START_FAILED`]).
+    pub fn start_failed(cause: RoomError) -> Self {
+        RoomError::Seed {
+            text: seed::START_FAILED,
+            cause: Box::new(cause),
+        }
+    }
+
+    /// A message the agent failed to process, told in the reference gateway's words
+    /// ([`seed::PROMPT_FAILED`]).
+    pub fn prompt_failed(cause: RoomError) -> Self {
+        RoomError::Seed {
+            text: seed::PROMPT_FAILED,
+            cause: Box::new(cause),
+        }
+    }
+
     /// Whose fault it is.
     pub fn fault(&self) -> Fault {
         match self {
             RoomError::Client { .. } | RoomError::Forbidden => Fault::Client,
             RoomError::Upstream { .. } => Fault::Upstream,
             RoomError::Internal { .. } => Fault::Internal,
+            RoomError::Seed { cause, .. } => cause.fault(),
         }
     }
 
@@ -158,6 +196,7 @@ impl RoomError {
             RoomError::Forbidden => false,
             RoomError::Upstream { retryable, .. } => *retryable,
             RoomError::Internal { .. } => true,
+            RoomError::Seed { cause, .. } => cause.retryable(),
         }
     }
 
@@ -169,6 +208,7 @@ impl RoomError {
             RoomError::Forbidden => ErrorCode::Unauthorized,
             RoomError::Upstream { code, .. } => ErrorCode::Upstream(code),
             RoomError::Internal { .. } => ErrorCode::Internal,
+            RoomError::Seed { cause, .. } => cause.code(),
         }
     }
 
@@ -179,12 +219,27 @@ impl RoomError {
             | RoomError::Upstream { message, .. }
             | RoomError::Internal { message } => message,
             RoomError::Forbidden => "forbidden: this conversation belongs to another user",
+            RoomError::Seed { text, .. } => text,
         }
     }
 
-    /// The payload of an `error` event (and of a refused event's ack).
+    /// The gateway's own reason when the reason clients see is the reference gateway's text.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            RoomError::Seed { cause, .. } => Some(cause.detail().unwrap_or(cause.message())),
+            _ => None,
+        }
+    }
+
+    /// The payload of an `error` event (and of a refused event's ack): `{error, code,
+    /// conversationId?, detail?}`.
     pub fn event_payload(&self, conversation_id: Option<&str>) -> String {
-        protocol::error_payload(conversation_id, self.code(), self.message())
+        protocol::error_payload_detailed(
+            conversation_id,
+            self.code(),
+            self.message(),
+            self.detail(),
+        )
     }
 
     /// The message of a socket.io `CONNECT_ERROR`: a gateway failure says `internal:` first,
@@ -205,6 +260,7 @@ impl From<RoomError> for ApiError {
             RoomError::Forbidden => ApiError::Forbidden(e.message().to_string()),
             RoomError::Internal { message } => ApiError::InternalRetry(message),
             RoomError::Upstream { message, .. } => ApiError::Unavailable(message),
+            RoomError::Seed { cause, .. } => ApiError::from(*cause),
             RoomError::Client { code, message } => match code {
                 ErrorCode::Unauthorized => ApiError::Unauthorized(message),
                 ErrorCode::PayloadTooLarge => ApiError::PayloadTooLarge(message),
@@ -256,6 +312,55 @@ mod tests {
         };
         assert_eq!(upstream.fault(), Fault::Upstream);
         assert_eq!(upstream.code().as_str(), "upstream_overloaded");
+    }
+
+    #[test]
+    fn seed_situations_say_the_seed_text_and_keep_the_cause_apart() {
+        let upstream = RoomError::Upstream {
+            code: "upstream_overloaded",
+            message: "anthropic answered 529: Overloaded".into(),
+            retryable: true,
+        };
+        let failed = RoomError::prompt_failed(upstream);
+        assert_eq!(
+            failed.message(),
+            "The agent failed to process your message. Please try again."
+        );
+        assert_eq!(failed.detail(), Some("anthropic answered 529: Overloaded"));
+        assert_eq!(failed.code().as_str(), "upstream_overloaded");
+        assert_eq!(
+            (failed.fault(), failed.retryable()),
+            (Fault::Upstream, true)
+        );
+        let v: serde_json::Value = serde_json::from_str(&failed.event_payload(Some("c1"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "conversationId": "c1",
+                "code": "upstream_overloaded",
+                "error": "The agent failed to process your message. Please try again.",
+                "detail": "anthropic answered 529: Overloaded",
+            })
+        );
+
+        let start = RoomError::start_failed(RoomError::client(
+            ErrorCode::ProviderNotConfigured,
+            "no configured provider",
+        ));
+        assert_eq!(
+            start.message(),
+            "Failed to start agent session. Please try again."
+        );
+        assert_eq!(start.code().as_str(), "provider_not_configured");
+        assert_eq!(start.detail(), Some("no configured provider"));
+        assert!(!start.retryable());
+        assert_eq!(ApiError::from(start).status(), 400);
+        let down = RoomError::start_failed(RoomError::internal("history unavailable"));
+        assert_eq!((down.fault(), down.retryable()), (Fault::Internal, true));
+        // A plain error has no detail and no `detail` field.
+        let plain = RoomError::client(ErrorCode::NoActiveTurn, seed::NO_SESSION_TO_ABORT);
+        assert_eq!(plain.detail(), None);
+        assert!(!plain.event_payload(None).contains("detail"));
     }
 
     #[test]

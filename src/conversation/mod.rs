@@ -616,8 +616,8 @@ pub fn next_seq_after_load(saved: Option<u64>, turn_was_running: bool) -> u64 {
 pub enum Admission {
     /// A resend of a stored message: its ack again, to the sender only; no second turn.
     Duplicate { message_id: String },
-    /// A resend of a message being stored right now or queued: nothing; the original's
-    /// `message:ack` broadcast reaches the sender too.
+    /// A resend of a message being stored right now (or stored, its ack not sent yet) or
+    /// queued: nothing; the original's `message:ack` broadcast reaches the sender too.
     Pending,
     /// A turn runs and the queue is full.
     QueueFull,
@@ -632,7 +632,8 @@ pub enum Admission {
 pub struct AdmissionState<'a> {
     /// The message id stored for this `clientMessageId`, if any (the dedupe table).
     pub stored_as: Option<&'a str>,
-    /// The `clientMessageId` of the message being stored right now.
+    /// The `clientMessageId` of the message being stored right now, or stored and not yet
+    /// acknowledged.
     pub in_flight: Option<&'a str>,
     pub turn_running: bool,
     pub queued: usize,
@@ -646,13 +647,14 @@ pub fn admit<'a>(
     mut queued_ids: impl Iterator<Item = Option<&'a str>>,
 ) -> Admission {
     if let Some(client_id) = client_id {
+        // Being stored, or stored and not yet acknowledged: the original's ack will do.
+        if state.in_flight == Some(client_id) || queued_ids.any(|q| q == Some(client_id)) {
+            return Admission::Pending;
+        }
         if let Some(message_id) = state.stored_as {
             return Admission::Duplicate {
                 message_id: message_id.to_string(),
             };
-        }
-        if state.in_flight == Some(client_id) || queued_ids.any(|q| q == Some(client_id)) {
-            return Admission::Pending;
         }
     }
     match (state.turn_running, state.queued >= state.max_queued) {

@@ -60,6 +60,7 @@ pub fn plan_turn(
         }
         let levels = catalog::thinking_levels_for(
             operator.catalog.lookup(Some(&first.provider), &first.model),
+            &first.model,
         );
         session.clamp_thinking(&levels);
     }
@@ -204,7 +205,7 @@ impl SessionState {
     /// The thinking levels the session's current model takes.
     pub fn available_levels(&self, config: &Config, catalog: &Catalog) -> Vec<ThinkingLevel> {
         let (provider, model) = self.current_model(config);
-        catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model))
+        catalog::thinking_levels_for(catalog.lookup(Some(&provider), &model), &model)
     }
 
     /// The `session:info` payload of conversation `id`.
@@ -258,7 +259,7 @@ impl SessionState {
         self.model_override = Some(format!("{provider}/{id}"));
         self.use_model(&provider, &id);
         self.routing_decision = None;
-        let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &id));
+        let levels = catalog::thinking_levels_for(catalog.lookup(Some(&provider), &id), &id);
         self.clamp_thinking(&levels);
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! How a turn shows on the wire and in storage: the user message's metadata and `message:ack`, the stored reply, `agent:end`, and the end of a turn that reached no model.
 
-use super::{assistant_metadata, StopReason, Turn, TurnUsage};
+use super::{assistant_metadata, Metrics, StopReason, TokenCounts, Turn, TurnUsage};
 use crate::error::RoomError;
 use crate::llm::{ChatMessage, UpstreamError};
 use serde_json::{json, Value};
@@ -14,6 +14,33 @@ pub const MAX_METADATA_BYTES: usize = 400_000;
 pub struct StoredReply {
     pub content: String,
     pub metadata: String,
+}
+
+/// What opens a turn whose user message is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// `session:info`: the model, thinking level and routing the turn runs with.
+    SessionInfo,
+    /// `message:ack` (and the sender's socket.io ack).
+    Ack,
+    /// `agent:start`; the model call follows.
+    Start,
+    /// The turn cannot start: `error` ("Failed to start agent session. Please try again."), then
+    /// `agent:end`.
+    StartFailed,
+}
+
+/// The events that open a turn, in the reference gateway's order: `session:info`, then
+/// `message:ack`, then `agent:start`. `planned`: the turn's plan was made (its history could be
+/// read), so its session is known; `callable`: a configured provider can serve it. A turn that
+/// cannot start still acknowledges its message, which is stored.
+pub fn opening(planned: bool, callable: bool) -> &'static [Opening] {
+    use Opening::*;
+    match (planned, callable) {
+        (true, true) => &[SessionInfo, Ack, Start],
+        (true, false) => &[SessionInfo, Ack, StartFailed],
+        (false, _) => &[Ack, StartFailed],
+    }
 }
 
 /// The stored user message's metadata.
@@ -102,13 +129,32 @@ fn replays_context(turn: &Turn) -> bool {
         })
 }
 
-/// The `agent:end` payload of a turn that reached a model.
+/// `agent:end.usage` as the reference gateway builds it from the session's statistics: `tokens`
+/// and `cost` (a number, USD) are the conversation's running totals, `metrics` once this turn is
+/// counted in. A turn whose cost is unknown adds nothing to `cost` and is counted in
+/// `unpricedTurns`; `turn` holds this turn's own tokens and cost breakdown (`null` when unknown).
+pub fn end_usage(usage: &TurnUsage, metrics: &Metrics) -> Value {
+    json!({
+        "provider": usage.provider,
+        "modelId": usage.model_id,
+        "thinkingLevel": usage.thinking_level,
+        "tokens": TokenCounts::from(metrics.tokens),
+        "cost": metrics.cost_usd,
+        "unpricedTurns": metrics.unpriced_turns,
+        "context": usage.context,
+        "turn": { "tokens": usage.tokens, "cost": usage.cost },
+    })
+}
+
+/// The `agent:end` payload of a turn that reached a model; `metrics` already count it.
 pub fn end_payload(
     conversation: &str,
     usage: &TurnUsage,
+    metrics: &Metrics,
     stop: StopReason,
     error: Option<&UpstreamError>,
 ) -> String {
+    let usage = end_usage(usage, metrics);
     let mut end =
         json!({ "conversationId": conversation, "usage": usage, "stopReason": stop.as_str() });
     if let Some(e) = error {
@@ -118,9 +164,11 @@ pub fn end_payload(
     end.to_string()
 }
 
-/// The `agent:end` payload of a turn that ended before any model call (clients wait for it).
+/// The `agent:end` payload of a turn that ended before any model call (clients wait for it);
+/// its `error.message` is the gateway's own reason (the `error` event's `detail`, if it has one).
 pub fn early_end_payload(conversation: &str, error: &RoomError) -> String {
-    json!({ "conversationId": conversation, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": error.message() } }).to_string()
+    let message = error.detail().unwrap_or(error.message());
+    json!({ "conversationId": conversation, "stopReason": StopReason::Error.as_str(), "error": { "code": error.code().as_str(), "message": message } }).to_string()
 }
 
 #[cfg(test)]
@@ -147,6 +195,17 @@ mod tests {
         t.on_stream_event(StreamEvent::Text(text.into()));
         t.end_step(4);
         t
+    }
+
+    #[test]
+    fn a_turn_opens_in_the_reference_gateways_order() {
+        use Opening::*;
+        assert_eq!(opening(true, true), [SessionInfo, Ack, Start]);
+        // Whatever happens, the stored message is acknowledged, and never before session:info
+        // when the session is known.
+        assert_eq!(opening(true, false), [SessionInfo, Ack, StartFailed]);
+        assert_eq!(opening(false, true), [Ack, StartFailed]);
+        assert_eq!(opening(false, false), [Ack, StartFailed]);
     }
 
     #[test]
@@ -240,6 +299,72 @@ mod tests {
         assert!(m.get("context").is_none());
     }
 
+    /// A turn of `input` prompt and `output` generated tokens, as a provider reports them.
+    fn reported(input: u64, output: u64, cache_read: u64) -> Turn {
+        let mut t = Turn::default();
+        t.begin_step();
+        t.on_stream_event(StreamEvent::Text("x".into()));
+        t.on_stream_event(StreamEvent::Usage(crate::llm::Usage {
+            input,
+            output,
+            cache_read,
+            cache_write: 0,
+        }));
+        t.end_step(4);
+        t
+    }
+
+    #[test]
+    fn end_usage_is_the_running_total_with_the_turn_apart() {
+        let catalog = Catalog::builtin();
+        let priced =
+            |t: &Turn| turn_usage(&catalog, "openai", "gpt-4o-mini", ThinkingLevel::Off, t);
+        let mut metrics = Metrics::default();
+        let first = priced(&reported(1_000_000, 0, 0));
+        metrics.record_turn(&first);
+        let second_turn = reported(0, 1_000_000, 1_000);
+        let second = priced(&second_turn);
+        metrics.record_turn(&second);
+        let u = end_usage(&second, &metrics);
+        assert_eq!(
+            u["tokens"],
+            json!({ "input": 1_000_000, "output": 1_000_000, "cacheRead": 1_000, "cacheWrite": 0, "total": 2_001_000 })
+        );
+        // $0.15 input + $0.60 output + 1,000 cached at $0.075 per million.
+        let cost = u["cost"].as_f64().expect("cost is a number");
+        assert!((cost - (0.15 + 0.60 + 0.000075)).abs() < 1e-12, "{cost}");
+        assert_eq!(u["unpricedTurns"], 0);
+        assert_eq!(u["turn"]["tokens"]["output"], 1_000_000);
+        assert_eq!(u["turn"]["tokens"]["input"], 0);
+        assert!((u["turn"]["cost"]["total"].as_f64().unwrap() - (0.60 + 0.000075)).abs() < 1e-12);
+        assert_eq!(u["context"], json!({ "percent": 0.78, "window": 128_000 }));
+        assert_eq!(
+            (
+                u["provider"].clone(),
+                u["modelId"].clone(),
+                u["thinkingLevel"].clone()
+            ),
+            (json!("openai"), json!("gpt-4o-mini"), json!("off"))
+        );
+
+        // A model without prices: the total stays a number, the turn's cost is null, and the
+        // turn is counted as unpriced.
+        let unknown = turn_usage(
+            &catalog,
+            "openai",
+            "house",
+            ThinkingLevel::Off,
+            &second_turn,
+        );
+        metrics.record_turn(&unknown);
+        let u = end_usage(&unknown, &metrics);
+        assert!((u["cost"].as_f64().unwrap() - cost).abs() < 1e-12);
+        assert_eq!(u["unpricedTurns"], 1);
+        assert_eq!(u["turn"]["cost"], Value::Null);
+        assert_eq!(u["context"], json!({ "percent": null, "window": 0 }));
+        assert_eq!(u["tokens"]["total"], 3_002_000);
+    }
+
     #[test]
     fn end_payloads_carry_the_stop_reason_and_a_redacted_error() {
         let t = answered("hi");
@@ -250,6 +375,7 @@ mod tests {
         let v: Value = serde_json::from_str(&end_payload(
             "c",
             &usage(&t),
+            &Metrics::default(),
             StopReason::Truncated,
             Some(&e),
         ))
@@ -267,5 +393,9 @@ mod tests {
             v,
             json!({ "conversationId": "c", "stopReason": "error", "error": { "code": "provider_not_configured", "message": "no provider" } })
         );
+        // A turn that could not start says why in agent:end, not the reference gateway's text.
+        let v: Value =
+            serde_json::from_str(&early_end_payload("c", &RoomError::start_failed(early))).unwrap();
+        assert_eq!(v["error"]["message"], "no provider");
     }
 }

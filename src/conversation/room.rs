@@ -78,7 +78,8 @@ pub struct Room<S> {
     /// The model context, once read (`None`: read it at the next turn).
     pub history: Option<Vec<ChatMessage>>,
     pub turn_running: bool,
-    /// The clientMessageId of the message whose turn runs, until it is stored and remembered.
+    /// The clientMessageId of the message whose turn runs, until it is stored and its
+    /// `message:ack` sent (which waits for `session:info`): a resend meanwhile gets that ack.
     pub in_flight: Option<String>,
     pub queue: VecDeque<Pending<S>>,
     /// The attached sockets (`None` until read from the runtime after a wake-up).
@@ -169,14 +170,38 @@ impl<S: Clone> Room<S> {
             .ok_or_else(|| RoomError::client(ErrorCode::Unauthorized, "not authenticated"))
     }
 
-    /// An `abort`: accepted while a turn runs, refused with the seed's text otherwise.
-    pub fn abort_requested(&self) -> Result<(), RoomError> {
+    /// Whether the conversation has an agent session, as the reference gateway counts one: it
+    /// starts with the first message. Here it is kept with the conversation, so it outlives
+    /// restarts: a message stored, or a turn running.
+    pub fn has_session(&self) -> bool {
+        self.stored_any || self.turn_running
+    }
+
+    /// An `abort`: `Ok(true)` stops the running turn; `Ok(false)` does nothing, sending no error
+    /// and no event (the session is idle, as the reference gateway's abort of an idle session);
+    /// refused with the reference gateway's text when there is no session at all.
+    pub fn abort_requested(&self) -> Result<bool, RoomError> {
         if self.turn_running {
-            Ok(())
+            Ok(true)
+        } else if self.has_session() {
+            Ok(false)
         } else {
             Err(RoomError::client(
                 ErrorCode::NoActiveTurn,
-                "No active session to abort.",
+                crate::error::seed::NO_SESSION_TO_ABORT,
+            ))
+        }
+    }
+
+    /// A `set:thinking` is taken only by a conversation with a session; refused with the
+    /// reference gateway's text before the first message.
+    pub fn thinking_settable(&self) -> Result<(), RoomError> {
+        if self.has_session() {
+            Ok(())
+        } else {
+            Err(RoomError::client(
+                ErrorCode::NoActiveSession,
+                crate::error::seed::NO_SESSION,
             ))
         }
     }
@@ -213,7 +238,9 @@ impl<S: Clone> Room<S> {
                 let msg = format!(
                     "a turn is running and {max_queued} messages are already queued; wait for agent:end"
                 );
-                Offer::Refused(pending, RoomError::client(ErrorCode::QueueFull, msg))
+                // The reference gateway's agent refuses a message while it runs, in these words.
+                let e = RoomError::prompt_failed(RoomError::client(ErrorCode::QueueFull, msg));
+                Offer::Refused(pending, e)
             }
             Admission::Queue => {
                 self.queue.push_back(pending);
@@ -256,7 +283,6 @@ impl<S: Clone> Room<S> {
         message_id: &str,
         now_ms: i64,
     ) -> StoredWrites {
-        self.in_flight = None;
         self.session.metrics.messages += 1;
         let owner = self.owner.is_none().then(|| user.to_string());
         if owner.is_some() {
@@ -275,6 +301,11 @@ impl<S: Clone> Room<S> {
             remember,
             prune,
         }
+    }
+
+    /// The running turn's `message:ack` went out: a resend of its message is a duplicate now.
+    pub fn acknowledged(&mut self) {
+        self.in_flight = None;
     }
 
     /// Whether `user` may use this conversation, as far as this instance knows (`None`: the
@@ -511,8 +542,15 @@ mod tests {
         ));
         let writes = room.message_stored("alice", Some("k1"), "m1", 0);
         assert_eq!(writes.remember, Some(("k1".into(), "m1".into())));
+        // Stored, not yet acknowledged (the ack follows session:info): the original's ack will
+        // reach the resend, which gets nothing of its own.
+        assert!(matches!(
+            room.offer(pending(6, Some("k1")), Some("m1".into()), 4),
+            Offer::AlreadyPending
+        ));
+        room.acknowledged();
         assert!(room.in_flight.is_none());
-        // Once stored, a resend is a duplicate: its ack again, no turn.
+        // Once acknowledged, a resend is a duplicate: its ack again, no turn.
         match room.offer(pending(5, Some("k1")), Some("m1".into()), 4) {
             Offer::Duplicate {
                 pending,
@@ -563,10 +601,36 @@ mod tests {
             room.gate(&abort("c1"), &meta(None)).unwrap_err().code(),
             ErrorCode::Unauthorized
         );
+    }
+
+    #[test]
+    fn abort_and_set_thinking_follow_the_session_as_the_reference_gateway() {
+        let mut room = loaded(&[]);
+        // No session yet: both refused with the reference gateway's texts.
+        let e = room.abort_requested().unwrap_err();
         assert_eq!(
-            room.abort_requested().unwrap_err().message(),
-            "No active session to abort."
+            (e.code(), e.message()),
+            (ErrorCode::NoActiveTurn, "No active session to abort.")
         );
+        let e = room.thinking_settable().unwrap_err();
+        assert_eq!(
+            (e.code().as_str(), e.message()),
+            (
+                "no_active_session",
+                "No active session for this conversation."
+            )
+        );
+        // A turn runs: abort stops it, the level may be set.
+        room.turn_running = true;
+        assert_eq!(room.abort_requested(), Ok(true));
+        assert_eq!(room.thinking_settable(), Ok(()));
+        // The turn stored its message and ended: an idle session, whose abort does nothing.
+        room.message_stored("alice", None, "m1", 0);
+        room.turn_running = false;
+        assert_eq!(room.abort_requested(), Ok(false));
+        assert_eq!(room.thinking_settable(), Ok(()));
+        // A session outlives the instance: a reloaded room that stored a message has one.
+        assert!(loaded(&[("stored", "1")]).has_session());
     }
 
     #[test]

@@ -230,11 +230,12 @@ impl TurnSteps {
             }
             Next::GiveUp => {
                 let stop = StopReason::after_failure(error.kind, !self.turn.text.is_empty());
-                let e = RoomError::Upstream {
+                // The reference gateway's text; the provider's (masked) reason is the detail.
+                let e = RoomError::prompt_failed(RoomError::Upstream {
                     code: error.kind.code(),
                     message: crate::llm::redact::redact(&error.message),
                     retryable: error.kind.retryable(),
-                };
+                });
                 self.send("error", e.event_payload(Some(&self.conversation)));
                 self.end(stop, Some(error));
             }
@@ -426,6 +427,11 @@ mod tests {
         let v: Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["code"], "upstream_auth");
         assert_eq!(v["conversationId"], "c1");
+        assert_eq!(
+            v["error"],
+            "The agent failed to process your message. Please try again."
+        );
+        assert!(v["detail"].as_str().unwrap().starts_with("bad key"));
         assert!(!data.contains("abcdefghijklmnopqrstuvwxyz"));
         let StepAction::End { error, .. } = &actions[1] else {
             unreachable!()

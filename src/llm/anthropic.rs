@@ -1090,6 +1090,19 @@ mod tests {
         ));
         assert_eq!(body(&high)["max_tokens"], json!(32000));
         assert_eq!(body(&high)["thinking"]["budget_tokens"], json!(16384));
+        // xhigh: twice high's budget, max_tokens raised above it.
+        let xhigh = build_request(&spec(
+            "https://api.anthropic.com",
+            &messages,
+            &[],
+            ThinkingLevel::Xhigh,
+            4096,
+        ));
+        assert_eq!(body(&xhigh)["thinking"]["budget_tokens"], json!(32768));
+        assert_eq!(
+            body(&xhigh)["max_tokens"],
+            json!(32768 + ANSWER_TOKENS_OVER_BUDGET)
+        );
     }
 
     #[test]

@@ -29,17 +29,39 @@ pub enum ThinkingLevel {
     Low,
     Medium,
     High,
+    /// Beyond `high`: offered only on models that take it (see [`ThinkingLevel::offered`]).
+    Xhigh,
 }
 
 impl ThinkingLevel {
     /// Every level, weakest first.
-    pub const ALL: [ThinkingLevel; 5] = [
+    pub const ALL: [ThinkingLevel; 6] = [
+        ThinkingLevel::Off,
+        ThinkingLevel::Minimal,
+        ThinkingLevel::Low,
+        ThinkingLevel::Medium,
+        ThinkingLevel::High,
+        ThinkingLevel::Xhigh,
+    ];
+
+    /// The levels the reference gateway's agent offers on a reasoning model without `xhigh`.
+    pub const STANDARD: [ThinkingLevel; 5] = [
         ThinkingLevel::Off,
         ThinkingLevel::Minimal,
         ThinkingLevel::Low,
         ThinkingLevel::Medium,
         ThinkingLevel::High,
     ];
+
+    /// The levels offered on a reasoning model: the standard five, and `xhigh` where the model
+    /// takes it.
+    pub fn offered(xhigh: bool) -> Vec<ThinkingLevel> {
+        if xhigh {
+            ThinkingLevel::ALL.to_vec()
+        } else {
+            ThinkingLevel::STANDARD.to_vec()
+        }
+    }
 
     /// The wire name (`off`, `minimal`, ...).
     pub fn as_str(self) -> &'static str {
@@ -49,6 +71,7 @@ impl ThinkingLevel {
             ThinkingLevel::Low => "low",
             ThinkingLevel::Medium => "medium",
             ThinkingLevel::High => "high",
+            ThinkingLevel::Xhigh => "xhigh",
         }
     }
 
@@ -57,7 +80,8 @@ impl ThinkingLevel {
         ThinkingLevel::ALL.into_iter().find(|l| l.as_str() == s)
     }
 
-    /// Anthropic `thinking.budget_tokens` for this level; `None` disables thinking.
+    /// Anthropic `thinking.budget_tokens` for this level; `None` disables thinking. `xhigh`
+    /// doubles `high`'s budget (the request's `max_tokens` is raised above it).
     pub fn anthropic_budget(self) -> Option<u32> {
         match self {
             ThinkingLevel::Off => None,
@@ -65,19 +89,41 @@ impl ThinkingLevel {
             ThinkingLevel::Low => Some(2048),
             ThinkingLevel::Medium => Some(8192),
             ThinkingLevel::High => Some(16384),
+            ThinkingLevel::Xhigh => Some(32768),
         }
     }
 
-    /// OpenAI-compatible `reasoning_effort`; `None` leaves the field out.
-    pub fn openai_effort(self) -> Option<&'static str> {
+    /// OpenAI-compatible `reasoning_effort` for `model`; `None` leaves the field out. OpenAI's
+    /// o-series takes no `minimal` (it is sent as `low`); `xhigh` is sent as such to a model
+    /// that takes it and as `high` to any other.
+    pub fn openai_effort(self, model: &str) -> Option<&'static str> {
         match self {
             ThinkingLevel::Off => None,
+            ThinkingLevel::Minimal if is_openai_o_series(model) => Some("low"),
             ThinkingLevel::Minimal => Some("minimal"),
             ThinkingLevel::Low => Some("low"),
             ThinkingLevel::Medium => Some("medium"),
             ThinkingLevel::High => Some("high"),
+            ThinkingLevel::Xhigh if supports_xhigh(model) => Some("xhigh"),
+            ThinkingLevel::Xhigh => Some("high"),
         }
     }
+}
+
+/// Whether a model takes the `xhigh` level, by its id, as the reference gateway's agent
+/// decides it: the GPT-5.2, 5.3 and 5.4 families and Claude Opus 4.6.
+pub fn supports_xhigh(model: &str) -> bool {
+    let id = model.to_ascii_lowercase();
+    ["gpt-5.2", "gpt-5.3", "gpt-5.4", "opus-4-6", "opus-4.6"]
+        .iter()
+        .any(|family| id.contains(family))
+}
+
+/// Whether `model` is an OpenAI o-series reasoning model (`o1`, `o3-mini`, `o4-mini`, ...),
+/// whose `reasoning_effort` has no `minimal`.
+fn is_openai_o_series(model: &str) -> bool {
+    let id = model.rsplit('/').next().unwrap_or(model).as_bytes();
+    id.len() >= 2 && id[0].eq_ignore_ascii_case(&b'o') && id[1].is_ascii_digit()
 }
 
 /// A tool call the model asked for, with its arguments as the JSON text the model produced.
@@ -784,6 +830,59 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xhigh_is_offered_and_sent_only_where_the_model_takes_it() {
+        for id in [
+            "gpt-5.2",
+            "gpt-5.2-codex",
+            "gpt-5.4-mini",
+            "claude-opus-4-6",
+            "anthropic/claude-opus-4.6",
+        ] {
+            assert!(supports_xhigh(id), "{id}");
+        }
+        for id in [
+            "gpt-5",
+            "gpt-5-mini",
+            "o3",
+            "claude-opus-4-1",
+            "claude-sonnet-4-5",
+        ] {
+            assert!(!supports_xhigh(id), "{id}");
+        }
+        assert_eq!(
+            ThinkingLevel::offered(false),
+            ThinkingLevel::STANDARD.to_vec()
+        );
+        assert_eq!(
+            ThinkingLevel::offered(true).last(),
+            Some(&ThinkingLevel::Xhigh)
+        );
+        assert_eq!(ThinkingLevel::parse("xhigh"), Some(ThinkingLevel::Xhigh));
+        assert_eq!(ThinkingLevel::Xhigh.as_str(), "xhigh");
+        let xhigh = ThinkingLevel::Xhigh;
+        assert_eq!(xhigh.openai_effort("gpt-5.2"), Some("xhigh"));
+        assert_eq!(
+            xhigh.openai_effort("gpt-5"),
+            Some("high"),
+            "clamped where not taken"
+        );
+        assert!(xhigh.anthropic_budget() > ThinkingLevel::High.anthropic_budget());
+    }
+
+    #[test]
+    fn minimal_effort_is_low_on_the_o_series_only() {
+        let minimal = ThinkingLevel::Minimal;
+        for id in ["o3", "o4-mini", "O1", "openai/o3-mini"] {
+            assert_eq!(minimal.openai_effort(id), Some("low"), "{id}");
+        }
+        for id in ["gpt-5", "gpt-5-mini", "omni-7b", "qwen3"] {
+            assert_eq!(minimal.openai_effort(id), Some("minimal"), "{id}");
+        }
+        assert_eq!(ThinkingLevel::Off.openai_effort("o3"), None);
+        assert_eq!(ThinkingLevel::Low.openai_effort("gpt-5"), Some("low"));
+    }
 
     #[test]
     fn retry_after_header() {

@@ -41,7 +41,7 @@ pub fn build_request(spec: &CallSpec) -> UpstreamRequest {
     if spec.max_tokens > 0 {
         body.insert("max_tokens".into(), json!(spec.max_tokens));
     }
-    if let Some(effort) = spec.thinking.openai_effort() {
+    if let Some(effort) = spec.thinking.openai_effort(spec.model) {
         body.insert("reasoning_effort".into(), json!(effort));
     }
     if !spec.tools.is_empty() {
@@ -795,6 +795,30 @@ mod tests {
             assert!(body.get(absent).is_none(), "{absent}");
         }
         assert_eq!(body["messages"], json!([{"role":"user","content":"hi"}]));
+    }
+
+    #[test]
+    fn reasoning_effort_follows_what_the_model_takes() {
+        let messages = vec![ChatMessage::User {
+            content: "hi".into(),
+        }];
+        let effort = |model: &str, thinking: ThinkingLevel| {
+            let spec = CallSpec {
+                base_url: "https://api.openai.com/v1",
+                api_key: None,
+                model,
+                messages: &messages,
+                tools: &[],
+                thinking,
+                max_tokens: 0,
+            };
+            let body: Value = serde_json::from_str(&build_request(&spec).body).unwrap();
+            body["reasoning_effort"].clone()
+        };
+        assert_eq!(effort("gpt-5.2", ThinkingLevel::Xhigh), json!("xhigh"));
+        assert_eq!(effort("gpt-5", ThinkingLevel::Xhigh), json!("high"));
+        assert_eq!(effort("o4-mini", ThinkingLevel::Minimal), json!("low"));
+        assert_eq!(effort("gpt-5", ThinkingLevel::Minimal), json!("minimal"));
     }
 
     #[test]

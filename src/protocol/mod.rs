@@ -17,6 +17,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     ConversationMismatch,
     NoActiveTurn,
+    /// `set:thinking` on a conversation that never had a turn (the reference gateway's "no session").
+    NoActiveSession,
     InvalidThinkingLevel,
     RateLimited,
     QueueFull,
@@ -39,6 +41,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::ConversationMismatch => "conversation_mismatch",
             ErrorCode::NoActiveTurn => "no_active_turn",
+            ErrorCode::NoActiveSession => "no_active_session",
             ErrorCode::InvalidThinkingLevel => "invalid_thinking_level",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
@@ -398,9 +401,23 @@ pub fn delta_payload(conversation_id_json: &str, text: &str) -> String {
 
 /// Payload of an `error` event.
 pub fn error_payload(conversation_id: Option<&str>, code: ErrorCode, message: &str) -> String {
+    error_payload_detailed(conversation_id, code, message, None)
+}
+
+/// Payload of an `error` event whose reason is the reference gateway's text, with the gateway's
+/// own reason as `detail`.
+pub fn error_payload_detailed(
+    conversation_id: Option<&str>,
+    code: ErrorCode,
+    message: &str,
+    detail: Option<&str>,
+) -> String {
     let mut v = serde_json::json!({ "error": message, "code": code.as_str() });
     if let Some(id) = conversation_id {
         v["conversationId"] = Value::String(id.to_string());
+    }
+    if let Some(detail) = detail {
+        v["detail"] = Value::String(detail.to_string());
     }
     v.to_string()
 }

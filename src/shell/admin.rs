@@ -7,6 +7,7 @@ use crate::auth;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::{sql, TokenRow};
+use crate::text::Bounded;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ type ApiResult = std::result::Result<Response, ApiError>;
 const FANOUT_CONCURRENCY: usize = 32;
 
 /// Dispatches `/admin/...` after checking the admin token.
-pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
+pub async fn route(req: Request, env: &Env, config: &Config) -> ApiResult {
     let Some(admin_token) = config.admin_token.as_deref() else {
         return Err(ApiError::Unavailable(
             "admin routes are disabled: ADMIN_TOKEN is not configured".into(),
@@ -42,13 +43,7 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
     let route = AdminRoute::parse(req.method().as_ref(), &parts)?;
     let body = match route.body_use() {
         BodyUse::None => Value::Null,
-        use_ => {
-            let text = req
-                .text()
-                .await
-                .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
-            admin::parse_body(&text, use_)?
-        }
+        use_ => admin::parse_body(&read_body(&req, use_.limit()).await?, use_)?,
     };
     let db = db::db(env).map_err(|e| internal("database binding", e))?;
     let result = match route {
@@ -86,6 +81,24 @@ pub async fn route(mut req: Request, env: &Env, config: &Config) -> ApiResult {
         }
     }
     result
+}
+
+/// The request's body as text, refused (413) past `limit` bytes without reading the rest.
+async fn read_body(req: &Request, limit: usize) -> std::result::Result<String, ApiError> {
+    let declared = req.headers().get("content-length").ok().flatten();
+    if admin::declared_too_large(declared.as_deref(), limit) {
+        return Err(admin::too_large(limit));
+    }
+    let Some(stream) = req.inner().body() else {
+        return Ok(String::new());
+    };
+    let read = super::body::read_stream_bounded(stream.as_ref(), Bounded::new(limit)).await;
+    let body = read.map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
+    if body.truncated {
+        return Err(admin::too_large(limit));
+    }
+    String::from_utf8(body.bytes)
+        .map_err(|_| ApiError::BadRequest("body is not valid JSON: not UTF-8".into()))
 }
 
 fn ok(v: Value) -> ApiResult {
@@ -151,8 +164,7 @@ async fn revoke_token(key: &str, env: &Env, db: &worker::D1Database) -> ApiResul
 }
 
 async fn reload(body: &Value, env: &Env, db: &worker::D1Database) -> ApiResult {
-    let reason = admin::reload_reason(body)?;
-    let payload = json!({ "reason": reason, "at": super::now_iso() }).to_string();
+    let payload = admin::reload_payload(body, &super::now_iso());
     let reached = fan_out(env, db, "reload", Some(payload)).await?;
     ok(
         json!({ "conversations": reached.conversations, "sockets": reached.sockets, "failed": reached.failed }),

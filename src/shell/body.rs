@@ -173,16 +173,22 @@ impl Drop for BodyReader {
 
 /// Reads `resp`'s body up to `limit` bytes; the rest is cancelled, closing the connection.
 pub async fn read_bounded(resp: &mut worker::Response, limit: usize) -> Result<Bounded, String> {
-    use futures::StreamExt;
     let mut body = Bounded::new(limit);
-    let mut reader = match resp.body() {
-        worker::ResponseBody::Stream(stream) => BodyReader::new(stream.as_ref()),
+    let stream = match resp.body() {
+        worker::ResponseBody::Stream(stream) => stream,
         worker::ResponseBody::Body(b) => {
             body.push(b);
             return Ok(body);
         }
         worker::ResponseBody::Empty => return Ok(body),
     };
+    read_stream_bounded(stream.as_ref(), body).await
+}
+
+/// Reads a `ReadableStream` into `body` up to its bound; the rest is cancelled.
+pub async fn read_stream_bounded(stream: &JsValue, mut body: Bounded) -> Result<Bounded, String> {
+    use futures::StreamExt;
+    let mut reader = BodyReader::new(stream);
     while let Some(chunk) = reader.next().await {
         if !body.push(&chunk?) {
             // Dropping the reader cancels the rest of the body.

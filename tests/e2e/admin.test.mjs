@@ -104,26 +104,70 @@ describe('with ADMIN_TOKEN set', () => {
     for (const k of ['conversations', 'messages', 'tokens']) assert.equal(typeof res.json.totals[k], 'number', `totals.${k}`);
   });
 
-  test('POST /admin/reload reaches every connected socket before it answers', async () => {
+  test('POST /admin/reload reaches every connected socket before it answers; its body is the payload as given, on both framings', async () => {
     const token = await gw.mintToken('judy');
     const a = await gw.connect({ token });
     const b = await gw.connect({ token });
-    await a.next('commands:manifest');
-    await b.next('commands:manifest');
+    const c = await gw.connectSio({ token });
+    for (const client of [a, b, c]) await client.next('commands:manifest');
     const reason = uniq('reload');
     const res = await admin('POST', '/admin/reload', { reason });
     assert.equal(res.status, 200, res.text);
-    assert.ok(res.json.sockets >= 2, res.text);
+    assert.ok(res.json.sockets >= 3, res.text);
     assert.equal(res.json.failed, 0);
-    for (const client of [a, b]) {
+    for (const client of [a, b, c]) {
       // "after system:reload reached every connected socket": the frame is already here when the answer is.
       const frame = client.events.find((f) => f.event === 'system:reload');
       assert.ok(frame, client.log.dump());
-      assert.equal(frame.data.reason, reason);
-      const { at } = frame.data;
-      assert.ok(typeof at === 'number' || !Number.isNaN(Date.parse(at)), `system:reload carries a time \`at\`: ${JSON.stringify(at)}`);
-      await client.close();
+      assert.deepEqual(frame.data, { reason }, 'the body, as given: nothing added');
     }
+    // Any JSON object passes through unchanged, as the reference gateway's broadcastReload(payload).
+    const payload = { reason: uniq('deploy'), version: '2.1.0', at: 'whenever', commands: [{ name: 'x', aliases: [] }], nested: { n: 1.5, ok: null } };
+    const again = await admin('POST', '/admin/reload', payload);
+    assert.equal(again.status, 200, again.text);
+    for (const client of [a, b, c]) {
+      const frame = await client.next('system:reload', { where: (f) => f.data?.reason === payload.reason });
+      assert.deepEqual(frame.data, payload, `${client.constructor.name}: passed through`);
+    }
+    // No body: {at}, the time of the reload.
+    const bare = await gw.http('POST', '/admin/reload', { token: gw.adminToken });
+    assert.equal(bare.status, 200, bare.text);
+    for (const client of [a, b, c]) {
+      const frame = await client.next('system:reload', { where: (f) => f.data?.reason === undefined });
+      assert.deepEqual(Object.keys(frame.data), ['at'], JSON.stringify(frame.data));
+      assert.ok(!Number.isNaN(Date.parse(frame.data.at)), `system:reload carries a time \`at\`: ${JSON.stringify(frame.data.at)}`);
+    }
+    for (const client of [a, b, c]) await client.close();
+  });
+
+  test('POST /admin/reload refuses a body that is not a JSON object (400) or is over 16 KiB (413), and sends nothing', async () => {
+    const token = await gw.mintToken('judy');
+    const a = await gw.connect({ token });
+    await a.next('commands:manifest');
+    const headers = { 'content-type': 'application/json' };
+    for (const [label, body, status] of [
+      ['not JSON', 'reload now', 400],
+      ['cut JSON', '{"reason":', 400],
+      ['a JSON array', '["x"]', 400],
+      ['a JSON string', '"x"', 400],
+      ['over 16 KiB', JSON.stringify({ reason: 'x'.repeat(16 * 1024) }), 413],
+    ]) {
+      const res = await gw.http('POST', '/admin/reload', { token: gw.adminToken, body, headers });
+      assert.equal(res.status, status, `${label}: ${res.status} ${res.text}`);
+      assert.equal(typeof res.json?.error, 'string', `${label}: a JSON reason: ${res.text}`);
+    }
+    // Over the bound without a Content-Length (a streamed body): read no further than the bound.
+    const big = new ReadableStream({
+      start(controller) {
+        for (let k = 0; k < 64; k++) controller.enqueue(new TextEncoder().encode(k ? 'x'.repeat(1024) : `{"reason":"`));
+        controller.close();
+      },
+    });
+    const streamed = await fetch(`${gw.url}/admin/reload`, { method: 'POST', headers: { authorization: `Bearer ${gw.adminToken}` }, body: big, duplex: 'half' });
+    assert.equal(streamed.status, 413, await streamed.text());
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.ok(!a.events.some((f) => f.event === 'system:reload'), a.log.dump());
+    await a.close();
   });
 });
 

@@ -129,7 +129,7 @@ describe('a turn', () => {
     await client.close();
   });
 
-  test('ack, session:info, agent:start, text deltas equal to what the upstream sent, agent:end with its usage; seq +1 each', async () => {
+  test('session:info, ack, agent:start, text deltas equal to what the upstream sent, agent:end with its usage; seq +1 each', async () => {
     const client = await open(alice);
     const content = `hello ${uniq()}`;
     const clientMessageId = uniq('cm');
@@ -159,14 +159,20 @@ describe('a turn', () => {
     assert.equal(stopReason, 'stop');
     assert.equal(usage.provider, 'openai');
     assert.equal(usage.modelId, 'gpt-4o-mini');
-    assert.equal(usage.tokens.input, req.sent.tokens.input);
-    assert.equal(usage.tokens.output, req.sent.tokens.output);
-    assert.equal(usage.tokens.total, req.sent.tokens.total);
-    assert.equal(usage.tokens.cacheRead, 0);
-    assert.equal(usage.tokens.cacheWrite, 0);
+    assert.equal(usage.turn.tokens.input, req.sent.tokens.input);
+    assert.equal(usage.turn.tokens.output, req.sent.tokens.output);
+    assert.equal(usage.turn.tokens.total, req.sent.tokens.total);
+    assert.equal(usage.turn.tokens.cacheRead, 0);
+    assert.equal(usage.turn.tokens.cacheWrite, 0);
+    // The reference gateway's shape: running totals (the first turn's here), cost a number in USD.
+    assert.deepEqual(usage.tokens, usage.turn.tokens);
+    assert.equal(typeof usage.cost, 'number');
+    assert.ok(Math.abs(usage.cost - usage.turn.cost.total) < 1e-12, JSON.stringify(usage));
+    assert.deepEqual(Object.keys(usage.context).sort(), ['percent', 'window']);
 
     const at = (f) => t.frames.indexOf(f);
-    assert.ok(at(t.start) > at(t.ack) && at(t.start) > at(t.info), 'agent:start after the ack and session:info');
+    // The reference gateway's order: session:info, message:ack, agent:start, each the turn's first frames.
+    assert.deepEqual(t.frames.slice(0, 3).map((f) => f.event), ['session:info', 'message:ack', 'agent:start'], client.log.dump());
     assert.ok(t.texts.every((f) => at(f) > at(t.start)), 'text after agent:start');
     assert.equal(t.frames.at(-1), t.end);
     for (const f of t.frames) assert.ok(Number.isInteger(f.seq), `${f.event} carries an integer seq`);
@@ -297,14 +303,15 @@ describe('frame validation', () => {
 });
 
 describe('upstream failure', () => {
-  test('an upstream 500 gives error upstream_error naming the provider and status, then agent:end stopReason error', async () => {
+  test('an upstream 500 gives error upstream_error with the seed text, its detail naming the provider and status, then agent:end stopReason error', async () => {
     const client = await open(alice);
     const t = await client.turn(`boom ${uniq()} [[status code=500]]`, {}, { timeout: 60_000 });
     assert.equal(t.errors.length, 1, client.log.dump());
     const [e] = t.errors;
     assert.equal(e.data.code, 'upstream_error');
-    assert.match(e.data.error, /openai/i);
-    assert.match(e.data.error, /500/);
+    assert.equal(e.data.error, 'The agent failed to process your message. Please try again.');
+    assert.match(e.data.detail, /openai/i);
+    assert.match(e.data.detail, /500/);
     assert.equal(e.data.conversationId, t.end.data.conversationId);
     assert.ok(t.frames.indexOf(e) < t.frames.indexOf(t.end));
     assert.equal(t.end.data.stopReason, 'error');

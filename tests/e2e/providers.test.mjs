@@ -140,7 +140,8 @@ describe('streaming', () => {
     const { usage } = t.end.data;
     assert.equal(usage.provider, 'anthropic');
     assert.equal(usage.modelId, 'claude-sonnet-4-5');
-    assert.deepEqual(usage.tokens, req.sent.tokens);
+    assert.deepEqual(usage.turn.tokens, req.sent.tokens);
+    assert.deepEqual(usage.tokens, req.sent.tokens, 'the first turn: the running total is the turn');
     t.frames.slice(1).forEach((f, k) => assert.equal(f.seq, t.frames[k].seq + 1, `seq of ${f.event}`));
   });
 
@@ -234,7 +235,7 @@ describe('tool turns', () => {
     assert.equal(t.frames.at(-1), t.end);
     assert.equal(t.text, second.sent.text);
     assert.equal(t.text, `Tool add returned ${JSON.stringify({ sum: a + b })}`);
-    assert.deepEqual(t.end.data.usage.tokens, sumTokens(reqs), 'usage adds up both calls');
+    assert.deepEqual(t.end.data.usage.turn.tokens, sumTokens(reqs), 'usage adds up both calls');
 
     const assistant = (await storedMessages(token, conversationId)).at(-1);
     assert.equal(assistant.content, t.text);
@@ -288,7 +289,7 @@ describe('tool turns', () => {
       assert.ok(t.frames.indexOf(start) < t.frames.indexOf(end), 'each tool starts before it ends');
     }
     assert.equal(t.text, second.sent.text);
-    assert.deepEqual(t.end.data.usage.tokens, sumTokens(reqs));
+    assert.deepEqual(t.end.data.usage.turn.tokens, sumTokens(reqs));
 
     const assistant = (await storedMessages(token, conversationId)).at(-1);
     assert.deepEqual(
@@ -421,7 +422,7 @@ describe('usage', () => {
       const content = `usage ${uniq()} [[cache read=50 write=30]]`;
       const t = await okTurn(client, content, onProvider(provider));
       const req = onlyRequestFor(content);
-      const { tokens } = t.end.data.usage;
+      const { tokens } = t.end.data.usage.turn;
       assert.deepEqual(tokens, req.sent.tokens);
       assert.equal(tokens.cacheRead, 50);
       assert.equal(tokens.cacheWrite, provider === 'anthropic' ? 30 : 0, 'Chat Completions reports no cache writes');
@@ -520,7 +521,8 @@ describe('upstream failures', () => {
       assert.equal(requestsFor(content).length, 1, 'a 401 is not retried');
       assert.equal(t.errors.length, 1, client.log.dump());
       assert.equal(t.errors[0].data.code, 'upstream_auth');
-      assert.match(t.errors[0].data.error, /401/);
+      assert.equal(t.errors[0].data.error, 'The agent failed to process your message. Please try again.');
+      assert.match(t.errors[0].data.detail, /401/);
       assert.equal(t.end.data.stopReason, 'error');
       assert.equal(t.end.data.error?.code, 'upstream_auth');
       assert.equal(t.text, '');
@@ -649,7 +651,8 @@ describe('without Anthropic configured', () => {
     const e = await client.next('error', { timeout: 10_000 });
     assert.equal(e.data.code, 'provider_not_configured', JSON.stringify(e.data));
     assert.equal(e.data.conversationId, client.conversationId);
-    assert.equal(typeof e.data.error, 'string');
+    assert.equal(e.data.error, 'Failed to start agent session. Please try again.', 'the seed text');
+    assert.match(e.data.detail, /provider/);
     assert.equal(requestsFor(content).length, 0);
 
     client.send('command:execute', { conversationId: client.conversationId, command: '/model', args: 'anthropic/claude-sonnet-4-5' });

@@ -274,9 +274,10 @@ describe('5. private agents', () => {
       client.send('message', { conversationId: client.conversationId, content: marker, agentId });
       const e = await client.next('error');
       assert.equal(e.data.code, 'unknown_agent', client.log.dump());
-      const listed = e.data.error.split('Available:')[1] ?? '';
-      assert.ok(!listed.includes(agents.ops) && !listed.includes(agents.team), `the listing hides private agents: ${e.data.error}`);
-      assert.ok(listed.includes(agents.shared), `the listing names the public agent: ${e.data.error}`);
+      assert.equal(e.data.error, 'Failed to start agent session. Please try again.');
+      const listed = e.data.detail.split('Available:')[1] ?? '';
+      assert.ok(!listed.includes(agents.ops) && !listed.includes(agents.team), `the listing hides private agents: ${e.data.detail}`);
+      assert.ok(listed.includes(agents.shared), `the listing names the public agent: ${e.data.detail}`);
       await sleep(300);
       assert.equal(requestsFor(marker).length, 0, 'nothing reached the model');
     }
@@ -389,7 +390,7 @@ describe('7. endless answers', () => {
     const marker = uniq('endless-error');
     const t = await client.turn(`${marker} [[status code=400 endless=1]]`, {}, { timeout: 30_000 });
     assert.equal(t.end.data.stopReason, 'error', client.log.dump());
-    assert.match(t.errors[0].data.error, /400/);
+    assert.match(t.errors[0].data.detail, /400/);
     const rec = requestsFor(marker)[0];
     await eventually(() => rec.finishedAt, { what: 'the gateway hung up' });
     assert.ok(rec.endlessBytes < 64 * 1024 * 1024, `the server wrote ${rec.endlessBytes} bytes before the gateway hung up`);
@@ -421,9 +422,10 @@ describe('8. internal failures and provider text', () => {
       const text = JSON.stringify(t.frames);
       assert.ok(!text.includes(leak), `no key fragment: ${text}`);
       assert.ok(!text.includes('org-Q1w2E3r4T5y6'), 'no organisation id');
-      assert.match(t.errors[0].data.error, /openai answered 40[01]/);
+      assert.equal(t.errors[0].data.error, 'The agent failed to process your message. Please try again.');
+      assert.match(t.errors[0].data.detail, /openai answered 40[01]/);
     }
-    assert.match(t400.errors[0].data.error, /Quota of \[redacted\]/, 'the provider\'s words stay where they are harmless');
+    assert.match(t400.errors[0].data.detail, /Quota of \[redacted\]/, 'the provider\'s words stay where they are harmless');
     await client.close();
   });
 });

@@ -25,10 +25,15 @@ afterEach(async () => {
   opened.clear();
 });
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const admin = (method, path, body) => gw.http(method, path, { token: gw.adminToken, body });
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// The levels the reference gateway's agent offers a reasoning model, and those of a model that takes xhigh.
 const ALL_LEVELS = ['off', 'minimal', 'low', 'medium', 'high'];
-const O_SERIES_LEVELS = ['off', 'low', 'medium', 'high'];
+const XHIGH_LEVELS = [...ALL_LEVELS, 'xhigh'];
+// The reference gateway's error texts.
+const NO_SESSION = 'No active session for this conversation.';
+const NO_SESSION_TO_ABORT = 'No active session to abort.';
 
 /** Opens a socket, checks the manifest comes first and keeps it on the client. */
 async function open(token, conversationId) {
@@ -48,6 +53,18 @@ async function fresh(sockets = 1) {
   const clients = [];
   for (let k = 0; k < sockets; k++) clients.push(await open(token, conversationId));
   return { user, token, conversationId, clients, client: clients[0] };
+}
+
+/**
+ * Like fresh(), on a conversation that has had a turn: its agent session exists, as the reference
+ * gateway's does after a first message (set:thinking needs one). Every socket's frames so far are consumed.
+ */
+async function started(sockets = 1) {
+  const f = await fresh(sockets);
+  await okTurn(f.client, `start ${uniq()}`);
+  for (const c of f.clients.slice(1)) await c.until('agent:end');
+  for (const c of f.clients) c.log.skipAll();
+  return f;
 }
 
 /** Runs a slash command and returns the command:result payload. */
@@ -98,13 +115,32 @@ function assertCost(cost, expected, label) {
 const percentOf = (promptTokens, window) => Math.round((promptTokens / window) * 10_000) / 100;
 
 describe('thinking level', () => {
+  test('set:thinking before the first message: no_active_session with the seed text; after it the level is taken', async () => {
+    const { client, conversationId } = await fresh();
+    for (const level of ['low', 'turbo']) {
+      // The session is checked first, as in the reference gateway: an unknown level gets the same answer.
+      setThinking(client, level);
+      const e = await client.next('error');
+      assert.deepEqual(e.data, { conversationId, code: 'no_active_session', error: NO_SESSION }, level);
+    }
+    assert.equal((await command(client, '/model', 'openai/o4-mini')).success, true, 'the /model command needs no session');
+    setThinking(client, 'high');
+    assert.equal((await client.next('error')).data.error, NO_SESSION);
+    assert.equal((await command(client, '/status')).data.thinkingLevel, 'off');
+    await okTurn(client, `first ${uniq()}`);
+    setThinking(client, 'high');
+    const info = await client.next('session:info', { where: (f) => f.data.thinkingLevel === 'high' });
+    assert.deepEqual(info.data.availableThinkingLevels, ALL_LEVELS);
+    assert.ok(!client.events.some((f) => f.event === 'error' && f.data.code !== 'no_active_session'), client.log.dump());
+  });
+
   test('set:thinking with a valid level: session:info with it reaches both sockets', async () => {
-    const { clients: [a, b] } = await fresh(2);
+    const { clients: [a, b] } = await started(2);
     const r = await command(a, '/model', ['openai/o4-mini']);
     assert.equal(r.success, true, JSON.stringify(r));
     const switched = await b.next('session:info');
     assert.equal(switched.data.modelId, 'o4-mini');
-    assert.deepEqual(switched.data.availableThinkingLevels, O_SERIES_LEVELS);
+    assert.deepEqual(switched.data.availableThinkingLevels, ALL_LEVELS);
 
     setThinking(a, 'high');
     const onA = await a.next('session:info', { where: (f) => f.data.thinkingLevel === 'high' });
@@ -115,7 +151,7 @@ describe('thinking level', () => {
     assert.equal(onA.data.conversationId, a.conversationId);
     assert.equal(onA.data.provider, 'openai');
     assert.equal(onA.data.modelId, 'o4-mini');
-    assert.deepEqual(onA.data.availableThinkingLevels, O_SERIES_LEVELS);
+    assert.deepEqual(onA.data.availableThinkingLevels, ALL_LEVELS);
     assert.ok(!a.events.some((f) => f.event === 'error'), a.log.dump());
 
     // A model that cannot reason takes the level back to off, for every socket.
@@ -131,7 +167,7 @@ describe('thinking level', () => {
   });
 
   test('set:thinking with a level the model lacks: invalid_thinking_level with the seed text, nothing changes', async () => {
-    const { client } = await fresh();
+    const { client } = await started();
     // gpt-4o-mini (the default) cannot reason: only "off".
     setThinking(client, 'high');
     let e = await client.next('error');
@@ -144,29 +180,42 @@ describe('thinking level', () => {
     assert.equal(e.data.code, 'invalid_thinking_level');
     assert.equal(e.data.error, 'Invalid thinking level "turbo". Available: off');
 
+    // xhigh only where the model takes it, as the reference gateway's agent offers it.
     assert.equal((await command(client, '/model openai/o4-mini')).success, true);
-    setThinking(client, 'minimal');
+    setThinking(client, 'xhigh');
     e = await client.next('error');
     assert.equal(e.data.code, 'invalid_thinking_level');
-    assert.equal(e.data.error, 'Invalid thinking level "minimal". Available: off, low, medium, high');
+    assert.equal(e.data.error, 'Invalid thinking level "xhigh". Available: off, minimal, low, medium, high');
 
     const status = await command(client, '/status');
     assert.equal(status.data.thinkingLevel, 'off', JSON.stringify(status));
     assert.ok(!client.events.some((f) => f.event === 'session:info' && f.data.thinkingLevel !== 'off'), client.log.dump());
   });
 
-  test('OpenAI: the level becomes reasoning_effort of the upstream request; off leaves it out', async () => {
-    const { client } = await fresh();
+  test('OpenAI: the level becomes reasoning_effort of the upstream request (minimal is low on o-series, xhigh where taken); off leaves it out', async () => {
+    const { client } = await started();
     assert.equal((await command(client, '/model', 'openai/o4-mini')).success, true);
-    for (const level of ['medium', 'high', 'low']) {
+    for (const [model, level, effort] of [
+      ['o4-mini', 'medium', 'medium'],
+      ['o4-mini', 'high', 'high'],
+      ['o4-mini', 'low', 'low'],
+      ['o4-mini', 'minimal', 'low'],
+      ['gpt-5', 'minimal', 'minimal'],
+      ['gpt-5.2', 'xhigh', 'xhigh'],
+    ]) {
+      if (model !== 'o4-mini') {
+        assert.equal((await command(client, '/model', `openai/${model}`)).success, true);
+        const info = await client.next('session:info', { where: (f) => f.data.modelId === model });
+        assert.deepEqual(info.data.availableThinkingLevels, model === 'gpt-5.2' ? XHIGH_LEVELS : ALL_LEVELS);
+      }
       setThinking(client, level);
-      await client.next('session:info', { where: (f) => f.data.thinkingLevel === level });
+      await client.next('session:info', { where: (f) => f.data.thinkingLevel === level && f.data.modelId === model });
       const content = `reason ${level} ${uniq()}`;
       const t = await okTurn(client, content);
       const req = onlyRequestFor(content);
       assert.equal(req.provider, 'openai');
-      assert.equal(req.body.model, 'o4-mini');
-      assert.equal(req.body.reasoning_effort, level, JSON.stringify(req.body));
+      assert.equal(req.body.model, model);
+      assert.equal(req.body.reasoning_effort, effort, JSON.stringify(req.body));
       assert.equal(t.info.data.thinkingLevel, level);
       assert.equal(t.end.data.usage.thinkingLevel, level);
     }
@@ -178,23 +227,29 @@ describe('thinking level', () => {
     assert.equal(t.end.data.usage.thinkingLevel, 'off');
   });
 
-  test('Anthropic: the level becomes thinking.budget_tokens below max_tokens; off sends no thinking', async () => {
-    const { client } = await fresh();
+  test('Anthropic: the level becomes thinking.budget_tokens below max_tokens (xhigh on Opus 4.6); off sends no thinking', async () => {
+    const { client } = await started();
     assert.equal((await command(client, '/model', 'anthropic/claude-sonnet-4-5')).success, true);
     const info = await client.next('session:info', { where: (f) => f.data.modelId === 'claude-sonnet-4-5' });
     assert.deepEqual(info.data.availableThinkingLevels, ALL_LEVELS);
-    for (const [level, budget] of [
-      ['minimal', 1024],
-      ['low', 2048],
-      ['high', 16384],
+    for (const [model, level, budget] of [
+      ['claude-sonnet-4-5', 'minimal', 1024],
+      ['claude-sonnet-4-5', 'low', 2048],
+      ['claude-sonnet-4-5', 'high', 16384],
+      ['claude-opus-4-6', 'xhigh', 32768],
     ]) {
+      if (model === 'claude-opus-4-6') {
+        assert.equal((await command(client, '/model', `anthropic/${model}`)).success, true);
+        const opus = await client.next('session:info', { where: (f) => f.data.modelId === model });
+        assert.deepEqual(opus.data.availableThinkingLevels, XHIGH_LEVELS);
+      }
       setThinking(client, level);
-      await client.next('session:info', { where: (f) => f.data.thinkingLevel === level });
+      await client.next('session:info', { where: (f) => f.data.thinkingLevel === level && f.data.modelId === model });
       const content = `budget ${level} ${uniq()}`;
       const t = await okTurn(client, content);
       const req = onlyRequestFor(content);
       assert.equal(req.provider, 'anthropic');
-      assert.equal(req.body.model, 'claude-sonnet-4-5');
+      assert.equal(req.body.model, model);
       assert.deepEqual(req.body.thinking, { type: 'enabled', budget_tokens: budget });
       assert.ok(req.body.max_tokens > budget, `max_tokens ${req.body.max_tokens} must exceed the budget ${budget}`);
       assert.equal(t.end.data.usage.thinkingLevel, level);
@@ -247,19 +302,19 @@ describe('abort', () => {
     assert.equal((await storedMessages(token, conversationId)).length, 4);
   });
 
-  test('abort with no running turn: no_active_turn "No active session to abort.", before and after a turn', async () => {
+  test('abort with no session: no_active_turn "No active session to abort."; on an idle session: nothing at all', async () => {
     const { client, conversationId } = await fresh();
     client.send('abort', { conversationId });
-    let e = await client.next('error');
-    assert.equal(e.data.code, 'no_active_turn');
-    assert.equal(e.data.error, 'No active session to abort.');
-    assert.equal(e.data.conversationId, conversationId);
+    const e = await client.next('error');
+    assert.deepEqual(e.data, { conversationId, code: 'no_active_turn', error: NO_SESSION_TO_ABORT });
 
+    // After a turn the session exists; idle, its abort sends no error and no event, as in the reference gateway.
     await okTurn(client, `a turn ${uniq()}`);
+    const from = client.events.length;
     client.send('abort', { conversationId });
-    e = await client.next('error');
-    assert.equal(e.data.code, 'no_active_turn');
-    assert.equal(e.data.error, 'No active session to abort.');
+    client.send('abort', {});
+    await sleep(500);
+    assert.deepEqual(client.events.slice(from), [], client.log.dump());
     await okTurn(client, `still fine ${uniq()}`);
   });
 });
@@ -370,7 +425,7 @@ describe('slash commands', () => {
   });
 
   test('/thinking with an unknown level lists the levels of the session, as set:thinking does', async () => {
-    const { client } = await fresh();
+    const { client } = await started();
     setThinking(client, 'ultra');
     const e = await client.next('error');
     const r = await command(client, '/thinking', 'ultra');
@@ -379,7 +434,7 @@ describe('slash commands', () => {
     assert.equal(r.message, 'Invalid thinking level "ultra". Available: off');
   });
 
-  test('/status after two turns: messages, turns, tokens and cost are the sums of the turns', async () => {
+  test('/status after two turns: messages, turns, tokens and cost are the sums of the turns, as agent:end.usage says', async () => {
     const { client } = await fresh();
     const t1 = await okTurn(client, `first ${uniq()} [[cache read=30]]`);
     const t2 = await okTurn(client, `second ${uniq()}`);
@@ -389,10 +444,16 @@ describe('slash commands', () => {
     const d = s.data;
     assert.equal(d.turns, 2);
     assert.equal(d.messages, 2, 'user messages sent');
-    const sum = (k) => t1.end.data.usage.tokens[k] + t2.end.data.usage.tokens[k];
+    const sum = (k) => t1.end.data.usage.turn.tokens[k] + t2.end.data.usage.turn.tokens[k];
     assert.deepEqual(d.tokens, { input: sum('input'), output: sum('output'), cacheRead: sum('cacheRead'), cacheWrite: sum('cacheWrite'), total: sum('total') });
     assert.equal(d.tokens.cacheRead, 30);
-    assertUsd(d.costUsd, t1.end.data.usage.cost.total + t2.end.data.usage.cost.total, 'costUsd');
+    assertUsd(d.costUsd, t1.end.data.usage.turn.cost.total + t2.end.data.usage.turn.cost.total, 'costUsd');
+    // agent:end.usage carries the running totals, as the reference gateway's session statistics do.
+    assert.deepEqual(t1.end.data.usage.tokens, t1.end.data.usage.turn.tokens, 'after the first turn the total is that turn');
+    assert.deepEqual(t2.end.data.usage.tokens, d.tokens, 'after the second turn the total is both turns');
+    assertUsd(t1.end.data.usage.cost, t1.end.data.usage.turn.cost.total, 'usage.cost after the first turn');
+    assertUsd(t2.end.data.usage.cost, d.costUsd, 'usage.cost after the second turn');
+    assert.equal(t2.end.data.usage.unpricedTurns, 0);
     assert.ok(d.costUsd > 0);
     assert.equal(d.unpricedTurns, 0);
     assert.equal(d.modelSwitches, 0);
@@ -448,10 +509,10 @@ describe('model override', () => {
     assert.equal((await command(a, '/status')).data.modelSwitches, 1);
   });
 
-  test('PUT /admin/conversations/:id/model: session:info to the socket, an unknown model costs null, null clears', async () => {
+  test('PUT /admin/conversations/:id/model: session:info to the socket, an unknown model\'s turn costs null (the total stays a number), null clears', async () => {
     const { client, token, conversationId } = await fresh();
     const first = await okTurn(client, `priced ${uniq()}`);
-    assert.ok(first.end.data.usage.cost, 'gpt-4o-mini has a cost');
+    assert.ok(first.end.data.usage.turn.cost, 'gpt-4o-mini has a cost');
 
     assert.equal((await admin('PUT', `/admin/conversations/${randomUUID()}/model`, { model: 'openai/gpt-4o' })).status, 404);
     const res = await admin('PUT', `/admin/conversations/${conversationId}/model`, { model: 'openai/some-unknown-model' });
@@ -465,14 +526,18 @@ describe('model override', () => {
     assert.equal(onlyRequestFor(content).body.model, 'some-unknown-model');
     const { usage } = t.end.data;
     assert.equal(usage.modelId, 'some-unknown-model');
-    assert.equal(usage.cost, null, `an unknown model has cost null, not a number: ${JSON.stringify(usage)}`);
-    assert.ok(usage.tokens.input > 0 && usage.tokens.output > 0, 'tokens are still reported');
+    assert.equal(usage.turn.cost, null, `an unknown model's turn has cost null, not a number: ${JSON.stringify(usage)}`);
+    assert.ok(usage.turn.tokens.input > 0 && usage.turn.tokens.output > 0, 'tokens are still reported');
+    // The running total stays a number: it counts the priced turn, and says one turn is unpriced.
+    assertUsd(usage.cost, first.end.data.usage.cost, 'usage.cost after an unpriced turn');
+    assert.equal(usage.unpricedTurns, 1);
+    assert.equal(usage.tokens.total, first.end.data.usage.tokens.total + usage.turn.tokens.total);
     const stored = (await storedMessages(token, conversationId)).at(-1);
     assert.equal(stored.metadata.cost, null);
 
     const status = await command(client, '/status');
     assert.equal(status.data.unpricedTurns, 1);
-    assertUsd(status.data.costUsd, first.end.data.usage.cost.total, 'costUsd counts only the priced turn');
+    assertUsd(status.data.costUsd, first.end.data.usage.turn.cost.total, 'costUsd counts only the priced turn');
 
     const clear = await admin('PUT', `/admin/conversations/${conversationId}/model`, { model: null });
     assert.equal(clear.status, 200, clear.text);
@@ -481,7 +546,8 @@ describe('model override', () => {
     const again = `priced again ${uniq()}`;
     const t2 = await okTurn(client, again);
     assert.equal(onlyRequestFor(again).body.model, 'gpt-4o-mini');
-    assert.ok(t2.end.data.usage.cost);
+    assert.ok(t2.end.data.usage.turn.cost);
+    assert.ok(t2.end.data.usage.cost > first.end.data.usage.cost, 'the total grows with a priced turn');
   });
 });
 
@@ -643,6 +709,28 @@ describe('named agents', () => {
   });
 });
 
+describe('a turn that cannot start', () => {
+  test('a message naming an unknown agent: "Failed to start agent session. Please try again." with the reason as detail; nothing stored or sent', async () => {
+    const { client, token, conversationId } = await fresh();
+    const content = `no such agent ${uniq()}`;
+    const agentId = uniq('ghost');
+    client.send('message', { conversationId, content, agentId });
+    const e = await client.next('error');
+    assert.equal(e.data.error, 'Failed to start agent session. Please try again.');
+    assert.equal(e.data.code, 'unknown_agent');
+    assert.equal(e.data.conversationId, conversationId);
+    assert.match(e.data.detail, new RegExp(`Unknown agent "${agentId}"\\. Available: `));
+    await sleep(300);
+    assert.deepEqual(client.events.filter((f) => !['error', 'commands:manifest'].includes(f.event)).map((f) => f.event), [], 'no session:info, ack or turn');
+    assert.equal(up.requests.filter((r) => r.lastUserText === content).length, 0);
+    const res = await gw.http('GET', `/api/conversations/${conversationId}/messages`, { token });
+    assert.ok(res.status === 404 || (res.json?.messages ?? []).length === 0, res.text);
+    // No session was started: abort still has none.
+    client.send('abort', { conversationId });
+    assert.equal((await client.next('error')).data.error, NO_SESSION_TO_ABORT);
+  });
+});
+
 describe('cost', () => {
   test('OpenAI gpt-4o-mini with cached tokens: input excludes them; each part priced by hand', async () => {
     const { client, token, conversationId } = await fresh();
@@ -656,14 +744,16 @@ describe('cost', () => {
     const { usage } = t.end.data;
     assert.equal(usage.provider, 'openai');
     assert.equal(usage.modelId, 'gpt-4o-mini');
-    assert.deepEqual(usage.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 0, total: 96 });
+    assert.deepEqual(usage.turn.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 0, total: 96 });
+    assert.deepEqual(usage.tokens, usage.turn.tokens, 'a first turn: the total is the turn');
     // $0.15 input, $0.075 cached input, $0.60 output per million tokens.
-    assertCost(usage.cost, { input: 0.00000165, output: 0.000003, cacheRead: 0.000006, cacheWrite: 0, total: 0.00001065 }, 'gpt-4o-mini');
+    assertCost(usage.turn.cost, { input: 0.00000165, output: 0.000003, cacheRead: 0.000006, cacheWrite: 0, total: 0.00001065 }, 'gpt-4o-mini');
+    assertUsd(usage.cost, 0.00001065, 'usage.cost, a number');
     assert.deepEqual(usage.context, { percent: percentOf(91, 128_000), window: 128_000 });
     const stored = (await storedMessages(token, conversationId)).at(-1).metadata;
-    assert.deepEqual(stored.tokenUsage, usage.tokens);
+    assert.deepEqual(stored.tokenUsage, usage.turn.tokens);
     // Stored JSON is re-read server-side; compared to the float tolerance, not bit for bit.
-    assertCost(stored.cost, usage.cost, 'stored gpt-4o-mini');
+    assertCost(stored.cost, usage.turn.cost, 'stored gpt-4o-mini');
   });
 
   test('Anthropic claude-sonnet-4-5 with cache reads and writes: each part priced by hand', async () => {
@@ -676,21 +766,24 @@ describe('cost', () => {
     const { usage } = t.end.data;
     assert.equal(usage.provider, 'anthropic');
     assert.equal(usage.modelId, 'claude-sonnet-4-5');
-    assert.deepEqual(usage.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 20, total: 116 });
+    assert.deepEqual(usage.turn.tokens, { input: 11, output: 5, cacheRead: 80, cacheWrite: 20, total: 116 });
     // $3.00 input, $15.00 output, $0.30 cache read, $3.75 cache write per million tokens.
-    assertCost(usage.cost, { input: 0.000033, output: 0.000075, cacheRead: 0.000024, cacheWrite: 0.000075, total: 0.000207 }, 'claude-sonnet-4-5');
+    assertCost(usage.turn.cost, { input: 0.000033, output: 0.000075, cacheRead: 0.000024, cacheWrite: 0.000075, total: 0.000207 }, 'claude-sonnet-4-5');
+    assertUsd(usage.cost, 0.000207, 'usage.cost, a number');
     assert.deepEqual(usage.context, { percent: percentOf(111, 200_000), window: 200_000 });
     const stored = (await storedMessages(token, conversationId)).at(-1).metadata;
-    assert.deepEqual(stored.tokenUsage, usage.tokens);
-    assertCost(stored.cost, usage.cost, 'stored claude-sonnet-4-5');
+    assert.deepEqual(stored.tokenUsage, usage.turn.tokens);
+    assertCost(stored.cost, usage.turn.cost, 'stored claude-sonnet-4-5');
   });
 
-  test('/model openai/<unknown>: cost null; /status counts it as unpriced', async () => {
+  test('/model openai/<unknown>: the turn\'s cost null, usage.cost a number; /status counts it as unpriced', async () => {
     const { client } = await fresh();
     assert.equal((await command(client, '/model openai/some-other-unknown-model')).success, true);
     const t = await okTurn(client, `who prices this ${uniq()}`);
     assert.equal(t.end.data.usage.modelId, 'some-other-unknown-model');
-    assert.equal(t.end.data.usage.cost, null);
+    assert.equal(t.end.data.usage.turn.cost, null);
+    assert.equal(t.end.data.usage.cost, 0, 'a number even when no price is known');
+    assert.equal(t.end.data.usage.unpricedTurns, 1);
     const s = await command(client, '/status');
     assert.equal(s.data.unpricedTurns, 1);
     assert.equal(s.data.costUsd, 0);
@@ -709,7 +802,7 @@ describe('cost', () => {
     });
     assert.ok(res.status === 200 || res.status === 201, `${res.status}: ${res.text}`);
 
-    const { client } = await fresh();
+    const { client } = await started();
     assert.equal((await command(client, '/model', `openai/${id}`)).success, true);
     const info = await client.next('session:info');
     assert.equal(info.data.modelId, id);
@@ -726,17 +819,19 @@ describe('cost', () => {
     assert.equal(req.body.model, id);
     assert.equal(req.body.reasoning_effort, 'low');
     const { usage } = t.end.data;
-    assert.deepEqual(usage.tokens, { input: 11, output: 5, cacheRead: 40, cacheWrite: 0, total: 56 });
+    // The second turn (a first one started the session): three messages, so 10 + 3 = 13 uncached prompt tokens.
+    assert.equal(req.body.messages.length, 3);
+    assert.deepEqual(usage.turn.tokens, { input: 13, output: 5, cacheRead: 40, cacheWrite: 0, total: 58 });
     // $2 input, $0.50 cache read, $8 output per million tokens.
-    assertCost(usage.cost, { input: 0.000022, output: 0.00004, cacheRead: 0.00002, cacheWrite: 0, total: 0.000082 }, id);
-    assert.deepEqual(usage.context, { percent: percentOf(51, 50_000), window: 50_000 });
+    assertCost(usage.turn.cost, { input: 0.000026, output: 0.00004, cacheRead: 0.00002, cacheWrite: 0, total: 0.000086 }, id);
+    assert.deepEqual(usage.context, { percent: percentOf(53, 50_000), window: 50_000 });
   });
 });
 
 // Last: a restart drops every socket of the gateway.
 describe('restart', () => {
   test('the /model override, the thinking level and the /status figures survive a restart of wrangler dev', async () => {
-    const { client, token, conversationId } = await fresh();
+    const { client, token, conversationId } = await started();
     const r = await command(client, '/model openai/o4-mini');
     assert.equal(r.success, true, JSON.stringify(r));
     setThinking(client, 'high');
@@ -745,7 +840,7 @@ describe('restart', () => {
     await okTurn(client, before);
     assert.equal(onlyRequestFor(before).body.model, 'o4-mini');
     const statusBefore = (await command(client, '/status')).data;
-    assert.equal(statusBefore.turns, 1);
+    assert.equal(statusBefore.turns, 2);
     await client.close();
 
     await gw.restart();
@@ -755,6 +850,11 @@ describe('restart', () => {
     assert.equal(show.success, true);
     assert.equal(show.data.override, 'openai/o4-mini', JSON.stringify(show));
     assert.deepEqual((await command(again, '/status')).data, statusBefore);
+    // The session outlives the restart (unlike the reference gateway's): set:thinking is taken at once.
+    setThinking(again, 'high');
+    const kept = await again.next(['session:info', 'error']);
+    assert.equal(kept.event, 'session:info', again.log.dump());
+    assert.equal(kept.data.thinkingLevel, 'high');
     const content = `after restart ${uniq()}`;
     const t = await okTurn(again, content);
     const req = onlyRequestFor(content);
@@ -762,6 +862,6 @@ describe('restart', () => {
     assert.equal(req.body.reasoning_effort, 'high');
     assert.equal(t.info.data.modelOverride, 'openai/o4-mini');
     assert.equal(t.info.data.thinkingLevel, 'high');
-    assert.equal((await command(again, '/status')).data.turns, 2);
+    assert.equal((await command(again, '/status')).data.turns, 3);
   });
 });

@@ -68,8 +68,9 @@ function assertTurnShape(frames, label) {
   const n = frames.map(norm);
   const names = n.map((f) => f.event);
   const dump = JSON.stringify(n.map((f) => [f.event, f.seq]));
-  assert.equal(names[0], 'message:ack', `${label}: starts with message:ack: ${dump}`);
-  assert.equal(names[1], 'session:info', `${label}: then session:info: ${dump}`);
+  // The reference gateway's order.
+  assert.equal(names[0], 'session:info', `${label}: starts with session:info: ${dump}`);
+  assert.equal(names[1], 'message:ack', `${label}: then message:ack: ${dump}`);
   assert.equal(names[2], 'agent:start', `${label}: then agent:start: ${dump}`);
   assert.equal(names.at(-1), 'agent:end', `${label}: ends with agent:end: ${dump}`);
   assert.ok(names.slice(3, -1).every((e) => e === 'agent:text'), `${label}: only text between start and end: ${dump}`);
@@ -256,6 +257,57 @@ describe('turns', () => {
   });
 });
 
+describe('the reference gateway\'s payloads', () => {
+  const NO_SESSION = 'No active session for this conversation.';
+  const NO_SESSION_TO_ABORT = 'No active session to abort.';
+  const PROMPT_FAILED = 'The agent failed to process your message. Please try again.';
+
+  test('before a session set:thinking and abort get the seed texts (event and ack); an idle abort sends nothing; usage holds running totals; an upstream failure has the seed text', async () => {
+    const token = await gw.mintToken(uniq('sio-seed'));
+    const conversationId = randomUUID();
+    const client = await openSio(gw, { token, conversationId });
+    const thinking = await client.emitWithAck('set:thinking', { conversationId, level: 'low' });
+    assert.deepEqual(thinking, { conversationId, code: 'no_active_session', error: NO_SESSION });
+    assert.deepEqual((await client.next('error')).data, thinking, 'the error event carries what the ack does');
+    const abort = await client.emitWithAck('abort', { conversationId });
+    assert.deepEqual(abort, { conversationId, code: 'no_active_turn', error: NO_SESSION_TO_ABORT });
+    assert.deepEqual((await client.next('error')).data, abort);
+
+    const t1 = await client.turn(`seed one ${uniq()}`);
+    assertTurnShape(t1.frames, 'first turn');
+    const t2 = await client.turn(`seed two ${uniq()} [[cache read=20]]`);
+    assertTurnShape(t2.frames, 'second turn');
+    const [u1, u2] = [t1.end.data.usage, t2.end.data.usage];
+    for (const k of ['input', 'output', 'cacheRead', 'cacheWrite', 'total']) {
+      assert.equal(u2.tokens[k], u1.turn.tokens[k] + u2.turn.tokens[k], `usage.tokens.${k} is the running total`);
+    }
+    assert.equal(typeof u2.cost, 'number', JSON.stringify(u2));
+    assert.ok(Math.abs(u2.cost - (u1.turn.cost.total + u2.turn.cost.total)) < 1e-12, JSON.stringify(u2));
+    assert.equal(u2.unpricedTurns, 0);
+    assert.equal(typeof u2.context.percent, 'number');
+    assert.equal(u2.context.window, 128_000);
+
+    // An idle session: abort sends no error and no event; the ack, asked for, says ok.
+    const from = client.events.length;
+    assert.deepEqual(await client.emitWithAck('abort', { conversationId }), { ok: true });
+    await sleep(300);
+    assert.deepEqual(client.events.slice(from), [], client.log.dump());
+    // With a session, set:thinking takes a level the model has.
+    const set = await client.emitWithAck('set:thinking', { conversationId, level: 'off' });
+    assert.deepEqual(set, { ok: true });
+    assert.equal((await client.next('session:info')).data.thinkingLevel, 'off');
+
+    const t3 = await client.turn(`seed boom ${uniq()} [[status code=401]]`);
+    assert.equal(t3.errors.length, 1, client.log.dump());
+    assert.equal(t3.errors[0].data.error, PROMPT_FAILED);
+    assert.equal(t3.errors[0].data.code, 'upstream_auth');
+    assert.match(t3.errors[0].data.detail, /401/);
+    assert.equal(t3.end.data.stopReason, 'error');
+    assert.deepEqual(t3.frames.slice(0, 3).map((f) => f.event), ['session:info', 'message:ack', 'agent:start']);
+    await client.close();
+  });
+});
+
 describe('connection state recovery', () => {
   test('a forced transport close mid-turn: the client reconnects, socket.recovered is true, every delta arrives exactly once', async () => {
     const token = await gw.mintToken(uniq('sio-recover'));
@@ -321,7 +373,7 @@ describe('connection state recovery', () => {
       offsets.slice(1).forEach((o, k) => assert.equal(o, offsets[k] + 1, `no gap after offset ${offsets[k]}: ${dump}`));
       assert.deepEqual(
         stream.map((f) => f.event),
-        ['message:ack', 'session:info', 'agent:start', ...Array(16).fill('agent:text'), 'agent:end'],
+        ['session:info', 'message:ack', 'agent:start', ...Array(16).fill('agent:text'), 'agent:end'],
         dump,
       );
       const texts = stream.filter((f) => f.event === 'agent:text');

@@ -39,8 +39,8 @@ export class Room extends DurableObject {
       body: JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: data.content }] }),
     });
     this.ctx.storage.sql.exec('INSERT INTO messages (role, content) VALUES (?, ?)', 'user', data.content);
-    this.broadcast('message:ack', { conversationId });
     this.broadcast('session:info', { conversationId, provider: 'openai', modelId: 'gpt-4o-mini' });
+    this.broadcast('message:ack', { conversationId });
     this.broadcast('agent:start', { conversationId });
     const reader = (await call).body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';

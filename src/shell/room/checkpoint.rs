@@ -146,7 +146,9 @@ impl ConversationObject {
         }
         let next_seq = {
             let mut room = self.room.borrow_mut();
-            let end = reply::end_payload(&room.id, &usage, stop, None);
+            // Counted in the conversation's totals like any turn (saved with the session below).
+            room.session.metrics.record_turn(&usage);
+            let end = reply::end_payload(&room.id, &usage, &room.session.metrics, stop, None);
             for event in recovered.events {
                 room.log.restore(event, now);
             }
@@ -158,6 +160,7 @@ impl ConversationObject {
         };
         sql.exec("DELETE FROM turn_log", None)?;
         sql.exec("DELETE FROM kv WHERE k = ?", vec![RECORD_KEY.into()])?;
+        self.save_session_locally();
         self.kv_put("stored", "1");
         self.kv_put("seq", &next_seq.to_string());
         self.kv_put("turn", "idle");

@@ -446,7 +446,12 @@ impl ConversationObject {
     // ---- admin ---------------------------------------------------------------------------
 
     pub(super) async fn reload(&self, body: Value) -> Result<Response> {
-        let event = OutEvent::unsequenced("system:reload", json!({ "reason": body.get("reason").cloned().unwrap_or(Value::Null), "at": body.get("at").cloned().unwrap_or_else(|| Value::String(now_iso())) }).to_string());
+        // The admin's payload as given (the Worker made `{at}` of an empty one).
+        let payload = match body {
+            Value::Object(_) => body.to_string(),
+            _ => json!({ "at": now_iso() }).to_string(),
+        };
+        let event = OutEvent::unsequenced("system:reload", payload);
         let (sent, failed) = self.broadcast_unsequenced(&event);
         if sent == 0 && failed == 0 {
             // A stale registry entry: nobody is attached any more.

@@ -3,6 +3,7 @@
 use super::outbox::RETRY_FLOOR_MS;
 use super::*;
 use crate::conversation::checkpoint::TurnRecord;
+use crate::conversation::reply::Opening;
 use crate::conversation::room::{Offer, Pending};
 use crate::outbox::OutboxRow;
 use futures::future::{select, Either};
@@ -33,6 +34,10 @@ impl ConversationObject {
                 self.on_message(ws, meta, &user, message, ack, config).await
             }
             ClientEvent::SetThinking { level, .. } => {
+                let settable = self.room.borrow().thinking_settable();
+                if let Err(e) = settable {
+                    return self.refuse(ws, meta, ack, &e);
+                }
                 let result = self.set_thinking(&level).await;
                 match result {
                     Ok(()) => Self::send_ack(ws, ack, &json!({ "ok": true }).to_string()),
@@ -47,8 +52,11 @@ impl ConversationObject {
             ClientEvent::Abort { .. } => {
                 let requested = self.room.borrow().abort_requested();
                 match requested {
-                    Ok(()) => {
-                        self.abort_turn();
+                    // An idle session's abort sends nothing; only an ack asked for is answered.
+                    Ok(running) => {
+                        if running {
+                            self.abort_turn();
+                        }
                         Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
                     }
                     Err(e) => self.refuse(ws, meta, ack, &e),
@@ -94,12 +102,8 @@ impl ConversationObject {
             let operator = self.operator().await;
             if crate::agents::find_for(&operator.agents, name, user).is_none() {
                 let msg = plan::unknown_agent_message(name, &operator.agents, user);
-                self.refuse(
-                    ws,
-                    meta,
-                    ack,
-                    &RoomError::client(ErrorCode::UnknownAgent, msg),
-                );
+                let e = RoomError::start_failed(RoomError::client(ErrorCode::UnknownAgent, msg));
+                self.refuse(ws, meta, ack, &e);
                 return;
             }
         }
@@ -210,8 +214,9 @@ impl ConversationObject {
             Ok(d) => d,
             Err(e) => {
                 console_error!("database binding: {e}");
-                let e =
-                    RoomError::internal("storage is unavailable; nothing was sent to the model");
+                let e = RoomError::start_failed(RoomError::internal(
+                    "storage is unavailable; nothing was sent to the model",
+                ));
                 self.send_error(&ws, &meta, &e);
                 return;
             }
@@ -228,7 +233,7 @@ impl ConversationObject {
         self.closing.set(false);
         self.recovery_armed.set(false);
         {
-            // The turn's events from here on (its ack first) are checkpointed.
+            // The turn's events from here on (session:info and its ack first) are checkpointed.
             let mut room = self.room.borrow_mut();
             let last = room.log.next_seq() - 1;
             room.checkpoint.start(last);
@@ -244,18 +249,19 @@ impl ConversationObject {
         };
         // The model call is sent before the message is written: a storage write holds every
         // outgoing message (the call included) until it is committed, and the call need not wait.
-        // Nothing reaches a client before the write: `answer` waits for `kept` after planning,
-        // and a failed write aborts the call.
-        let (kept_tx, kept_rx) = futures::channel::oneshot::channel::<bool>();
+        // Nothing reaches a client before the write: `answer` waits for `kept` (the ack, once the
+        // message is written) after planning, and a failed write aborts the call.
+        let (kept_tx, kept_rx) = futures::channel::oneshot::channel::<Option<String>>();
         let (ended_tx, ended_rx) = futures::channel::oneshot::channel::<()>();
         let answer = async {
-            self.answer(&d, &input, config, kept_rx).await;
+            self.answer(&d, &input, (&ws, ack), config, kept_rx).await;
             let _ = ended_tx.send(());
         };
         let keep_then_copy = async {
             let kept = self.keep_user_message(&ws, &meta, ack, &input);
+            let stored = kept.is_some();
             let _ = kept_tx.send(kept);
-            if !kept {
+            if !stored {
                 return;
             }
             // D1 gets the message with the reply, in the turn's one batch; a turn still running
@@ -288,15 +294,16 @@ impl ConversationObject {
         self.clear_checkpoint();
     }
 
-    /// Writes the user message to the object's storage and acknowledges it; false (refused) when
-    /// it could not be written.
+    /// Writes the user message to the object's storage; its `message:ack` payload, sent by
+    /// `answer` after `session:info` (the reference gateway's order), or `None` (refused) when it
+    /// could not be written.
     fn keep_user_message(
         &self,
         ws: &WebSocket,
         meta: &SocketMeta,
         ack: Option<u64>,
         input: &TurnInput<'_>,
-    ) -> bool {
+    ) -> Option<String> {
         let TurnInput {
             id,
             user,
@@ -320,22 +327,29 @@ impl ConversationObject {
             let msg = "your message could not be stored; the turn was cancelled, send it again";
             self.room.borrow_mut().in_flight = None;
             self.refuse(ws, meta, ack, &RoomError::internal(msg));
-            return false;
+            return None;
         }
         self.after_user_message_stored(user, message, message_id);
-        let ack_payload = reply::ack_payload(id, message_id, client_id, false);
-        self.broadcast("message:ack", ack_payload.clone());
-        Self::send_ack(ws, ack, &ack_payload);
-        true
+        Some(reply::ack_payload(id, message_id, client_id, false))
     }
 
-    /// Plans the turn, runs its model calls and tools, and stores the reply.
+    /// Acknowledges the stored user message: `message:ack` to every socket, and the sender's
+    /// socket.io ack.
+    fn acknowledge(&self, (ws, ack): (&WebSocket, Option<u64>), payload: String) {
+        self.room.borrow_mut().acknowledged();
+        self.broadcast("message:ack", payload.clone());
+        Self::send_ack(ws, ack, &payload);
+    }
+
+    /// Plans the turn, runs its model calls and tools, and stores the reply. `sender` gets the
+    /// socket.io ack of the message once `kept` says it is stored.
     async fn answer(
         &self,
         d: &D1Database,
         input: &TurnInput<'_>,
+        sender: (&WebSocket, Option<u64>),
         config: &Config,
-        kept: futures::channel::oneshot::Receiver<bool>,
+        kept: futures::channel::oneshot::Receiver<Option<String>>,
     ) {
         let (id, id_json) = (input.id, input.id_json);
         let plan = self.plan_turn(d, input, config).await;
@@ -368,33 +382,57 @@ impl ConversationObject {
                 first_call = Some(opened);
             }
         }
-        if kept.await != Ok(true) {
+        let Ok(Some(ack_payload)) = kept.await else {
             // Refused already; the call (if any) must not run on, and the context it was planned
             // with holds a message that was never stored.
             self.abort_turn();
             self.room.borrow_mut().history = None;
             return;
-        }
-        let plan = match &plan {
-            Ok(plan) => plan,
-            Err(e) => {
-                console_error!("loading history: {e}");
-                let msg = "the conversation history could not be loaded; try again";
-                self.end_early(id, &RoomError::internal(msg), d).await;
-                return;
+        };
+        let callable = call.is_some() && steps.is_some();
+        let operator = plan.as_ref().ok().map(|p| p.operator.clone());
+        let mut ack_payload = Some(ack_payload);
+        // The reference gateway's order: session:info, message:ack, agent:start (or, for a turn
+        // that cannot start, the error and agent:end).
+        for step in reply::opening(plan.is_ok(), callable) {
+            match step {
+                Opening::SessionInfo => {
+                    if let Some(operator) = &operator {
+                        self.broadcast("session:info", self.session_info(&operator.catalog));
+                    }
+                }
+                Opening::Ack => {
+                    if let Some(payload) = ack_payload.take() {
+                        self.acknowledge(sender, payload);
+                    }
+                }
+                Opening::StartFailed => {
+                    let cause = match &plan {
+                        Err(e) => {
+                            console_error!("loading history: {e}");
+                            RoomError::internal(
+                                "the conversation history could not be loaded; try again",
+                            )
+                        }
+                        Ok(_) => RoomError::client(
+                            ErrorCode::ProviderNotConfigured,
+                            "no configured provider can serve this conversation's model; configure its provider or change the model with /model",
+                        ),
+                    };
+                    self.end_early(id, &RoomError::start_failed(cause), d).await;
+                    return;
+                }
+                Opening::Start => {}
             }
+        }
+        let (Ok(plan), Some(call), Some(steps)) = (&plan, call, steps) else {
+            return;
         };
         if let Some(name) = &plan.turn.missing_agent {
             let text = format!("agent \"{name}\" is not configured; answering without it");
             let e = RoomError::client(ErrorCode::UnknownAgent, text);
             self.broadcast("error", e.event_payload(Some(id)));
         }
-        let (Some(call), Some(steps)) = (call, steps) else {
-            let msg = "no configured provider can serve this conversation's model; configure its provider or change the model with /model";
-            let e = RoomError::client(ErrorCode::ProviderNotConfigured, msg);
-            self.end_early(id, &e, d).await;
-            return;
-        };
         {
             // What a recovery needs beyond the events: the reply's id and the model.
             let mut room = self.room.borrow_mut();
@@ -410,7 +448,6 @@ impl ConversationObject {
         }
         // Sent while the provider prepares its first byte, not after it.
         let operator = &plan.operator;
-        self.broadcast("session:info", self.session_info(&operator.catalog));
         self.broadcast("agent:start", format!("{{\"conversationId\":{id_json}}}"));
         let first_call = match first_call {
             Some(opened) => opened,
@@ -835,7 +872,11 @@ impl ConversationObject {
         }
         self.clear_checkpoint();
         self.save_session_locally();
-        self.broadcast("agent:end", reply::end_payload(&id, &usage, stop, error));
+        let end = {
+            let metrics = &self.room.borrow().session.metrics;
+            reply::end_payload(&id, &usage, metrics, stop, error)
+        };
+        self.broadcast("agent:end", end);
         self.aborted.set(false);
         self.copy_turn_end(d).await;
         // The sequence number is saved once the queue drains (on_message), for every way a turn ends.
