@@ -147,12 +147,18 @@ pub struct Freshness {
     pub fetched_at: Option<i64>,
     /// When a fetch was last started, successful or not.
     pub attempted_at: Option<i64>,
+    /// When a token naming an unknown key last made the set be fetched again.
+    pub refreshed_at: Option<i64>,
+}
+
+/// Time since `t`; forever when it never happened.
+fn since(t: Option<i64>, now: i64) -> i64 {
+    t.map_or(i64::MAX, |t| now.saturating_sub(t))
 }
 
 impl Freshness {
     fn since_attempt(&self, now: i64) -> i64 {
-        self.attempted_at
-            .map_or(i64::MAX, |t| now.saturating_sub(t))
+        since(self.attempted_at, now)
     }
 
     /// Whether a token must wait for a fetch before its key is looked up: there is no set, or it
@@ -166,9 +172,15 @@ impl Freshness {
     }
 
     /// Whether a token naming a key the set lacks may fetch the set again: at most once per
-    /// `JWKS_MIN_REFRESH_MS`.
+    /// `JWKS_MIN_REFRESH_MS` (a key rotated in just after the set was fetched is found at once,
+    /// and a flood of made-up kids after it costs nothing more).
     pub fn may_refresh(&self, now: i64) -> bool {
-        self.since_attempt(now) >= JWKS_MIN_REFRESH_MS
+        since(self.refreshed_at, now) >= JWKS_MIN_REFRESH_MS
+    }
+
+    /// An unknown key makes the set be fetched again.
+    pub fn refreshing(&mut self, now: i64) {
+        self.refreshed_at = Some(now);
     }
 
     /// A fetch starts.
@@ -275,12 +287,16 @@ mod tests {
         let mut f = Freshness::default();
         f.attempted(1000);
         f.fetched(1000);
-        assert!(!f.may_refresh(1000 + JWKS_MIN_REFRESH_MS - 1));
-        assert!(f.may_refresh(1000 + JWKS_MIN_REFRESH_MS));
-        f.attempted(1000 + JWKS_MIN_REFRESH_MS);
-        // A flood of made-up kids right after: no more fetches until the interval passes again.
+        // A key rotated in right after the set was fetched is looked for at once.
+        assert!(f.may_refresh(3000));
+        f.refreshing(3000);
+        f.attempted(3000);
+        f.fetched(3000);
+        // A flood of made-up kids right after: no more fetches until the interval passes.
         for t in 0..100 {
-            assert!(!f.may_refresh(1000 + JWKS_MIN_REFRESH_MS + t * 100));
+            assert!(!f.may_refresh(3000 + t * 100));
         }
+        assert!(!f.may_refresh(3000 + JWKS_MIN_REFRESH_MS - 1));
+        assert!(f.may_refresh(3000 + JWKS_MIN_REFRESH_MS));
     }
 }
