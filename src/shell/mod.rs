@@ -5,6 +5,7 @@ mod body;
 mod db;
 mod gateway;
 pub(crate) mod limiter;
+mod login;
 mod room;
 mod tools;
 mod upstream;
