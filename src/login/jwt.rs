@@ -238,7 +238,9 @@ pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
 
 fn json_part(part: &str, what: &'static str) -> Result<Value, JwtError> {
     let bytes = b64url_decode(part).ok_or(JwtError::Malformed(what))?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    // `from_str`, as everywhere else in the gateway: one JSON reader in the bundle, not two.
+    let text = std::str::from_utf8(&bytes).map_err(|_| JwtError::Malformed(what))?;
+    match serde_json::from_str::<Value>(text) {
         Ok(v @ Value::Object(_)) => Ok(v),
         _ => Err(JwtError::Malformed(what)),
     }

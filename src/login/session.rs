@@ -2,7 +2,6 @@
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 
 /// Longest session answer read.
 pub const MAX_SESSION_BYTES: usize = 64 * 1024;
@@ -143,40 +142,41 @@ pub fn cache_key(cookie: Option<&str>, authorization: Option<&str>) -> String {
 }
 
 struct Entry {
+    key: String,
     answer: SessionAnswer,
     until: i64,
-    order: u64,
 }
 
 /// Answers of the session endpoint by credential, each until its time is up (`ttl_ms` for a
 /// session, capped by its expiry; `NEGATIVE_TTL_MS` at most for "not signed in"), at most
 /// `capacity` of them: a new answer in a full cache first drops the expired ones, then the
-/// oldest.
+/// oldest. Kept in the order they came (a list: at 1,024 short keys a scan costs microseconds,
+/// and the oldest is the first).
 pub struct SessionCache {
-    entries: HashMap<String, Entry>,
+    entries: Vec<Entry>,
     capacity: usize,
-    next: u64,
 }
 
 impl SessionCache {
     pub fn new(capacity: usize) -> Self {
         SessionCache {
-            entries: HashMap::new(),
+            entries: Vec::new(),
             capacity,
-            next: 0,
         }
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.key == key)
     }
 
     /// The remembered answer for `key`, if its time is not up at `now`.
     pub fn get(&mut self, key: &str, now: i64) -> Option<SessionAnswer> {
-        match self.entries.get(key) {
-            Some(e) if e.until > now => Some(e.answer.clone()),
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
+        let at = self.position(key)?;
+        if self.entries[at].until > now {
+            return Some(self.entries[at].answer.clone());
         }
+        self.entries.remove(at);
+        None
     }
 
     /// Remembers an answer; `ttl_ms` 0 remembers nothing.
@@ -191,28 +191,16 @@ impl SessionCache {
         if ttl_ms <= 0 || until <= now || self.capacity == 0 {
             return;
         }
-        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-            self.entries.retain(|_, e| e.until > now);
+        if let Some(at) = self.position(&key) {
+            self.entries.remove(at);
+        }
+        if self.entries.len() >= self.capacity {
+            self.entries.retain(|e| e.until > now);
             if self.entries.len() >= self.capacity {
-                let oldest = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.order)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    self.entries.remove(&k);
-                }
+                self.entries.remove(0);
             }
         }
-        self.next += 1;
-        self.entries.insert(
-            key,
-            Entry {
-                answer,
-                until,
-                order: self.next,
-            },
-        );
+        self.entries.push(Entry { key, answer, until });
     }
 
     pub fn len(&self) -> usize {

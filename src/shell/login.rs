@@ -12,7 +12,6 @@ use crate::login::{Check, Grant};
 use futures::future::{select, Either, FutureExt, LocalBoxFuture, Shared};
 use js_sys::{Array, Promise, Uint8Array};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use wasm_bindgen::prelude::*;
@@ -147,17 +146,8 @@ async fn get(url: &str, headers: &[(&str, &str)], limit: usize) -> Result<(u16, 
 
 // ---- the app's session ---------------------------------------------------------------------
 
-type SessionCall = Shared<LocalBoxFuture<'static, Result<SessionAnswer, String>>>;
-
-#[derive(Default)]
-struct Sessions {
-    cache: Option<SessionCache>,
-    /// Calls in flight by cache key: a page opening several sockets at once asks once.
-    calls: HashMap<String, SessionCall>,
-}
-
 thread_local! {
-    static SESSIONS: RefCell<Sessions> = RefCell::default();
+    static SESSIONS: RefCell<Option<SessionCache>> = const { RefCell::new(None) };
 }
 
 /// Asks the app who the headers sign in, through the isolate's cache.
@@ -166,37 +156,29 @@ async fn app_session(
     cookie: Option<&str>,
     authorization: Option<&str>,
 ) -> Result<Grant, Refusal> {
-    let Some(url) = login.session_url.clone() else {
+    let Some(url) = login.session_url.as_deref() else {
         return Err(Refusal::Unauthorized("not signed in".into()));
     };
     let key = session::cache_key(cookie, authorization);
-    let now = now_ms();
     let cached = SESSIONS.with(|s| {
-        let mut s = s.borrow_mut();
-        let hit = s
-            .cache
+        s.borrow_mut()
             .get_or_insert_with(|| SessionCache::new(session::SESSION_CACHE_ENTRIES))
-            .get(&key, now);
-        hit.map(Ok).or_else(|| s.calls.get(&key).cloned().map(Err))
+            .get(&key, now_ms())
     });
     let answer = match cached {
-        Some(Ok(answer)) => Ok(answer),
-        Some(Err(call)) => call.await,
+        Some(answer) => answer,
         None => {
-            let call = ask_session(
-                url,
-                key.clone(),
-                cookie.map(str::to_string),
-                authorization.map(str::to_string),
-                login.session_cache_ms,
-            )
-            .boxed_local()
-            .shared();
-            SESSIONS.with(|s| s.borrow_mut().calls.insert(key, call.clone()));
-            call.await
+            let answer = ask_session(url, cookie, authorization)
+                .await
+                .map_err(|e| unavailable("session endpoint", e))?;
+            SESSIONS.with(|s| {
+                if let Some(cache) = s.borrow_mut().as_mut() {
+                    cache.put(key, answer.clone(), now_ms(), login.session_cache_ms);
+                }
+            });
+            answer
         }
-    }
-    .map_err(|e| unavailable("session endpoint", e))?;
+    };
     match answer {
         SessionAnswer::SignedIn { user, expires_at } => Ok(Grant {
             user,
@@ -210,33 +192,17 @@ async fn app_session(
     }
 }
 
-/// One call to the session endpoint; its answer is cached (a failure is not).
+/// One call to the session endpoint, read.
 async fn ask_session(
-    url: String,
-    key: String,
-    cookie: Option<String>,
-    authorization: Option<String>,
-    ttl_ms: i64,
+    url: &str,
+    cookie: Option<&str>,
+    authorization: Option<&str>,
 ) -> Result<SessionAnswer, String> {
     let mut headers = vec![("accept", "application/json")];
-    if let Some(c) = &cookie {
-        headers.push(("cookie", c));
-    }
-    if let Some(a) = &authorization {
-        headers.push(("authorization", a));
-    }
-    let result = match get(&url, &headers, session::MAX_SESSION_BYTES).await {
-        Ok((status, body)) => session::read_answer(status, &body, now_ms()),
-        Err(e) => Err(e),
-    };
-    SESSIONS.with(|s| {
-        let mut s = s.borrow_mut();
-        s.calls.remove(&key);
-        if let (Ok(answer), Some(cache)) = (&result, s.cache.as_mut()) {
-            cache.put(key, answer.clone(), now_ms(), ttl_ms);
-        }
-    });
-    result
+    headers.extend(cookie.map(|c| ("cookie", c)));
+    headers.extend(authorization.map(|a| ("authorization", a)));
+    let (status, body) = get(url, &headers, session::MAX_SESSION_BYTES).await?;
+    session::read_answer(status, &body, now_ms())
 }
 
 // ---- JWTs ----------------------------------------------------------------------------------
@@ -251,7 +217,7 @@ struct KeySet {
     freshness: Freshness,
     call: Option<KeySetCall>,
     /// WebCrypto keys imported from the set, by algorithm and JWK; emptied when the set changes.
-    imported: HashMap<(Alg, String), JsValue>,
+    imported: Vec<(Alg, String, JsValue)>,
 }
 
 thread_local! {
@@ -414,8 +380,12 @@ fn js_error(e: JsValue) -> String {
 async fn verify(alg: Alg, jwk: &str, signature: &[u8], data: &[u8]) -> Result<bool, String> {
     let subtle = subtle()?;
     let parse = |json: &str| js_sys::JSON::parse(json).map_err(js_error);
-    let cache_key = (alg, jwk.to_string());
-    let key = match KEYS.with(|k| k.borrow().imported.get(&cache_key).cloned()) {
+    let imported = KEYS.with(|k| {
+        let k = k.borrow();
+        let found = k.imported.iter().find(|(a, j, _)| *a == alg && j == jwk);
+        found.map(|(_, _, key)| key.clone())
+    });
+    let key = match imported {
         Some(key) => key,
         None => {
             let usages = Array::of1(&JsValue::from_str("verify"));
@@ -429,7 +399,10 @@ async fn verify(alg: Alg, jwk: &str, signature: &[u8], data: &[u8]) -> Result<bo
                 )
                 .map_err(js_error)?;
             let key = JsFuture::from(promise).await.map_err(js_error)?;
-            KEYS.with(|k| k.borrow_mut().imported.insert(cache_key, key.clone()));
+            KEYS.with(|k| {
+                let entry = (alg, jwk.to_string(), key.clone());
+                k.borrow_mut().imported.push(entry)
+            });
             key
         }
     };
