@@ -371,6 +371,7 @@ impl ConversationObject {
                     meta.user = Some(grant.user);
                     meta.token = grant.token_hash;
                     meta.expires = grant.expires_at;
+                    meta.refused.clear();
                 }
                 Err(message) => {
                     let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
@@ -432,12 +433,11 @@ impl ConversationObject {
         let checks = login::plan(presented, &config.login, false);
         match sign_in(&self.env, &config.login, &checks, |_| Ok(())).await {
             Outcome::Granted(grant) => Ok(grant),
+            Outcome::Missing => Err("unauthorized: pass auth: { token } to io()".into()),
             Outcome::Refused { error, .. } if error.status() == 401 => {
                 Err(format!("unauthorized: {}", error.message()))
             }
-            Outcome::Missing | Outcome::Refused { .. } => {
-                Err(format!("internal: {}", crate::shell::login::UNCHECKED))
-            }
+            Outcome::Refused { .. } => Err(format!("internal: {}", crate::shell::login::UNCHECKED)),
         }
     }
 
