@@ -52,6 +52,24 @@ pub struct Config {
     pub checkpoint: crate::conversation::checkpoint::CheckpointPolicy,
     /// Whether a turn a restart interrupted is continued after it is stored.
     pub resume_interrupted: crate::conversation::checkpoint::ResumePolicy,
+    /// Signing in with the app's own login, besides the gateway's tokens.
+    pub login: LoginConfig,
+}
+
+/// The app's login: its session endpoint and the key set of its JWTs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginConfig {
+    /// `AUTH_SESSION_URL`: a better-auth `get-session` endpoint, asked with the request's
+    /// `Cookie` and `Authorization` headers.
+    pub session_url: Option<String>,
+    /// `AUTH_SESSION_CACHE_S`, in ms: how long a session answer is reused (0: not at all).
+    pub session_cache_ms: i64,
+    /// `AUTH_JWKS_URL`: the key set that verifies the app's JWTs.
+    pub jwks_url: Option<String>,
+    /// `AUTH_JWT_ISSUER`: the `iss` a JWT must carry, when set.
+    pub jwt_issuer: Option<String>,
+    /// `AUTH_JWT_AUDIENCE`: the `aud` a JWT must name, when set.
+    pub jwt_audience: Option<String>,
 }
 
 /// A variable that is present but unusable.
@@ -153,10 +171,14 @@ impl Config {
             },
         };
 
-        let allowed_origins = match var("ALLOWED_ORIGINS") {
+        // The reference gateway's variable is an alias; ALLOWED_ORIGINS wins when both are set.
+        let origins = var("ALLOWED_ORIGINS")
+            .map(|v| ("ALLOWED_ORIGINS", v))
+            .or_else(|| var("GATEWAY_CORS_ORIGIN").map(|v| ("GATEWAY_CORS_ORIGIN", v)));
+        let allowed_origins = match origins {
             None => None,
-            Some(v) if v == "*" => None,
-            Some(v) => {
+            Some((_, v)) if v == "*" => None,
+            Some((variable, v)) => {
                 let list: Vec<String> = v
                     .split(',')
                     .map(|o| o.trim().trim_end_matches('/').to_string())
@@ -165,7 +187,7 @@ impl Config {
                 for o in &list {
                     if !(o.starts_with("http://") || o.starts_with("https://")) {
                         return Err(ConfigError {
-                            variable: "ALLOWED_ORIGINS",
+                            variable,
                             reason: format!(
                                 "\"{o}\" is not an origin like https://app.example.com"
                             ),
@@ -210,6 +232,7 @@ impl Config {
                     })?
                 }
             },
+            login: login_config(&var)?,
         })
     }
 
@@ -232,6 +255,60 @@ impl Config {
             .as_ref()
             .is_some_and(|list| list.iter().any(|o| o == origin.trim_end_matches('/')))
     }
+}
+
+/// The app's login variables; an issuer or audience without a key set is a mistake, not ignored.
+fn login_config(var: &impl Fn(&str) -> Option<String>) -> Result<LoginConfig, ConfigError> {
+    let session_url = var("AUTH_SESSION_URL")
+        .map(|v| absolute_url("AUTH_SESSION_URL", &v))
+        .transpose()?;
+    let jwks_url = var("AUTH_JWKS_URL")
+        .map(|v| absolute_url("AUTH_JWKS_URL", &v))
+        .transpose()?;
+    let (jwt_issuer, jwt_audience) = (var("AUTH_JWT_ISSUER"), var("AUTH_JWT_AUDIENCE"));
+    for (variable, value) in [
+        ("AUTH_JWT_ISSUER", &jwt_issuer),
+        ("AUTH_JWT_AUDIENCE", &jwt_audience),
+    ] {
+        if value.is_some() && jwks_url.is_none() {
+            return Err(ConfigError {
+                variable,
+                reason: "is set but AUTH_JWKS_URL is not: JWTs are verified only with a key set"
+                    .into(),
+            });
+        }
+    }
+    Ok(LoginConfig {
+        session_url,
+        session_cache_ms: number(var, "AUTH_SESSION_CACHE_S", 60, 0, 86_400)? as i64 * 1000,
+        jwks_url,
+        jwt_issuer,
+        jwt_audience,
+    })
+}
+
+/// An absolute http(s) URL with a host, used as it is.
+fn absolute_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError {
+        variable,
+        reason: format!("\"{value}\" is not an absolute http(s) URL: {why}"),
+    };
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or_else(|| bad("it must start with https:// or http://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad("it has no host"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it contains spaces or control characters"));
+    }
+    if value.contains('#') {
+        return Err(bad("it has a fragment"));
+    }
+    Ok(value.to_string())
 }
 
 fn parse_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -355,6 +432,84 @@ mod tests {
         assert!(c.origin_allowed("https://a.example"));
         assert!(c.origin_allowed("http://localhost:3000"));
         assert!(!c.origin_allowed("https://evil.example"));
+    }
+
+    #[test]
+    fn gateway_cors_origin_is_an_alias_that_allowed_origins_overrides() {
+        let c = parse(&[("GATEWAY_CORS_ORIGIN", "http://localhost:3000")]).unwrap();
+        assert!(c.origin_listed("http://localhost:3000"));
+        assert!(!c.origin_allowed("https://evil.example"));
+        let both = parse(&[
+            ("GATEWAY_CORS_ORIGIN", "http://localhost:3000"),
+            ("ALLOWED_ORIGINS", "https://app.example"),
+        ])
+        .unwrap();
+        assert!(both.origin_listed("https://app.example"));
+        assert!(!both.origin_allowed("http://localhost:3000"));
+        assert_eq!(
+            parse(&[("GATEWAY_CORS_ORIGIN", "localhost:3000")])
+                .unwrap_err()
+                .variable,
+            "GATEWAY_CORS_ORIGIN"
+        );
+    }
+
+    #[test]
+    fn the_app_s_login_is_off_unless_configured() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.login,
+            LoginConfig {
+                session_cache_ms: 60_000,
+                ..LoginConfig::default()
+            }
+        );
+        let c = parse(&[
+            (
+                "AUTH_SESSION_URL",
+                "https://app.example/api/auth/get-session",
+            ),
+            ("AUTH_SESSION_CACHE_S", "0"),
+            ("AUTH_JWKS_URL", "http://127.0.0.1:9999/jwks"),
+            ("AUTH_JWT_ISSUER", "https://app.example"),
+            ("AUTH_JWT_AUDIENCE", "chat"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.login.session_url.as_deref(),
+            Some("https://app.example/api/auth/get-session")
+        );
+        assert_eq!(c.login.session_cache_ms, 0);
+        assert_eq!(
+            c.login.jwks_url.as_deref(),
+            Some("http://127.0.0.1:9999/jwks")
+        );
+        assert_eq!(c.login.jwt_issuer.as_deref(), Some("https://app.example"));
+        assert_eq!(c.login.jwt_audience.as_deref(), Some("chat"));
+    }
+
+    #[test]
+    fn bad_login_values_name_the_variable() {
+        for (k, v) in [
+            ("AUTH_SESSION_URL", "app.example/api/auth/get-session"),
+            ("AUTH_SESSION_URL", "https:///get-session"),
+            ("AUTH_SESSION_URL", "https://app.example/get session"),
+            ("AUTH_JWKS_URL", "ftp://app.example/jwks"),
+            ("AUTH_JWKS_URL", "https://:443/jwks"),
+            ("AUTH_SESSION_CACHE_S", "-1"),
+            ("AUTH_SESSION_CACHE_S", "forever"),
+        ] {
+            let e = parse(&[(k, v)]).unwrap_err();
+            assert_eq!(e.variable, k, "{v}");
+            assert!(e.to_string().contains(k), "{e}");
+        }
+        let e = parse(&[("AUTH_JWT_AUDIENCE", "chat")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_JWT_AUDIENCE");
+        assert!(e.reason.contains("AUTH_JWKS_URL"), "{e}");
+        assert_eq!(
+            parse(&[("AUTH_JWT_ISSUER", "x")]).unwrap_err().variable,
+            "AUTH_JWT_ISSUER"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod error;
 pub mod http;
 pub mod llm;
+pub mod login;
 pub mod outbox;
 pub mod protocol;
 pub mod rate;

@@ -39,6 +39,10 @@ pub struct SocketMeta {
     /// When that token expires (ms since the epoch): the socket is closed then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// Why the upgrade's session cookie signed nobody in: a CONNECT without a token is refused
+    /// with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub refused: String,
     /// Closed by the gateway (revoked or expired): whatever it still sends is ignored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shut: bool,

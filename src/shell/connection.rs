@@ -210,15 +210,17 @@ impl Inner {
         self.last_seen.set(now_ms());
         if packet.starts_with("40") {
             if let Ok(sio::Inbound::Connect { nsp, auth }) = sio::decode(packet) {
-                if let Some(token) = sio::connect_auth_token(&auth) {
-                    match super::db::connect_grant(&self.env, token).await {
+                if let (Some(token), Ok(config)) =
+                    (sio::connect_auth_token(&auth), self.config.clone())
+                {
+                    match super::login::connect_token(&self.env, &config, token).await {
                         Ok(g) => {
                             if let Some(c) = self.conn.borrow_mut().as_mut() {
-                                c.sign_in(g.user, Some(g.hash), g.expires_at);
+                                c.sign_in(g.user, g.token_hash, g.expires_at);
                             }
                         }
                         Err(message) => {
-                            let actions = self.with_conn(|c| c.refuse_connect(&nsp, message));
+                            let actions = self.with_conn(|c| c.refuse_connect(&nsp, &message));
                             return self.perform(actions);
                         }
                     }

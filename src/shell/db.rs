@@ -1,5 +1,6 @@
 //! D1 execution of the statements in `store::sql`, with rows decoded into the core's types.
 
+use crate::login::Grant;
 use crate::routing::RoutingRule;
 use crate::store::{self, sql, ConversationRow, MessageRow, TokenRow};
 use serde::Deserialize;
@@ -50,17 +51,9 @@ pub async fn first<T: for<'de> Deserialize<'de>>(
     db.prepare(query).bind(params)?.first::<T>(None).await
 }
 
-/// What a valid token grants: whose it is, and what identifies it for revocation and expiry.
-#[derive(Debug, Clone)]
-pub struct TokenGrant {
-    pub user: String,
-    /// The token's SHA-256, as stored; the handle a revocation names it by.
-    pub hash: String,
-    pub expires_at: Option<i64>,
-}
-
-/// What a token grants, when it is valid at `now`.
-pub async fn token_grant(db: &D1Database, token: &str, now: i64) -> Result<Option<TokenGrant>> {
+/// What a gateway token grants, when it is valid at `now`: its user, its SHA-256 (the handle a
+/// revocation names it by) and its expiry.
+pub async fn token_grant(db: &D1Database, token: &str, now: i64) -> Result<Option<Grant>> {
     let hash = crate::auth::token_hash(token);
     let row: Option<TokenRow> = first(db, sql::TOKEN_BY_HASH, &[text(&hash)]).await?;
     Ok(row
@@ -71,29 +64,11 @@ pub async fn token_grant(db: &D1Database, token: &str, now: i64) -> Result<Optio
                 now,
             )
         })
-        .map(|r| TokenGrant {
+        .map(|r| Grant {
             user: r.user_id,
-            hash: r.token_hash,
+            token_hash: Some(r.token_hash),
             expires_at: r.expires_at.map(|e| e as i64),
         }))
-}
-
-/// What a socket.io CONNECT token grants, or the `CONNECT_ERROR` message refusing it (a
-/// failure of the gateway says `internal:` first).
-pub async fn connect_grant(
-    env: &Env,
-    token: &str,
-) -> std::result::Result<TokenGrant, &'static str> {
-    const UNCHECKED: &str = "internal: the gateway could not check the token; try again";
-    let d = db(env).map_err(|_| UNCHECKED)?;
-    match token_grant(&d, token, crate::shell::now_ms()).await {
-        Ok(Some(grant)) => Ok(grant),
-        Ok(None) => Err("unauthorized: invalid, expired or revoked token"),
-        Err(e) => {
-            worker::console_error!("token lookup: {e}");
-            Err(UNCHECKED)
-        }
-    }
 }
 
 #[derive(Deserialize)]

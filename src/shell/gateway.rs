@@ -1,10 +1,11 @@
 //! The stateless Worker: authenticates, checks origins and ownership, and hands each socket to its conversation's object.
 
-use super::db::TokenGrant;
-use super::{db, error_response, json_response, new_id, now_ms};
+use super::login::Outcome;
+use super::{db, error_response, json_response, new_id};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::{self, CredentialSource};
+use crate::login::{self, Grant, Presented};
 use crate::protocol::sio;
 use crate::store;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result};
@@ -16,8 +17,12 @@ pub const H_CONVERSATION: &str = "x-gateway-conversation";
 pub const H_LAST_SEQ: &str = "x-gateway-last-seq";
 /// The SHA-256 of the token that authenticated the socket, so a revocation can find it.
 pub const H_TOKEN: &str = "x-gateway-token";
-/// When that token expires (ms since the epoch).
+/// When the socket's credential expires (ms since the epoch): a gateway token's expiry, the
+/// app session's `expiresAt`, a JWT's `exp`.
 pub const H_TOKEN_EXPIRES: &str = "x-gateway-token-expires";
+/// Why a socket.io upgrade's cookie signed nobody in; the socket waits for CONNECT, whose
+/// refusal then says so.
+pub const H_REFUSED: &str = "x-gateway-refused";
 
 /// Dispatches one request.
 pub async fn route(
@@ -73,29 +78,65 @@ pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The token a request presents, and how.
-fn presented_token(
-    req: &Request,
-    query: &[(String, String)],
-) -> Option<(String, CredentialSource)> {
+/// The credentials a request carries: the token it presents (and how), and the headers the
+/// app's session endpoint reads.
+struct Credentials {
+    token: Option<(String, CredentialSource)>,
+    cookie: Option<String>,
+    authorization: Option<String>,
+}
+
+fn credentials(req: &Request, query: &[(String, String)]) -> Credentials {
     let headers = req.headers();
     let authorization = headers.get("authorization").ok().flatten();
     let cookie = headers.get("cookie").ok().flatten();
-    http::presented_token(authorization.as_deref(), query, cookie.as_deref())
+    Credentials {
+        token: http::presented_token(authorization.as_deref(), query, cookie.as_deref()),
+        cookie,
+        authorization,
+    }
 }
 
-/// What the request's token grants, or 401; a database failure is a 503, never the client's fault.
-async fn authenticate(env: &Env, token: &str) -> std::result::Result<TokenGrant, ApiError> {
-    let db = db::db(env).map_err(|e| unavailable("database binding", e))?;
-    db::token_grant(&db, token, now_ms())
-        .await
-        .map_err(|e| unavailable("token lookup", e))?
-        .ok_or_else(|| ApiError::Unauthorized("invalid, expired or revoked token".into()))
+/// Who the request is: the checks its credentials call for (`crate::login::plan`), each after
+/// the origin rule for its credential's source.
+async fn sign_in(req: &Request, env: &Env, config: &Config, creds: &Credentials) -> Outcome {
+    let cookie_allowed = check_origin(req, config, Some(CredentialSource::Ambient)).is_ok();
+    let presented = Presented {
+        token: creds.token.as_ref().map(|(t, s)| (t.as_str(), *s)),
+        cookie: creds.cookie.as_deref(),
+        authorization: creds.authorization.as_deref(),
+    };
+    let checks = login::plan(presented, &config.login, cookie_allowed);
+    super::login::sign_in(env, &config.login, &checks, |source| {
+        check_origin(req, config, Some(source))
+    })
+    .await
+}
+
+/// Who the request is, or the refusal to answer with.
+async fn authenticate(
+    req: &Request,
+    env: &Env,
+    config: &Config,
+    creds: &Credentials,
+) -> std::result::Result<Grant, ApiError> {
+    match sign_in(req, env, config, creds).await {
+        Outcome::Granted(grant) => Ok(grant),
+        Outcome::Missing => Err(missing_token(config)),
+        Outcome::Refused { error, .. } => Err(error),
+    }
 }
 
 /// The refusal for a request whose credential is missing.
-fn missing_token() -> ApiError {
-    ApiError::Unauthorized("missing token: send Authorization: Bearer <token> or ?token=".into())
+fn missing_token(config: &Config) -> ApiError {
+    let session = if config.login.session_url.is_some() {
+        ", or sign in to the app"
+    } else {
+        ""
+    };
+    ApiError::Unauthorized(format!(
+        "missing token: send Authorization: Bearer <token> or ?token={session}"
+    ))
 }
 
 /// A storage failure before anything was decided: logged in full, answered with a generic 503.
@@ -127,14 +168,22 @@ async fn chat_upgrade(
 ) -> std::result::Result<Response, ApiError> {
     let query = query_pairs(&req);
     require_upgrade(&req)?;
-    let presented = presented_token(&req, &query);
-    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
-    let (token, _) = presented.ok_or_else(missing_token)?;
-    let grant = authenticate(env, &token).await?;
+    let creds = credentials(&req, &query);
+    check_origin(&req, config, creds.token.as_ref().map(|(_, s)| *s))?;
+    let grant = authenticate(&req, env, config, &creds).await?;
     let conversation = http::conversation_param(&query, new_id)?;
     let last_seq = http::last_seq_param(&query)?;
     check_owner(env, &conversation, &grant.user).await?;
-    forward(req, env, &conversation, "json", Some(&grant), last_seq).await
+    forward(
+        req,
+        env,
+        &conversation,
+        "json",
+        Some(&grant),
+        last_seq,
+        None,
+    )
+    .await
 }
 
 /// `/socket.io/`: a WebSocket bound to one conversation (`conversationId` in the query), or a
@@ -152,21 +201,25 @@ async fn socketio(
     if transport == sio::Transport::WebSocket && bound {
         return socketio_upgrade(req, env, config).await;
     }
-    let presented = presented_token(&req, &query);
-    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
+    let creds = credentials(&req, &query);
+    check_origin(&req, config, creds.token.as_ref().map(|(_, s)| *s))?;
     if let Some(sid) = http::query_get(&query, "sid") {
         return connection_request(req, env, sid, transport).await;
     }
-    // The reference gateway's clients sign in with what their handshake carries. A credential
-    // sent on purpose (header, `?token=`) that fails is refused; a cookie that fails leaves the
-    // connection signed out, which its CONNECT then learns (connected, then disconnected).
-    let grant = match presented {
-        Some((token, source)) => match authenticate(env, &token).await {
-            Ok(grant) => Some(grant),
-            Err(ApiError::Unauthorized(_)) if source == CredentialSource::Ambient => None,
-            Err(e) => return Err(e),
-        },
-        None => None,
+    // The reference gateway's clients sign in with what their handshake carries (the app's
+    // session cookie). A credential sent on purpose (header, `?token=`) that fails is refused;
+    // a cookie that signs nobody in leaves the connection signed out, which its CONNECT then
+    // learns (connected, then disconnected), unless the CONNECT carries a token.
+    let by_cookie = !matches!(creds.token, Some((_, CredentialSource::Explicit)));
+    let grant = match sign_in(&req, env, config, &creds).await {
+        Outcome::Granted(grant) => Some(grant),
+        Outcome::Missing => None,
+        Outcome::Refused { error, by_session }
+            if (by_session || by_cookie) && error.status() < 500 =>
+        {
+            None
+        }
+        Outcome::Refused { error, .. } => return Err(error),
     };
     if transport == sio::Transport::WebSocket {
         require_upgrade(&req)?;
@@ -187,7 +240,9 @@ async fn socketio(
     }
     if let Some(g) = &grant {
         set(H_USER, &g.user)?;
-        set(H_TOKEN, &g.hash)?;
+        if let Some(hash) = &g.token_hash {
+            set(H_TOKEN, hash)?;
+        }
         if let Some(at) = g.expires_at {
             set(H_TOKEN_EXPIRES, &at.to_string())?;
         }
@@ -288,21 +343,37 @@ async fn socketio_upgrade(
     let query = query_pairs(&req);
     sio::check_handshake_query(&query).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     require_upgrade(&req)?;
-    let presented = presented_token(&req, &query);
-    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
+    let creds = credentials(&req, &query);
+    check_origin(&req, config, creds.token.as_ref().map(|(_, s)| *s))?;
     let conversation = http::conversation_param(&query, new_id)?;
     // socket.io clients usually send their token in the CONNECT packet, after the upgrade; such a
     // socket waits in the object unauthenticated, touching none of its storage, until CONNECT
-    // proves who it is. A token on the upgrade itself (header, cookie, ?token=) is checked now.
-    let grant = match presented {
-        Some((token, _)) => {
-            let grant = authenticate(env, &token).await?;
+    // proves who it is. A token on the upgrade itself (header, cookie, ?token=) is checked now,
+    // and so is the app's session. A session cookie that signs nobody in (or that this origin
+    // may not use) does not refuse the upgrade: the browser sends its cookies with every socket,
+    // and the client may still authenticate in CONNECT.
+    let (grant, refused) = match sign_in(&req, env, config, &creds).await {
+        Outcome::Granted(grant) => {
             check_owner(env, &conversation, &grant.user).await?;
-            Some(grant)
+            (Some(grant), None)
         }
-        None => None,
+        Outcome::Missing => (None, None),
+        Outcome::Refused {
+            error,
+            by_session: true,
+        } => (None, Some(error.message().to_string())),
+        Outcome::Refused { error, .. } => return Err(error),
     };
-    forward(req, env, &conversation, "sio", grant.as_ref(), None).await
+    forward(
+        req,
+        env,
+        &conversation,
+        "sio",
+        grant.as_ref(),
+        None,
+        refused.as_deref(),
+    )
+    .await
 }
 
 /// Refuses a conversation that exists in D1 and belongs to someone else (the object decides
@@ -329,8 +400,9 @@ async fn forward(
     env: &Env,
     conversation: &str,
     framing: &str,
-    grant: Option<&TokenGrant>,
+    grant: Option<&Grant>,
     last_seq: Option<u64>,
+    refused: Option<&str>,
 ) -> std::result::Result<Response, ApiError> {
     let headers = Headers::new();
     for (k, v) in req.headers().entries() {
@@ -343,10 +415,15 @@ async fn forward(
     set(H_CONVERSATION, conversation)?;
     if let Some(g) = grant {
         set(H_USER, &g.user)?;
-        set(H_TOKEN, &g.hash)?;
+        if let Some(hash) = &g.token_hash {
+            set(H_TOKEN, hash)?;
+        }
         if let Some(at) = g.expires_at {
             set(H_TOKEN_EXPIRES, &at.to_string())?;
         }
+    }
+    if let Some(why) = refused {
+        set(H_REFUSED, why)?;
     }
     if let Some(s) = last_seq {
         set(H_LAST_SEQ, &s.to_string())?;
@@ -373,13 +450,12 @@ pub fn conversation_stub(
 
 async fn api(req: Request, env: &Env, config: &Config) -> std::result::Result<Response, ApiError> {
     let query = query_pairs(&req);
-    let presented = presented_token(&req, &query);
-    check_origin(&req, config, presented.as_ref().map(|(_, s)| *s))?;
+    let creds = credentials(&req, &query);
+    check_origin(&req, config, creds.token.as_ref().map(|(_, s)| *s))?;
     if req.method() != Method::Get {
         return Err(ApiError::MethodNotAllowed);
     }
-    let (token, _) = presented.ok_or_else(missing_token)?;
-    let user = authenticate(env, &token).await?.user;
+    let user = authenticate(&req, env, config, &creds).await?.user;
     let path = req.path();
     let segments = http::path_segments(&path, 1)
         .map_err(|_| ApiError::BadRequest("the path is not valid percent-encoded UTF-8".into()))?;

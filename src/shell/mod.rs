@@ -6,6 +6,7 @@ mod connection;
 mod db;
 mod gateway;
 pub(crate) mod limiter;
+mod login;
 mod room;
 mod tools;
 mod upstream;

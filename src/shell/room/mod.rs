@@ -157,7 +157,10 @@ impl DurableObject for ConversationObject {
         let path = req.path();
         if path == "/connect" && req.headers().get(super::gateway::H_USER)?.is_none() {
             // A socket.io socket that authenticates in its CONNECT packet: held without loading.
-            return self.attach_unauthenticated(&conversation, &config).await;
+            let refused = req.headers().get(super::gateway::H_REFUSED)?;
+            return self
+                .attach_unauthenticated(&conversation, refused, &config)
+                .await;
         }
         if path == "/held" {
             return self.held_messages().await;

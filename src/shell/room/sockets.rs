@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::conversation::checkpoint::Flush;
+use crate::login::Grant;
 use crate::protocol::framing::Framing;
 use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
 
@@ -246,6 +247,7 @@ impl ConversationObject {
     pub(super) async fn attach_unauthenticated(
         &self,
         conversation: &str,
+        refused: Option<String>,
         config: &Config,
     ) -> Result<Response> {
         let pair = WebSocketPair::new()?;
@@ -255,6 +257,8 @@ impl ConversationObject {
             sio: true,
             sid: new_id(),
             conversation: conversation.to_string(),
+            // Bounded: the attachment holds at most 2 KB.
+            refused: crate::text::prefix_bytes(&refused.unwrap_or_default(), 200).to_string(),
             ..SocketMeta::default()
         };
         self.set_meta(&ws, &meta)?;
@@ -362,21 +366,26 @@ impl ConversationObject {
         }
         let was_counted = meta.user.is_some();
         if let Some(token) = sio::connect_auth_token(&auth) {
-            match self.token_grant(token).await {
+            match self.connect_grant(token, config).await {
                 Ok(grant) => {
                     meta.user = Some(grant.user);
-                    meta.token = Some(grant.hash);
+                    meta.token = grant.token_hash;
                     meta.expires = grant.expires_at;
+                    meta.refused.clear();
                 }
                 Err(message) => {
-                    let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
+                    let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
                     return Ok(());
                 }
             }
         }
         let Some(user) = meta.user.clone() else {
-            let message = "unauthorized: pass auth: { token } to io()";
-            let _ = ws.send_with_str(sio::connect_error(NSP, message, None));
+            let message = if meta.refused.is_empty() {
+                "unauthorized: pass auth: { token } to io()".to_string()
+            } else {
+                format!("unauthorized: {}", meta.refused)
+            };
+            let _ = ws.send_with_str(sio::connect_error(NSP, &message, None));
             return Ok(());
         };
         if !meta.conversation.is_empty() {
@@ -402,9 +411,13 @@ impl ConversationObject {
         Ok(())
     }
 
-    /// What a CONNECT token grants, or the reason to refuse it.
-    async fn token_grant(&self, token: &str) -> std::result::Result<db::TokenGrant, &'static str> {
-        db::connect_grant(&self.env, token).await
+    /// What a CONNECT `auth.token` grants, or the reason to refuse it.
+    async fn connect_grant(
+        &self,
+        token: &str,
+        config: &Config,
+    ) -> std::result::Result<Grant, String> {
+        crate::shell::login::connect_token(&self.env, config, token).await
     }
 
     /// Makes `user` the owner of a conversation that has none yet; refuses anyone else.
