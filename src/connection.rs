@@ -77,6 +77,9 @@ pub struct Connection {
     /// The SHA-256 of the gateway token it came from, passed to relays so a revocation reaches
     /// them.
     pub token: Option<String>,
+    /// Why the handshake's credential was refused (a cookie this page may not use): a CONNECT
+    /// without a token of its own is refused with it, instead of connected and disconnected.
+    pub refused: Option<String>,
     /// The conversation of the latest `message`.
     pub current: Option<String>,
     connected: bool,
@@ -86,6 +89,9 @@ pub struct Connection {
     outbox: VecDeque<String>,
     closed: bool,
     limits: Limits,
+    /// The last `system:reload` payload passed on: a reload reaches the connection both from
+    /// the admin's fan-out and through its relays, and the client gets it once.
+    last_reload: Option<String>,
 }
 
 impl Connection {
@@ -102,6 +108,7 @@ impl Connection {
             user,
             expires,
             token: None,
+            refused: None,
             current: None,
             connected: false,
             relays: Vec::new(),
@@ -109,6 +116,7 @@ impl Connection {
             outbox: VecDeque::new(),
             closed: false,
             limits,
+            last_reload: None,
         }
     }
 
@@ -181,6 +189,7 @@ impl Connection {
     /// The credential of the client's CONNECT (`auth.token`) names `user`: it replaces the
     /// handshake's.
     pub fn sign_in(&mut self, user: String, token: Option<String>, expires: Option<i64>) {
+        self.refused = None;
         self.user = Some(user);
         self.token = token;
         self.expires = expires;
@@ -207,6 +216,11 @@ impl Connection {
                 sio::connect_error(nsp, "Invalid namespace", None),
                 &mut actions,
             );
+            return actions;
+        }
+        if let (None, Some(reason)) = (&self.user, &self.refused) {
+            let refusal = sio::connect_error(NSP, &format!("unauthorized: {reason}"), None);
+            self.push_out(refusal, &mut actions);
             return actions;
         }
         if self.user.is_none() {
@@ -558,8 +572,10 @@ impl Connection {
         match (name, seq) {
             // The client got the manifest with its own CONNECT.
             ("commands:manifest", _) => {}
-            // Sent by every conversation: once, from the current one.
-            ("system:reload", _) if !is_current => {}
+            ("system:reload", _) => {
+                let data = args.first().map(Value::to_string).unwrap_or_default();
+                self.push_reload(data, actions);
+            }
             (_, Some(seq)) => {
                 self.relays[k].last_seq = Some(seq);
                 if is_current {
@@ -609,13 +625,23 @@ impl Connection {
         actions
     }
 
-    /// An event for the client that no conversation sends (the admin reload).
-    pub fn push_event(&mut self, name: &str, data_json: &str) -> Vec<Action> {
+    /// The admin's reload, sent to the connection itself (its payload JSON): passed on once,
+    /// however many of its relays also bring it.
+    pub fn reload(&mut self, data_json: &str) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.connected {
-            self.push_out(sio::event(NSP, name, data_json, None), &mut actions);
-        }
+        let data = serde_json::from_str::<Value>(data_json)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "{}".into());
+        self.push_reload(data, &mut actions);
         actions
+    }
+
+    fn push_reload(&mut self, data: String, actions: &mut Vec<Action>) {
+        if !self.connected || self.last_reload.as_ref() == Some(&data) {
+            return;
+        }
+        self.push_out(sio::event(NSP, "system:reload", &data, None), actions);
+        self.last_reload = Some(data);
     }
 }
 
@@ -733,6 +759,22 @@ mod tests {
             opened(&later).is_empty(),
             "events after it reach no conversation"
         );
+    }
+
+    #[test]
+    fn a_cookie_this_page_may_not_use_is_refused_with_its_reason_unless_connect_signs_in() {
+        let mut c = Connection::new("s".into(), "p".into(), None, None, LIMITS);
+        c.refused = Some("origin https://evil.example may not authenticate with a cookie".into());
+        c.connect(NSP, &None);
+        let out = c.take_outgoing();
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].starts_with("44/chat,{\"message\":\"unauthorized: origin https://evil.example"),
+            "{out:?}"
+        );
+        c.sign_in("alice".into(), None, None);
+        c.connect(NSP, &None);
+        assert!(c.take_outgoing()[0].starts_with("40/chat,"));
     }
 
     #[test]
@@ -1080,6 +1122,35 @@ mod tests {
                 .any(|a| matches!(a, Action::Close { .. }));
         }
         assert!(closed && c.closed());
+    }
+
+    #[test]
+    fn a_reload_reaches_the_client_once_whichever_way_it_comes() {
+        let mut c = connected();
+        for id in ["a", "b"] {
+            let packet =
+                format!("42/chat,[\"message\",{{\"conversationId\":\"{id}\",\"content\":\"x\"}}]");
+            c.client_packet(&packet, 0, || unreachable!());
+            ready(&mut c, id);
+        }
+        c.reload(r#"{"reason":"deploy","at":"t1"}"#);
+        c.relay_packet(
+            "a",
+            r#"42/chat,["system:reload",{"reason":"deploy","at":"t1"}]"#,
+        );
+        c.relay_packet(
+            "b",
+            r#"42/chat,["system:reload",{"reason":"deploy","at":"t1"}]"#,
+        );
+        assert_eq!(
+            c.take_outgoing(),
+            vec![r#"42/chat,["system:reload",{"at":"t1","reason":"deploy"}]"#.to_string()]
+        );
+        c.relay_packet("b", r#"42/chat,["system:reload",{"at":"t2"}]"#);
+        assert_eq!(c.take_outgoing().len(), 1, "the next reload");
+        let mut fresh = signed_in();
+        fresh.reload("{}");
+        assert!(fresh.take_outgoing().is_empty(), "nothing before CONNECT");
     }
 
     #[test]

@@ -154,6 +154,11 @@ pub fn merge_history(
 }
 
 /// SQL statements, with `?N` parameters in the order their comment gives.
+/// The live-registry key of a socket.io connection object (`sio:<sid>`), listed so the admin's
+/// reload reaches it; conversation ids are UUIDs or client ids, which the fan-out tells apart by
+/// this prefix.
+pub const CONNECTION_ROW_PREFIX: &str = "sio:";
+
 pub mod sql {
     /// ?1 token_hash
     pub const TOKEN_BY_HASH: &str = "SELECT token_hash, user_id, name, created_at, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?1";
@@ -196,7 +201,7 @@ pub mod sql {
     /// Every live conversation.
     pub const LIST_LIVE: &str = "SELECT conversation_id FROM live_conversations";
     /// Live figures for admin stats.
-    pub const LIVE_TOTALS: &str = "SELECT COUNT(*) AS conversations, COALESCE(SUM(sockets), 0) AS sockets, COALESCE(SUM(turning), 0) AS turns FROM live_conversations";
+    pub const LIVE_TOTALS: &str = "SELECT COALESCE(SUM(CASE WHEN conversation_id LIKE 'sio:%' THEN 0 ELSE 1 END), 0) AS conversations, COALESCE(SUM(sockets), 0) AS sockets, COALESCE(SUM(turning), 0) AS turns FROM live_conversations";
 
     /// Routing rules, enabled or not.
     pub const LIST_RULES: &str = "SELECT id, rule FROM routing_rules ORDER BY priority, name";

@@ -189,9 +189,15 @@ async fn fan_out(
     let answers: Vec<Option<Value>> = stream::iter(live.into_iter().map(|l| {
         let body = body.clone();
         async move {
-            call_object(env, &l.conversation_id, action, Method::Post, body)
-                .await
-                .ok()
+            match l
+                .conversation_id
+                .strip_prefix(crate::store::CONNECTION_ROW_PREFIX)
+            {
+                Some(sid) => call_connection(env, sid, action, body).await,
+                None => call_object(env, &l.conversation_id, action, Method::Post, body)
+                    .await
+                    .ok(),
+            }
         }
     }))
     .buffer_unordered(FANOUT_CONCURRENCY)
@@ -202,6 +208,28 @@ async fn fan_out(
         reached.add(answer.as_ref());
     }
     Ok(reached)
+}
+
+/// Calls a socket.io connection object's internal route; `None` when it did not answer.
+async fn call_connection(
+    env: &Env,
+    sid: &str,
+    action: &str,
+    body: Option<String>,
+) -> Option<Value> {
+    let stub = super::gateway::connection_stub(env, sid).ok()?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post);
+    if let Some(b) = body {
+        init.with_body(Some(b.into()));
+    }
+    let req = Request::new_with_init(&format!("https://connection/{action}"), &init).ok()?;
+    let mut resp = stub.fetch_with_request(req).await.ok()?;
+    if resp.status_code() == 400 {
+        // Gone (its object restarted): a stale row.
+        return Some(serde_json::json!({ "sockets": 0, "failed": 0 }));
+    }
+    resp.json().await.ok()
 }
 
 /// Calls a conversation object's internal route and returns its JSON answer.

@@ -49,6 +49,17 @@ struct Inner {
     poll: RefCell<Option<oneshot::Sender<bool>>>,
     /// When the client last sent anything (a poll, a post, a frame).
     last_seen: Cell<i64>,
+    /// The connection has its row in the live registry.
+    registered: Cell<bool>,
+}
+
+impl Inner {
+    fn has_outgoing(&self) -> bool {
+        self.conn
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.has_outgoing())
+    }
 }
 
 impl DurableObject for ConnectionObject {
@@ -69,6 +80,7 @@ impl DurableObject for ConnectionObject {
                 probed: Cell::new(false),
                 poll: RefCell::new(None),
                 last_seen: Cell::new(now_ms()),
+                registered: Cell::new(false),
             }),
         }
     }
@@ -102,11 +114,13 @@ impl DurableObject for ConnectionObject {
             "/upgrade" => self.upgrade(),
             "/reload" => {
                 let body = req.text().await.unwrap_or_default();
-                let actions = self
-                    .inner
-                    .with_conn(|c| c.push_event("system:reload", &body));
+                let actions = self.inner.with_conn(|c| c.reload(&body));
+                let sent = u64::from(actions.is_empty() && self.inner.has_outgoing());
                 self.inner.clone().perform(actions);
-                text_response("ok")
+                super::json_response(200, &serde_json::json!({ "sockets": sent, "failed": 0 }))
+            }
+            "/revoke" => {
+                super::json_response(200, &serde_json::json!({ "sockets": 0, "failed": 0 }))
             }
             _ => engine_error(400, 0, "Transport unknown"),
         }
@@ -160,6 +174,7 @@ impl ConnectionObject {
         };
         let mut conn = Connection::new(sid.clone(), new_id(), user, expires, limits);
         conn.token = token;
+        conn.refused = headers.get(super::gateway::H_REFUSED)?;
         *self.inner.conn.borrow_mut() = Some(conn);
         self.inner.last_seen.set(now_ms());
         self.arm(config.sio_ping_interval_ms).await;
@@ -228,7 +243,38 @@ impl Inner {
             }
         }
         let actions = self.with_conn(|c| c.client_packet(packet, now_ms(), new_id));
+        let connected = self.conn.borrow().as_ref().is_some_and(|c| c.connected());
+        if connected && !self.registered.replace(true) {
+            // Listed for the admin's reload, which must reach it before it uses a conversation.
+            self.clone().registry(true).await;
+        }
         self.perform(actions);
+    }
+
+    /// Adds or removes the connection's row in the live registry (`sio:<sid>`, no sockets of
+    /// its own: its relays count in their conversations' rows).
+    async fn registry(self: Rc<Self>, listed: bool) {
+        let Some(sid) = self.conn.borrow().as_ref().map(|c| c.sid.clone()) else {
+            return;
+        };
+        let key = format!("{}{sid}", crate::store::CONNECTION_ROW_PREFIX);
+        let Ok(d) = super::db::db(&self.env) else {
+            return;
+        };
+        let statement = if listed {
+            let params = [key.into(), (now_ms() as f64).into(), 0.0.into(), 0.0.into()];
+            d.prepare(crate::store::sql::REGISTER_LIVE).bind(&params)
+        } else {
+            d.prepare(crate::store::sql::UNREGISTER_LIVE)
+                .bind(&[key.into()])
+        };
+        let result = match statement {
+            Ok(s) => s.run().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            console_warn!("live registry (connection): {e}");
+        }
     }
 
     /// Answers a long-poll GET: what waits, else what comes within a ping interval, else a ping.
@@ -309,6 +355,10 @@ impl Inner {
             }
         }
         self.deliver();
+        if close.is_some() && self.registered.replace(false) {
+            let inner = self.clone();
+            wasm_bindgen_futures::spawn_local(async move { inner.registry(false).await });
+        }
         if let Some(reason) = close {
             if let Some(ws) = self.socket.borrow_mut().take() {
                 let _ = ws.close(Some(1000), Some(crate::text::prefix_chars(&reason, 120)));

@@ -211,12 +211,18 @@ async fn socketio(
     // a cookie that signs nobody in leaves the connection signed out, which its CONNECT then
     // learns (connected, then disconnected), unless the CONNECT carries a token.
     let by_cookie = !matches!(creds.token, Some((_, CredentialSource::Explicit)));
+    // A cookie this page may not use is refused with its reason at CONNECT (not taken for
+    // "not signed in"), as on a socket bound to a conversation.
+    let mut refused = None;
     let grant = match sign_in(&req, env, config, &creds).await {
         Outcome::Granted(grant) => Some(grant),
         Outcome::Missing => None,
         Outcome::Refused { error, by_session }
             if (by_session || by_cookie) && error.status() < 500 =>
         {
+            if error.status() == 403 {
+                refused = Some(error.message().to_string());
+            }
             None
         }
         Outcome::Refused { error, .. } => return Err(error),
@@ -237,6 +243,9 @@ async fn socketio(
     )?;
     if transport == sio::Transport::WebSocket {
         set("upgrade", "websocket")?;
+    }
+    if let Some(reason) = &refused {
+        set(H_REFUSED, crate::text::prefix_bytes(reason, 200))?;
     }
     if let Some(g) = &grant {
         set(H_USER, &g.user)?;

@@ -116,9 +116,9 @@ describe('with ADMIN_TOKEN set', () => {
     assert.ok(res.json.sockets >= 3, res.text);
     assert.equal(res.json.failed, 0);
     for (const client of [a, b, c]) {
-      // "after system:reload reached every connected socket": the frame is already here when the answer is.
-      const frame = client.events.find((f) => f.event === 'system:reload');
-      assert.ok(frame, client.log.dump());
+      // Sent to every socket before the answer; a socket's frame and the HTTP answer travel on
+      // different connections, so the client may see them in either order.
+      const frame = await client.next('system:reload', { timeout: 5000 });
       assert.deepEqual(frame.data, { reason }, 'the body, as given: nothing added');
     }
     // Any JSON object passes through unchanged, as the reference gateway's broadcastReload(payload).
@@ -163,8 +163,14 @@ describe('with ADMIN_TOKEN set', () => {
         controller.close();
       },
     });
-    const streamed = await fetch(`${gw.url}/admin/reload`, { method: 'POST', headers: { authorization: `Bearer ${gw.adminToken}` }, body: big, duplex: 'half' });
-    assert.equal(streamed.status, 413, await streamed.text());
+    // The gateway stops reading at the bound and answers 413; the runtime may reset the upload
+    // it did not read before the client sees the answer, which is the same refusal.
+    try {
+      const streamed = await fetch(`${gw.url}/admin/reload`, { method: 'POST', headers: { authorization: `Bearer ${gw.adminToken}` }, body: big, duplex: 'half' });
+      assert.equal(streamed.status, 413, await streamed.text());
+    } catch (e) {
+      assert.match(String(e.cause?.code ?? e.cause?.message ?? e), /UND_ERR_SOCKET|ECONNRESET|EPIPE|other side closed/, String(e.cause ?? e));
+    }
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.ok(!a.events.some((f) => f.event === 'system:reload'), a.log.dump());
     await a.close();

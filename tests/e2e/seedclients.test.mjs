@@ -31,13 +31,15 @@ function seedSocket(opts = {}) {
 async function connect(opts) {
   const socket = seedSocket(opts);
   const client = new SioClient(socket);
+  let firstTransport;
+  socket.io.once('open', () => (firstTransport = socket.io.engine.transport.name));
   await new Promise((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('connect_error', reject);
   });
   const first = await client.next(null);
   assert.equal(first.event, 'commands:manifest', client.log.dump());
-  return { socket, client };
+  return { socket, client, firstTransport };
 }
 
 async function user(label = 'seed') {
@@ -57,8 +59,8 @@ const offsetOf = (frame) => (typeof frame.args?.at(-1) === 'string' && frame.arg
 describe('one connection, many conversations', () => {
   test('default options: polling first, then the upgrade, and a turn streams in order', async () => {
     const { token } = await user();
-    const { socket, client } = await connect({ auth: { token } });
-    assert.equal(socket.io.engine.transport.name, 'polling', 'the reference client starts with long-polling');
+    const { socket, client, firstTransport } = await connect({ auth: { token } });
+    assert.equal(firstTransport, 'polling', 'the reference client starts with long-polling');
     const t = await turn(client, { content: `over polling ${uniq()}` });
     assert.deepEqual(t.errors, [], client.log.dump());
     assert.equal(t.end.data.stopReason, 'stop');
@@ -170,6 +172,28 @@ describe('one connection, many conversations', () => {
     const t = await turn(client, { content: `still fine ${uniq()}` });
     assert.equal(t.end.data.stopReason, 'stop');
     socket.close();
+  });
+
+  test('POST /admin/reload reaches a connection before its first message, and a connection with several conversations once', async () => {
+    const { token } = await user();
+    const idle = await connect({ auth: { token } });
+    const busy = await connect({ auth: { token }, transports: ['websocket'] });
+    await turn(busy.client, { content: `one ${uniq()}` });
+    await turn(busy.client, { content: `two ${uniq()}` });
+    const reason = uniq('deploy');
+    const res = await gw.http('POST', '/admin/reload', { token: gw.adminToken, body: { reason, version: '2.0' } });
+    assert.equal(res.status, 200, res.text);
+    const reloads = (c) => c.client.events.filter((f) => f.event === 'system:reload' && f.data?.reason === reason);
+    await eventually(() => reloads(idle).length === 1 && reloads(busy).length === 1, { timeout: 10_000, what: 'system:reload on both connections' });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.equal(reloads(busy).length, 1, 'once, though two conversations relay it too');
+    assert.deepEqual(reloads(idle)[0].data, { reason, version: '2.0' }, 'the admin\'s payload as given');
+    idle.socket.close();
+    busy.socket.close();
+    await eventually(async () => {
+      const stats = await gw.http('GET', '/admin/stats', { token: gw.adminToken });
+      return stats.status === 200;
+    });
   });
 
   test('an unknown sid is an Engine.IO error, not a new connection', async () => {
