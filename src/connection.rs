@@ -11,6 +11,7 @@
 //! recovery resumes the right conversation on whichever connection it lands.
 
 use crate::conversation::room::manifest_event;
+use crate::conversation::socket;
 use crate::error::RoomError;
 use crate::protocol::framing::{Framing, NSP};
 use crate::protocol::{self, sio, ClientEvent, ErrorCode, Limits};
@@ -308,8 +309,7 @@ impl Connection {
                 args,
             } => {
                 if nsp != NSP || !self.connected {
-                    let refusal =
-                        sio::connect_error(&nsp, "connect to the /chat namespace first", None);
+                    let refusal = sio::connect_error(&nsp, socket::CONNECT_FIRST, None);
                     self.push_out(refusal, &mut actions);
                     return actions;
                 }
@@ -363,8 +363,8 @@ impl Connection {
                 Some(current) => current.clone(),
                 None => {
                     let e = RoomError::client(
-                        ErrorCode::NoActiveTurn,
-                        "No active session for this conversation.",
+                        ErrorCode::NoActiveSession,
+                        crate::error::seed::NO_SESSION,
                     );
                     self.send_error(&e, None, ack, actions);
                     return;

@@ -11,7 +11,8 @@ pub const TOKEN_EXPIRED: &str = "unauthorized: the token has expired";
 /// What a socket hears when its token is revoked.
 pub const TOKEN_REVOKED: &str = "unauthorized: the token was revoked";
 /// What a socket.io event outside the connected namespace gets.
-const CONNECT_FIRST: &str = "connect to the /chat namespace first";
+/// The refusal of an event sent before the namespace CONNECT.
+pub const CONNECT_FIRST: &str = "connect to the /chat namespace first";
 /// Longest recovery id taken from a client: longer ones were not issued by the gateway (and
 /// would not fit the attachment).
 const MAX_PID_CHARS: usize = 64;

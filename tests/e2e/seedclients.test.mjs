@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { io } from 'socket.io-client';
+import { COOKIE, startFakeAuth } from '../support/fake-auth.mjs';
 import { startFakeUpstream } from '../support/fake-upstream.mjs';
 import { SioClient, eventually, startGateway, summarizeTurn, uniq } from '../support/harness.mjs';
 
@@ -296,5 +297,57 @@ describe('connection state recovery', () => {
     assert.equal(deltas.map((f) => f.data.text).join(''), up.requestsFor(content)[0].sent.text, 'every delta, in order');
     assert.ok(offsets.every((o) => o.endsWith(`:${conversationId}`)), 'offsets name the conversation');
     socket.close();
+  });
+});
+
+describe("signed in with the app's own session (a fake better-auth), default options", () => {
+  let auth;
+  let app;
+  before(async () => {
+    auth = await startFakeAuth();
+    app = await startGateway({ upstream: up, vars: { AUTH_SESSION_URL: `${auth.url}/api/auth/get-session` } });
+  });
+  after(async () => {
+    await app?.stop();
+    await auth?.close();
+  });
+
+  /** The reference client in a page: its cookies go with every request (extraHeaders stand in for the browser's jar). */
+  const seed = (cookie, opts = {}) => io(`${app.url}/chat`, { forceNew: true, reconnection: false, withCredentials: true, extraHeaders: { cookie }, ...opts });
+
+  test('a cookie the app knows: polling then the upgrade, two conversations on one connection, back and forth', async () => {
+    const { cookie } = auth.signIn(uniq('ada'));
+    const socket = seed(cookie);
+    const client = new SioClient(socket);
+    await new Promise((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('connect_error', reject);
+    });
+    assert.equal((await client.next(null)).event, 'commands:manifest');
+    const first = await turn(client, { content: `first ${uniq()}` });
+    const second = await turn(client, { content: `second ${uniq()}` });
+    const [a, b] = [first.ack.data.conversationId, second.ack.data.conversationId];
+    assert.notEqual(a, b);
+    const back = await turn(client, { conversationId: a, content: `back ${uniq()}` });
+    assert.equal(back.end.data.stopReason, 'stop', client.log.dump());
+    assert.ok(back.frames.every((f) => f.data?.conversationId === undefined || f.data.conversationId === a));
+    assert.equal(socket.io.engine.transport.name, 'websocket');
+    socket.close();
+  });
+
+  test('a cookie the app does not know, and an expired one: connected, then disconnected by the server, nothing else', async () => {
+    const unknown = `${COOKIE}=${randomUUID()}.sig`;
+    const { cookie: expired } = auth.signIn(uniq('old'), { ttlMs: -60_000 });
+    for (const cookie of [unknown, expired]) {
+      const socket = seed(cookie);
+      const client = new SioClient(socket);
+      await new Promise((resolve, reject) => {
+        socket.once('connect', resolve);
+        socket.once('connect_error', reject);
+      });
+      assert.equal((await client.closed).reason, 'io server disconnect');
+      assert.deepEqual(client.events, []);
+      socket.close();
+    }
   });
 });
