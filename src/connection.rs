@@ -618,6 +618,20 @@ impl Connection {
         actions
     }
 
+    /// The admin revoked gateway tokens (their SHA-256s): a connection signed in with one of
+    /// them is told, disconnected and closed, relays and all. Returns whether it was.
+    pub fn revoke(&mut self, hashes: &[String]) -> (bool, Vec<Action>) {
+        let mut actions = Vec::new();
+        let hit = !self.closed && self.token.as_ref().is_some_and(|t| hashes.contains(t));
+        if hit {
+            let e = RoomError::client(ErrorCode::Unauthorized, socket::TOKEN_REVOKED);
+            self.send_error(&e, None, None, &mut actions);
+            self.push_out(sio::disconnect(NSP), &mut actions);
+            self.close("token revoked", &mut actions);
+        }
+        (hit, actions)
+    }
+
     /// The gateway closes the connection (a reload, the credential revoked, the client gone).
     pub fn shut(&mut self, reason: &str) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -1151,6 +1165,27 @@ mod tests {
         let mut fresh = signed_in();
         fresh.reload("{}");
         assert!(fresh.take_outgoing().is_empty(), "nothing before CONNECT");
+    }
+
+    #[test]
+    fn a_revoked_token_ends_its_connection_even_before_any_conversation() {
+        let mut c = connected();
+        c.token = Some("h1".into());
+        let (hit, _) = c.revoke(&["other".into()]);
+        assert!(!hit && !c.closed());
+        let (hit, actions) = c.revoke(&["h1".into()]);
+        assert!(hit && c.closed());
+        assert!(matches!(actions.last(), Some(Action::Close { .. })));
+        let out = c.take_outgoing();
+        assert!(
+            out[0].contains("revoked") && out[0].contains("unauthorized"),
+            "{out:?}"
+        );
+        assert_eq!(out[1], "41/chat,");
+        let later = c.client_packet("42/chat,[\"message\",{\"content\":\"hi\"}]", 0, || {
+            "n".into()
+        });
+        assert!(later.is_empty(), "nothing it sends after is acted on");
     }
 
     #[test]

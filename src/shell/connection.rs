@@ -51,6 +51,8 @@ struct Inner {
     last_seen: Cell<i64>,
     /// The connection has its row in the live registry.
     registered: Cell<bool>,
+    /// Closed, with the reason its WebSocket closes with once its last packets are out.
+    closing: RefCell<Option<String>>,
 }
 
 impl Inner {
@@ -81,6 +83,7 @@ impl DurableObject for ConnectionObject {
                 poll: RefCell::new(None),
                 last_seen: Cell::new(now_ms()),
                 registered: Cell::new(false),
+                closing: RefCell::new(None),
             }),
         }
     }
@@ -95,7 +98,12 @@ impl DurableObject for ConnectionObject {
         if path == "/open" {
             return self.open(&req, &config).await;
         }
-        if self.inner.conn.borrow().as_ref().is_none_or(|c| c.closed()) {
+        let (known, waiting) = match self.inner.conn.borrow().as_ref() {
+            Some(c) => (!c.closed(), c.has_outgoing()),
+            None => (false, false),
+        };
+        // A closed connection still hands its last packets (an error, DISCONNECT) to a poll.
+        if !(known || (waiting && path == "/poll")) {
             return engine_error(400, 1, "Session ID unknown");
         }
         self.inner.last_seen.set(now_ms());
@@ -120,7 +128,21 @@ impl DurableObject for ConnectionObject {
                 super::json_response(200, &serde_json::json!({ "sockets": sent, "failed": 0 }))
             }
             "/revoke" => {
-                super::json_response(200, &serde_json::json!({ "sockets": 0, "failed": 0 }))
+                let body: serde_json::Value = req.json().await.unwrap_or_default();
+                let hashes: Vec<String> = body
+                    .get("tokens")
+                    .and_then(|t| serde_json::from_value(t.clone()).ok())
+                    .unwrap_or_default();
+                let (hit, actions) = self
+                    .inner
+                    .conn
+                    .borrow_mut()
+                    .as_mut()
+                    .map(|c| c.revoke(&hashes))
+                    .unwrap_or_default();
+                self.inner.clone().perform(actions);
+                let closed = u64::from(hit);
+                super::json_response(200, &serde_json::json!({ "sockets": closed, "failed": 0 }))
             }
             _ => engine_error(400, 0, "Transport unknown"),
         }
@@ -311,12 +333,13 @@ impl Inner {
                 Either::Right(_) => return text_response(sio::ping()),
             }
         }
-        let (packets, closed) = match self.conn.borrow_mut().as_mut() {
+        let (mut packets, closed) = match self.conn.borrow_mut().as_mut() {
             Some(c) => (c.take_outgoing(), c.closed()),
             None => (Vec::new(), true),
         };
-        if packets.is_empty() && closed {
-            return text_response("1");
+        if closed {
+            // The Engine.IO CLOSE after the last packets.
+            packets.push("1".into());
         }
         if packets.is_empty() {
             return text_response("6");
@@ -360,12 +383,24 @@ impl Inner {
             wasm_bindgen_futures::spawn_local(async move { inner.registry(false).await });
         }
         if let Some(reason) = close {
-            if let Some(ws) = self.socket.borrow_mut().take() {
-                let _ = ws.close(Some(1000), Some(crate::text::prefix_chars(&reason, 120)));
+            self.closing
+                .replace(Some(crate::text::prefix_chars(&reason, 120).to_string()));
+            if self.upgraded.get() || !self.probed.get() {
+                self.close_socket();
             }
+            // Mid-upgrade, the socket closes once the switch delivers what waits (`deliver`);
+            // on polling, the next poll takes it.
             if let Some(tx) = self.poll.borrow_mut().take() {
                 let _ = tx.send(false);
             }
+        }
+    }
+
+    /// Closes the client's WebSocket (its last packets already sent).
+    fn close_socket(&self) {
+        let reason = self.closing.take().unwrap_or_default();
+        if let Some(ws) = self.socket.borrow_mut().take() {
+            let _ = ws.close(Some(1000), Some(reason));
         }
     }
 
@@ -380,6 +415,9 @@ impl Inner {
                 for p in packets {
                     let _ = ws.send_with_str(&p);
                 }
+            }
+            if self.conn.borrow().as_ref().is_some_and(|c| c.closed()) {
+                self.close_socket();
             }
         } else if self
             .conn

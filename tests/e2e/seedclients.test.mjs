@@ -234,6 +234,20 @@ describe('signing in as the reference clients do', () => {
     assert.equal(res.status, 401);
   });
 
+  test('a revoked token ends its connection, also one that has not used a conversation yet', async () => {
+    const name = uniq('revoked');
+    const token = await gw.mintToken(uniq('rex'), name);
+    const { socket, client } = await connect({ auth: { token } });
+    const closed = new Promise((resolve) => socket.once('disconnect', resolve));
+    const res = await gw.http('DELETE', `/admin/tokens/${encodeURIComponent(name)}`, { token: gw.adminToken });
+    assert.equal(res.status, 200, res.text);
+    assert.ok(res.json.socketsClosed >= 1, res.text);
+    const e = await client.next('error', { timeout: 5000 });
+    assert.equal(e.data.code, 'unauthorized');
+    assert.equal(await closed, 'io server disconnect');
+    socket.close();
+  });
+
   test('a page on a listed origin polls with credentials (the cookie) and gets the CORS answer a browser needs', async () => {
     const { token } = await user();
     const preflight = await fetch(`${gw.url}/socket.io/?EIO=4&transport=polling`, { method: 'OPTIONS', headers: { origin: APP, 'access-control-request-method': 'POST' } });
