@@ -465,6 +465,12 @@ impl Connection {
             self.relay_refused(k, &message, &mut actions);
             return actions;
         }
+        // Per delta: the event's name and offset are read from the packet's ends, its data is
+        // passed on unparsed. A reload (whose payload is compared) takes the full decode.
+        if let Some((name, seq)) = event_head(text).filter(|(n, _)| n != "system:reload") {
+            self.relay_event(k, &name, seq, text, &mut actions);
+            return actions;
+        }
         let packet = match sio::decode(text) {
             Ok(p) => p,
             Err(_) => return actions,
@@ -483,8 +489,9 @@ impl Connection {
                 self.close("the conversation ended the session", &mut actions);
             }
             sio::Inbound::Ack { .. } => self.push_out(text.to_string(), &mut actions),
-            sio::Inbound::Event { name, args, .. } => {
-                self.relay_event(k, &name, &args, text, &mut actions)
+            sio::Inbound::Event { name, args, .. } if name == "system:reload" => {
+                let data = args.first().map(Value::to_string).unwrap_or_default();
+                self.push_reload(data, &mut actions);
             }
             _ => {}
         }
@@ -558,24 +565,15 @@ impl Connection {
         &mut self,
         k: usize,
         name: &str,
-        args: &[Value],
+        seq: Option<u64>,
         text: &str,
         actions: &mut Vec<Action>,
     ) {
         let conversation = self.relays[k].conversation.clone();
         let is_current = self.current.as_ref() == Some(&conversation);
-        // A sequenced event carries its offset (the conversation's seq) after its data.
-        let seq = match args {
-            [_, Value::String(offset)] => offset.parse::<u64>().ok(),
-            _ => None,
-        };
         match (name, seq) {
             // The client got the manifest with its own CONNECT.
             ("commands:manifest", _) => {}
-            ("system:reload", _) => {
-                let data = args.first().map(Value::to_string).unwrap_or_default();
-                self.push_reload(data, actions);
-            }
             (_, Some(seq)) => {
                 self.relays[k].last_seq = Some(seq);
                 if is_current {
@@ -667,6 +665,25 @@ fn relay_connect(recover: Option<(&str, u64)>) -> String {
         None => json!({}),
     };
     format!("40{NSP},{auth}")
+}
+
+/// The name of a conversation's EVENT packet (`42/chat,["name",{data},"seq"]`) and its offset
+/// (the sequence number after an object's data), read without parsing the data.
+fn event_head(packet: &str) -> Option<(String, Option<u64>)> {
+    let body = packet
+        .strip_prefix("42")?
+        .strip_prefix(NSP)?
+        .strip_prefix(",[")?;
+    let name = serde_json::Deserializer::from_str(body)
+        .into_iter::<String>()
+        .next()?
+        .ok()?;
+    let seq = packet.strip_suffix("\"]").and_then(|head| {
+        let (before, digits) = head.rsplit_once(",\"")?;
+        let sequenced = before.ends_with('}') && !digits.is_empty();
+        sequenced.then(|| digits.parse::<u64>().ok()).flatten()
+    });
+    Some((name, seq))
 }
 
 /// `packet` (an EVENT ending in the offset `,"<seq>"]`) with the offset `seq:conversation`.
@@ -1186,6 +1203,26 @@ mod tests {
             "n".into()
         });
         assert!(later.is_empty(), "nothing it sends after is acted on");
+    }
+
+    #[test]
+    fn an_event_head_is_read_without_its_data() {
+        let head = |p: &str| event_head(p);
+        assert_eq!(
+            head(r#"42/chat,["agent:text",{"text":"a\"],\"9\"]"},"12"]"#),
+            Some(("agent:text".into(), Some(12)))
+        );
+        assert_eq!(
+            head(r#"42/chat,["error",{"error":"e"}]"#),
+            Some(("error".into(), None))
+        );
+        assert_eq!(
+            head(r#"42/chat,["x",{"t":"1"}]"#),
+            Some(("x".into(), None)),
+            "a string at the data's end is not an offset"
+        );
+        assert_eq!(head("43/chat,5[{}]"), None);
+        assert_eq!(head("40/chat,{}"), None);
     }
 
     #[test]
