@@ -272,13 +272,19 @@ pub fn token_listing(rows: &[TokenRow]) -> Value {
     json!({ "tokens": tokens })
 }
 
-/// The agent listing; tool secrets never leave the gateway.
+/// The agent listing; tool secrets and MCP header values never leave the gateway (the header
+/// names show which are set).
 pub fn agent_listing(agents: Vec<(String, AgentConfig)>) -> Value {
     let list: Vec<Value> = agents
         .into_iter()
         .map(|(id, mut a)| {
             for t in &mut a.tools {
                 t.secret = t.secret.as_ref().map(|_| "********".to_string());
+            }
+            for s in &mut a.mcp_servers {
+                for value in s.headers.values_mut() {
+                    *value = "********".to_string();
+                }
             }
             json!({ "id": id, "agent": a })
         })
@@ -497,11 +503,17 @@ mod tests {
     #[test]
     fn listings_hide_secrets() {
         let agent: AgentConfig = serde_json::from_value(json!({
-            "name": "a", "tools": [{ "name": "t", "description": "d", "url": "http://x/t", "parameters": { "type": "object" }, "secret": "s3cret" }]
+            "name": "a", "tools": [{ "name": "t", "description": "d", "url": "http://x/t", "parameters": { "type": "object" }, "secret": "s3cret" }],
+            "mcpServers": [{ "name": "docs", "url": "https://x/mcp", "headers": { "Authorization": "Bearer mcp-k3y" } }]
         }))
         .unwrap();
-        let text = agent_listing(vec![("id1".into(), agent)]).to_string();
-        assert!(text.contains("********") && !text.contains("s3cret"));
+        let listing = agent_listing(vec![("id1".into(), agent)]);
+        let text = listing.to_string();
+        assert!(text.contains("********") && !text.contains("s3cret") && !text.contains("mcp-k3y"));
+        assert_eq!(
+            listing["agents"][0]["agent"]["mcpServers"][0]["headers"],
+            json!({ "Authorization": "********" })
+        );
         assert_eq!(
             stats_payload([1.0, 2.0, 0.0], [3.0, 4.0, 5.0])["totals"]["tokens"],
             5

@@ -1,7 +1,23 @@
-//! Named agent configurations: system prompt, model, thinking level and HTTP tools, validated when saved.
+//! Named agent configurations: system prompt, model, thinking level, HTTP tools and MCP servers, validated when saved.
 
 use crate::llm::{ThinkingLevel, ToolSpec};
+use crate::mcp::McpTool;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// MCP servers an agent may list.
+pub const MAX_MCP_SERVERS: usize = 8;
+/// Longest MCP server name: the rest of the 64 characters a tool name may have is the tool's.
+const MAX_SERVER_NAME: usize = 32;
+/// Headers the gateway sets on every MCP request itself.
+const RESERVED_HEADERS: [&str; 6] = [
+    "accept",
+    "content-type",
+    "content-length",
+    "host",
+    "mcp-session-id",
+    "mcp-protocol-version",
+];
 
 /// A tool the gateway runs by POSTing the arguments as JSON to a URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,6 +33,9 @@ pub struct HttpTool {
     /// Sent as `Authorization: Bearer <secret>` when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// A person approves each call before it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
 }
 
 impl HttpTool {
@@ -79,6 +98,135 @@ fn empty_schema() -> serde_json::Value {
     serde_json::json!({"type": "object", "properties": {}})
 }
 
+/// A remote MCP server (Streamable HTTP) whose tools the agent may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServer {
+    /// The prefix of its tools' names as the model sees them (`name__tool`).
+    pub name: String,
+    pub url: String,
+    /// Sent with every request (credentials, typically); never shown or sent to the model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Which of its tools a person approves before each call.
+    #[serde(default, skip_serializing_if = "ApprovalRule::is_never")]
+    pub requires_approval: ApprovalRule,
+}
+
+impl McpServer {
+    /// Identifies the server a session was opened with: its URL and the headers sent to it
+    /// (a session may be bound to the credentials it was opened with). Memory only.
+    pub fn session_key(&self) -> String {
+        let mut key = self.url.clone();
+        for (name, value) in &self.headers {
+            key.push('\n');
+            key.push_str(&name.to_ascii_lowercase());
+            key.push(':');
+            key.push_str(value);
+        }
+        key
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        let name_ok = !name.is_empty()
+            && name.len() <= MAX_SERVER_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            && !name.contains("__");
+        if !name_ok {
+            return Err(format!(
+                "mcpServers: name \"{name}\" must be 1 to {MAX_SERVER_NAME} characters of letters, digits, '-' or '_', without \"__\" (it separates the server from the tool in tool names)"
+            ));
+        }
+        if !(self.url.starts_with("https://") || self.url.starts_with("http://")) {
+            return Err(format!("mcpServers \"{name}\": url must be http(s)"));
+        }
+        if self.url.len() > 2048 {
+            return Err(format!(
+                "mcpServers \"{name}\": url is longer than 2048 bytes"
+            ));
+        }
+        if self.headers.len() > 16 {
+            return Err(format!("mcpServers \"{name}\": at most 16 headers"));
+        }
+        for (header, value) in &self.headers {
+            if !valid_header_name(header) {
+                return Err(format!(
+                    "mcpServers \"{name}\": \"{header}\" is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+                ));
+            }
+            if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "mcpServers \"{name}\": header \"{header}\" is set by the gateway"
+                ));
+            }
+            let value_ok = value.len() <= 8192
+                && value
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+            if !value_ok {
+                // The value is a secret: never repeated in the message.
+                return Err(format!(
+                    "mcpServers \"{name}\": the value of header \"{header}\" must be at most 8192 bytes without control characters"
+                ));
+            }
+        }
+        if let ApprovalRule::Tools(tools) = &self.requires_approval {
+            if tools.len() > 128 {
+                return Err(format!(
+                    "mcpServers \"{name}\": requiresApproval names at most 128 tools"
+                ));
+            }
+            if tools.iter().any(|t| t.is_empty() || t.len() > 128) {
+                return Err(format!(
+                    "mcpServers \"{name}\": requiresApproval names tools of 1 to 128 bytes"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which tools of an MCP server need a person's approval: all (`true`), none (`false`, the
+/// default), or those named (by their names on the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ApprovalRule {
+    All(bool),
+    Tools(Vec<String>),
+}
+
+impl Default for ApprovalRule {
+    fn default() -> Self {
+        ApprovalRule::All(false)
+    }
+}
+
+impl ApprovalRule {
+    fn is_never(&self) -> bool {
+        *self == ApprovalRule::All(false)
+    }
+
+    /// Whether the server's tool named `tool` (its name on the server) needs approval.
+    pub fn covers(&self, tool: &str) -> bool {
+        match self {
+            ApprovalRule::All(all) => *all,
+            ApprovalRule::Tools(tools) => tools.iter().any(|t| t == tool),
+        }
+    }
+}
+
+/// An HTTP header name: an RFC 9110 token.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// A named agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,10 +245,14 @@ pub struct AgentConfig {
     /// Users who may run this agent, besides everyone when it is public.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
-    /// Whether every user may run it. Unset: public unless a tool carries a secret or `users`
-    /// names who may (an agent that holds the operator's secrets is private until said otherwise).
+    /// Whether every user may run it. Unset: public unless a tool carries a secret, an MCP
+    /// server headers, or `users` names who may (an agent that holds the operator's secrets is
+    /// private until said otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
+    /// Remote MCP servers whose tools the agent has, besides `tools`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServer>,
 }
 
 impl AgentConfig {
@@ -143,6 +295,16 @@ impl AgentConfig {
                 ));
             }
         }
+        if self.mcp_servers.len() > MAX_MCP_SERVERS {
+            return Err(format!("at most {MAX_MCP_SERVERS} mcpServers"));
+        }
+        let mut servers = std::collections::HashSet::new();
+        for server in &self.mcp_servers {
+            server.validate()?;
+            if !servers.insert(server.name.as_str()) {
+                return Err(format!("mcpServers: \"{}\" is defined twice", server.name));
+            }
+        }
         Ok(())
     }
 
@@ -163,14 +325,40 @@ impl AgentConfig {
         self.tools.iter().find(|t| t.name == name)
     }
 
+    /// The MCP server with this name.
+    pub fn mcp_server(&self, name: &str) -> Option<&McpServer> {
+        self.mcp_servers.iter().find(|s| s.name == name)
+    }
+
+    /// Whether a call of the tool the model knows as `tool_name` waits for a person's approval:
+    /// an HTTP tool's own flag, or the rule of the MCP server that `mcp_tools` (this turn's
+    /// tools from MCP servers) says the name belongs to.
+    pub fn requires_approval(&self, tool_name: &str, mcp_tools: &[McpTool]) -> bool {
+        if let Some(tool) = self.tool(tool_name) {
+            return tool.requires_approval;
+        }
+        mcp_tools
+            .iter()
+            .find(|t| t.exposed == tool_name)
+            .is_some_and(|t| {
+                self.mcp_server(&t.server)
+                    .is_some_and(|s| s.requires_approval.covers(&t.name))
+            })
+    }
+
+    /// Whether it holds operator secrets: a tool's secret or an MCP server's headers.
+    fn holds_secrets(&self) -> bool {
+        self.tools.iter().any(|t| t.secret.is_some())
+            || self.mcp_servers.iter().any(|s| !s.headers.is_empty())
+    }
+
     /// Whether `user` may run this agent.
     pub fn allows(&self, user: &str) -> bool {
         if self.users.iter().any(|u| u == user) {
             return true;
         }
-        self.public.unwrap_or_else(|| {
-            self.users.is_empty() && !self.tools.iter().any(|t| t.secret.is_some())
-        })
+        self.public
+            .unwrap_or_else(|| self.users.is_empty() && !self.holds_secrets())
     }
 }
 
@@ -292,6 +480,124 @@ mod tests {
             tool.failed(Some("reset"), 50),
             ("tool add failed: reset".into(), true)
         );
+    }
+
+    #[test]
+    fn mcp_servers_parse_validate_and_make_an_agent_with_headers_private() {
+        let a = agent(serde_json::json!({"name": "researcher", "mcpServers": [
+            {"name": "docs", "url": "https://mcp.example/mcp",
+             "headers": {"Authorization": "Bearer k", "X-Team": "a"}, "requiresApproval": ["delete_page"]},
+            {"name": "wiki", "url": "http://127.0.0.1:1/mcp", "requiresApproval": true}]}));
+        assert!(a.validate().is_ok());
+        assert!(!a.allows("anyone"), "MCP headers are secrets: private");
+        assert_eq!(
+            a.mcp_servers[0].requires_approval,
+            ApprovalRule::Tools(vec!["delete_page".into()])
+        );
+        // Saved as given; a server without headers or approval writes neither.
+        let saved = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            saved["mcpServers"][1],
+            serde_json::json!(
+            {"name": "wiki", "url": "http://127.0.0.1:1/mcp", "requiresApproval": true})
+        );
+        let open = agent(
+            serde_json::json!({"name": "o", "mcpServers": [{"name": "wiki", "url": "https://w/mcp"}]}),
+        );
+        assert!(open.allows("anyone"));
+        assert!(serde_json::to_value(&open).unwrap()["mcpServers"][0]
+            .get("requiresApproval")
+            .is_none());
+        assert_ne!(
+            a.mcp_servers[0].session_key(),
+            open.mcp_servers[0].session_key()
+        );
+    }
+
+    #[test]
+    fn refuses_bad_mcp_servers_with_what_is_wrong() {
+        let refusal = |server: serde_json::Value| {
+            agent(serde_json::json!({"name": "a", "mcpServers": [server]}))
+                .validate()
+                .unwrap_err()
+        };
+        assert!(
+            refusal(serde_json::json!({"name": "my__docs", "url": "https://x/"}))
+                .contains("without \"__\"")
+        );
+        assert!(
+            refusal(serde_json::json!({"name": "my.docs", "url": "https://x/"}))
+                .contains("letters, digits")
+        );
+        assert!(
+            refusal(serde_json::json!({"name": "x".repeat(33), "url": "https://x/"}))
+                .contains("1 to 32")
+        );
+        assert!(refusal(serde_json::json!({"name": "d", "url": "ftp://x/"}))
+            .contains("url must be http(s)"));
+        assert!(refusal(
+            serde_json::json!({"name": "d", "url": "https://x/", "headers": {"bad name": "v"}})
+        )
+        .contains("not a header name"));
+        assert!(refusal(
+            serde_json::json!({"name": "d", "url": "https://x/", "headers": {"Accept": "*/*"}})
+        )
+        .contains("set by the gateway"));
+        let bad_value = refusal(
+            serde_json::json!({"name": "d", "url": "https://x/", "headers": {"X-Key": "s3cret\r\nX: y"}}),
+        );
+        assert!(bad_value.contains("control characters") && !bad_value.contains("s3cret"));
+        assert!(refusal(
+            serde_json::json!({"name": "d", "url": "https://x/", "requiresApproval": [""]})
+        )
+        .contains("requiresApproval"));
+        let nine: Vec<serde_json::Value> = (0..9)
+            .map(|i| serde_json::json!({"name": format!("s{i}"), "url": "https://x/"}))
+            .collect();
+        let many = agent(serde_json::json!({"name": "a", "mcpServers": nine}));
+        assert_eq!(many.validate().unwrap_err(), "at most 8 mcpServers");
+        let twice = agent(serde_json::json!({"name": "a", "mcpServers": [
+            {"name": "d", "url": "https://x/"}, {"name": "d", "url": "https://y/"}]}));
+        assert!(twice.validate().unwrap_err().contains("defined twice"));
+        assert!(serde_json::from_value::<AgentConfig>(
+            serde_json::json!({"name": "a", "mcpServers": [
+            {"name": "d", "url": "https://x/", "requiresApproval": "yes"}]})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn approval_is_asked_of_the_http_tool_or_the_mcp_server_a_name_belongs_to() {
+        let a = agent(serde_json::json!({"name": "a",
+            "tools": [{"name": "pay", "url": "http://x/", "requiresApproval": true}, {"name": "add", "url": "http://x/"}],
+            "mcpServers": [
+                {"name": "docs", "url": "https://x/", "requiresApproval": ["delete"]},
+                {"name": "ops", "url": "https://y/", "requiresApproval": true},
+                {"name": "web", "url": "https://z/"}]}));
+        let mcp = |exposed: &str, server: &str, name: &str| McpTool {
+            exposed: exposed.into(),
+            server: server.into(),
+            name: name.into(),
+            description: String::new(),
+            input_schema: serde_json::json!({}),
+        };
+        let tools = [
+            mcp("docs__delete", "docs", "delete"),
+            mcp("docs__read", "docs", "read"),
+            mcp("ops__restart_2", "ops", "restart"),
+            mcp("web__get", "web", "get"),
+        ];
+        let asks = |name: &str| a.requires_approval(name, &tools);
+        assert!(asks("pay") && !asks("add"));
+        assert!(asks("docs__delete") && !asks("docs__read"));
+        assert!(
+            asks("ops__restart_2"),
+            "by the tool's name on the server, whatever it is exposed as"
+        );
+        assert!(!asks("web__get") && !asks("unknown"));
+        let saved = serde_json::to_value(&a).unwrap();
+        assert_eq!(saved["tools"][0]["requiresApproval"], true);
+        assert!(saved["tools"][1].get("requiresApproval").is_none());
     }
 
     #[test]

@@ -39,8 +39,11 @@ pub struct Config {
     pub sio_ping_timeout_ms: u64,
     /// How long finished stream events stay replayable for resume.
     pub replay_window_ms: u64,
-    /// Time a tool call may take.
+    /// Time a tool call may take (an MCP exchange too: a listing, or a call with the session
+    /// it may have to open).
     pub tool_timeout_ms: u64,
+    /// How long a conversation reuses the tool list of an MCP server (`MCP_TOOLS_TTL_S`).
+    pub mcp_tools_ttl_ms: i64,
     /// `max_tokens` asked of the model.
     pub max_output_tokens: u32,
     /// How long a running turn keeps its user message in the conversation's storage before
@@ -214,6 +217,7 @@ impl Config {
             sio_ping_timeout_ms: number(&var, "SIO_PING_TIMEOUT_MS", 20_000, 50, 3_600_000)?,
             replay_window_ms: number(&var, "REPLAY_WINDOW_MS", 120_000, 1_000, 86_400_000)?,
             tool_timeout_ms: number(&var, "TOOL_TIMEOUT_MS", 30_000, 100, 600_000)?,
+            mcp_tools_ttl_ms: number(&var, "MCP_TOOLS_TTL_S", 300, 0, 86_400)? as i64 * 1000,
             max_output_tokens: number(&var, "MAX_OUTPUT_TOKENS", 4_096, 1, 1_000_000)? as u32,
             d1_copy_delay_ms: number(&var, "D1_COPY_DELAY_MS", 1_000, 0, 60_000)?,
             connect_timeout_ms: number(&var, "CONNECT_TIMEOUT_MS", 10_000, 100, 60_000)?,
@@ -365,6 +369,7 @@ mod tests {
             ("echo", "echo")
         );
         assert_eq!(c.max_message_bytes, 65_536);
+        assert_eq!(c.mcp_tools_ttl_ms, 300_000);
         assert!(c.admin_token.is_none());
         assert!(c.origin_allowed("https://anything.example"));
     }
@@ -415,6 +420,14 @@ mod tests {
                 .unwrap_err()
                 .variable,
             "ALLOWED_ORIGINS"
+        );
+        assert_eq!(
+            parse(&[("MCP_TOOLS_TTL_S", "86401")]).unwrap_err().variable,
+            "MCP_TOOLS_TTL_S"
+        );
+        assert_eq!(
+            parse(&[("MCP_TOOLS_TTL_S", "0")]).unwrap().mcp_tools_ttl_ms,
+            0
         );
         let e = parse(&[("MAX_MESSAGE_BYTES", "lots")])
             .unwrap_err()

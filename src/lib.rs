@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod llm;
 pub mod login;
+pub mod mcp;
 pub mod outbox;
 pub mod protocol;
 pub mod rate;

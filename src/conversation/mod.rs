@@ -200,7 +200,12 @@ pub enum StepOutcome {
     },
 }
 
-/// A tool call as recorded in the assistant message's metadata (the seed's shape).
+/// Largest `structuredContent` kept with a tool call's record in the stored reply, as JSON text;
+/// a larger one is left out of the record (the model saw it in the result).
+pub const MAX_RECORDED_STRUCTURED_BYTES: usize = 16 * 1024;
+
+/// A tool call as recorded in the assistant message's metadata (the seed's shape, and the
+/// tool's `structuredContent` when it gave one small enough).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCallRecord {
@@ -208,6 +213,28 @@ pub struct ToolCallRecord {
     pub tool_name: String,
     pub args: Value,
     pub is_error: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_content: Option<Value>,
+}
+
+/// What a tool call gave: the text the model reads, whether it is an error, and the structured
+/// result an MCP tool may add (the text carries it too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutcome {
+    pub text: String,
+    pub is_error: bool,
+    pub structured: Option<Value>,
+}
+
+impl ToolOutcome {
+    /// A result that is text only.
+    pub fn text(text: impl Into<String>, is_error: bool) -> Self {
+        ToolOutcome {
+            text: text.into(),
+            is_error,
+            structured: None,
+        }
+    }
 }
 
 /// One turn in progress: the buffers of the current model call and of the whole turn.
@@ -364,21 +391,31 @@ impl Turn {
         }
     }
 
-    /// Records a tool's result for the model and the metadata.
+    /// Records a tool's text result for the model and the metadata.
     pub fn record_tool_result(&mut self, call: &ToolCall, result: String, is_error: bool) {
+        self.record_tool_outcome(call, ToolOutcome::text(result, is_error));
+    }
+
+    /// Records a tool's outcome for the model and the metadata; its structured content is kept
+    /// in the record when it is small.
+    pub fn record_tool_outcome(&mut self, call: &ToolCall, outcome: ToolOutcome) {
         let args =
             serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
+        let structured_content = outcome
+            .structured
+            .filter(|s| s.to_string().len() <= MAX_RECORDED_STRUCTURED_BYTES);
         self.tool_records.push(ToolCallRecord {
             tool_call_id: call.id.clone(),
             tool_name: call.name.clone(),
             args,
-            is_error,
+            is_error: outcome.is_error,
+            structured_content,
         });
         self.new_context.push(ChatMessage::Tool {
             tool_call_id: call.id.clone(),
             name: call.name.clone(),
-            content: result,
-            is_error,
+            content: outcome.text,
+            is_error: outcome.is_error,
         });
     }
 }

@@ -1,6 +1,6 @@
 //! One turn's model calls and tools as a state machine: call results, stream events, tool results, timers and an abort in; calls, tool runs, waits, frames and the turn's end out.
 
-use super::{Emit, StepOutcome, StopReason, Turn};
+use super::{Emit, StepOutcome, StopReason, ToolOutcome, Turn};
 use crate::error::RoomError;
 use crate::llm::{ChatMessage, StreamEvent, ToolCall, UpstreamError};
 use crate::retry::{Next, RetryPolicy};
@@ -12,6 +12,24 @@ use std::collections::VecDeque;
 pub const NOT_RUN_ABORTED: &str = "not run: the turn was aborted";
 /// The result of a tool that was running when the turn was aborted.
 pub const ABORTED_WHILE_RUNNING: &str = "aborted while running";
+
+/// Bytes of a tool's result that `agent:tool:end` carries; a longer one is cut, with a marker.
+pub const EVENT_RESULT_BYTES: usize = 8 * 1024;
+/// Largest `structuredContent` (as JSON) that `agent:tool:end` carries; a larger one is left out.
+pub const EVENT_STRUCTURED_BYTES: usize = 64 * 1024;
+
+/// A tool's result as `agent:tool:end` shows it: its first [`EVENT_RESULT_BYTES`] bytes.
+fn event_result(text: &str) -> String {
+    let kept = crate::text::prefix_bytes(text, EVENT_RESULT_BYTES);
+    if kept.len() == text.len() {
+        return text.to_string();
+    }
+    format!(
+        "{kept}\n[truncated by the gateway: the first {} of {} bytes]",
+        kept.len(),
+        text.len()
+    )
+}
 
 /// What the glue does next, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +45,7 @@ pub enum StepAction {
     },
     /// Wait this long, then [`TurnSteps::timer_fired`].
     Wait { ms: u64 },
-    /// Run this tool of the agent, then [`TurnSteps::tool_done`].
+    /// Run this tool of the agent, then [`TurnSteps::tool_done`] with its outcome.
     RunTool(ToolCall),
     /// The turn moved to another model: the session records it and every socket is told.
     FellOver(RoutingDecision),
@@ -151,17 +169,17 @@ impl TurnSteps {
         }
     }
 
-    /// The running tool finished.
-    pub fn tool_done(&mut self, result: String, is_error: bool) {
+    /// The running tool finished with `outcome`.
+    pub fn tool_done(&mut self, outcome: ToolOutcome) {
         let Some(call) = self.running.take() else {
             return;
         };
-        let (result, is_error) = if self.aborted {
-            (ABORTED_WHILE_RUNNING.to_string(), true)
+        let outcome = if self.aborted {
+            ToolOutcome::text(ABORTED_WHILE_RUNNING, true)
         } else {
-            (result, is_error)
+            outcome
         };
-        self.record_tool(&call, result, is_error);
+        self.record_outcome(&call, outcome);
         self.next_tool();
     }
 
@@ -271,8 +289,26 @@ impl TurnSteps {
     }
 
     fn record_tool(&mut self, call: &ToolCall, result: String, is_error: bool) {
-        self.turn.record_tool_result(call, result, is_error);
-        let end = json!({ "conversationId": self.conversation, "toolCallId": call.id, "toolName": call.name, "isError": is_error });
+        self.record_outcome(call, ToolOutcome::text(result, is_error));
+    }
+
+    /// Records the outcome for the model and the reply, and tells the clients with
+    /// `agent:tool:end`: the result's first [`EVENT_RESULT_BYTES`] bytes, and the structured
+    /// content when it is at most [`EVENT_STRUCTURED_BYTES`] as JSON.
+    fn record_outcome(&mut self, call: &ToolCall, outcome: ToolOutcome) {
+        let mut end = json!({
+            "conversationId": self.conversation,
+            "toolCallId": call.id,
+            "toolName": call.name,
+            "isError": outcome.is_error,
+            "result": event_result(&outcome.text),
+        });
+        if let Some(structured) = &outcome.structured {
+            if structured.to_string().len() <= EVENT_STRUCTURED_BYTES {
+                end["structuredContent"] = structured.clone();
+            }
+        }
+        self.turn.record_tool_outcome(call, outcome);
         self.send("agent:tool:end", end.to_string());
     }
 
@@ -471,7 +507,7 @@ mod tests {
         );
         s.call_ended();
         assert_eq!(names(&drain(&mut s)), ["agent:tool:start", "run lookup"]);
-        s.tool_done("42".into(), false);
+        s.tool_done(ToolOutcome::text("42", false));
         let actions = drain(&mut s);
         assert_eq!(
             names(&actions),
@@ -493,6 +529,77 @@ mod tests {
         assert_eq!(s.turn().tool_records.len(), 2);
     }
 
+    /// The data of every `agent:tool:end` among `actions`.
+    fn tool_ends(actions: &[StepAction]) -> Vec<Value> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                StepAction::Send { name, data } if *name == "agent:tool:end" => {
+                    Some(serde_json::from_str(data).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tool_end_carries_the_result_cut_and_the_structured_content_when_small() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        feed(
+            &mut s,
+            vec![
+                StreamEvent::ToolCall(call("t1", "lookup")),
+                StreamEvent::ToolCall(call("t2", "lookup")),
+                StreamEvent::ToolCall(call("t3", "lookup")),
+            ],
+        );
+        s.call_ended();
+        drain(&mut s);
+        s.tool_done(ToolOutcome {
+            text: "{\"n\":1}".into(),
+            is_error: false,
+            structured: Some(json!({ "n": 1 })),
+        });
+        let ends = tool_ends(&drain(&mut s));
+        assert_eq!(
+            ends[0],
+            json!({ "conversationId": "c1", "toolCallId": "t1", "toolName": "lookup",
+                    "isError": false, "result": "{\"n\":1}", "structuredContent": { "n": 1 } })
+        );
+        // A long result is cut on a character boundary, with a marker; a huge structured
+        // content is left out of the event.
+        let long = "é".repeat(EVENT_RESULT_BYTES);
+        let huge = json!({ "blob": "x".repeat(EVENT_STRUCTURED_BYTES) });
+        s.tool_done(ToolOutcome {
+            text: long.clone(),
+            is_error: true,
+            structured: Some(huge),
+        });
+        let ends = tool_ends(&drain(&mut s));
+        let result = ends[0]["result"].as_str().unwrap();
+        assert!(result.starts_with(crate::text::prefix_bytes(&long, EVENT_RESULT_BYTES)));
+        assert!(result.ends_with(&format!(
+            "[truncated by the gateway: the first {EVENT_RESULT_BYTES} of {} bytes]",
+            long.len()
+        )));
+        assert_eq!(ends[0]["isError"], true);
+        assert!(ends[0].get("structuredContent").is_none());
+        // The records keep a small structured content only; the model gets the whole text.
+        s.tool_done(ToolOutcome::text("plain", false));
+        assert_eq!(tool_ends(&drain(&mut s))[0]["result"], "plain");
+        let turn = s.into_turn();
+        let kept: Vec<Option<&Value>> = turn
+            .tool_records
+            .iter()
+            .map(|r| r.structured_content.as_ref())
+            .collect();
+        assert_eq!(kept, [Some(&json!({ "n": 1 })), None, None]);
+        assert!(turn.new_context.iter().any(
+            |m| matches!(m, ChatMessage::Tool { content, is_error: true, .. } if *content == long)
+        ));
+    }
+
     #[test]
     fn abort_while_tools_are_owed_answers_each_so_the_history_stays_valid() {
         let mut s = steps(vec![target("openai", "a")], 0);
@@ -508,7 +615,7 @@ mod tests {
         s.call_ended();
         drain(&mut s);
         s.abort();
-        s.tool_done("late".into(), false);
+        s.tool_done(ToolOutcome::text("late", false));
         let actions = drain(&mut s);
         assert_eq!(names(&actions), ["agent:tool:end", "end aborted"]);
         let turn = s.into_turn();
@@ -587,7 +694,7 @@ mod tests {
             s.call_ended();
             if round == 0 {
                 drain(&mut s);
-                s.tool_done("r".into(), false);
+                s.tool_done(ToolOutcome::text("r", false));
             }
         }
         assert_eq!(names(&drain(&mut s)), ["end max_steps"]);
@@ -611,7 +718,7 @@ mod tests {
         );
         s.call_ended();
         drain(&mut s);
-        s.tool_done("r".into(), false);
+        s.tool_done(ToolOutcome::text("r", false));
         drain(&mut s);
         feed(&mut s, vec![StreamEvent::Text("done".into()), usage(20, 3)]);
         s.call_ended();
