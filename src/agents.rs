@@ -165,11 +165,11 @@ impl McpServer {
             let value_ok = value.len() <= 8192
                 && value
                     .bytes()
-                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
             if !value_ok {
                 // The value is a secret: never repeated in the message.
                 return Err(format!(
-                    "mcpServers \"{name}\": the value of header \"{header}\" must be at most 8192 bytes without control characters"
+                    "mcpServers \"{name}\": the value of header \"{header}\" must be at most 8192 bytes of printable ASCII"
                 ));
             }
         }
@@ -546,7 +546,7 @@ mod tests {
         let bad_value = refusal(
             serde_json::json!({"name": "d", "url": "https://x/", "headers": {"X-Key": "s3cret\r\nX: y"}}),
         );
-        assert!(bad_value.contains("control characters") && !bad_value.contains("s3cret"));
+        assert!(bad_value.contains("printable ASCII") && !bad_value.contains("s3cret"));
         assert!(refusal(
             serde_json::json!({"name": "d", "url": "https://x/", "requiresApproval": [""]})
         )

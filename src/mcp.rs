@@ -327,6 +327,24 @@ pub enum Outcome {
     Called(Value),
 }
 
+impl Outcome {
+    /// The listed tools and whether there were more (an exchange that called a tool has none).
+    pub fn into_tools(self) -> Result<(Vec<ListedTool>, bool), McpError> {
+        match self {
+            Outcome::Tools { tools, more } => Ok((tools, more)),
+            Outcome::Called(_) => Err(McpError::Protocol("a call result, not a listing".into())),
+        }
+    }
+
+    /// The `tools/call` result (an exchange that listed tools has none).
+    pub fn into_call_result(self) -> Result<Value, McpError> {
+        match self {
+            Outcome::Called(result) => Ok(result),
+            Outcome::Tools { .. } => Err(McpError::Protocol("a listing, not a call result".into())),
+        }
+    }
+}
+
 /// One HTTP POST to the server's URL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Post {

@@ -7,6 +7,7 @@ mod db;
 mod gateway;
 pub(crate) mod limiter;
 mod login;
+mod mcp;
 mod room;
 mod tools;
 mod upstream;

@@ -1,8 +1,9 @@
-// Self-test of the fakes (no gateway needed): every scenario of the fake upstream and every tool, checked byte by byte over real HTTP. Run: node --test tests/support/selftest.mjs
+// Self-test of the fakes (no gateway needed): every scenario of the fake upstream, every tool and the fake MCP server, checked byte by byte over real HTTP. Run: node --test tests/support/selftest.mjs
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseDirectives, preciseNow, splitInto, startFakeUpstream } from './fake-upstream.mjs';
 import { startToolServer } from './tool-server.mjs';
+import { PAGE_SIZE, PROTOCOL_VERSION, TOOLS, startFakeMcp } from './fake-mcp.mjs';
 
 /** Splits an SSE body into events exactly as a client must: blocks end with a blank line; `event:` and `data:` fields. */
 function parseSse(raw) {
@@ -527,5 +528,135 @@ describe('tool server', () => {
     const gone = await tools.waitForClientClose((c) => c.body?.ms === 5000, 2000);
     assert.equal(gone.status, null);
     assert.equal(gone.closedByClient, true);
+  });
+});
+
+describe('fake MCP server', () => {
+  let mcp;
+  before(async () => {
+    mcp = await startFakeMcp({ lingerMs: 5000 });
+  });
+  after(() => mcp.close());
+
+  const ACCEPT = 'application/json, text/event-stream';
+  let nextId = 1;
+  /** POSTs one JSON-RPC message; `session` adds the session headers. */
+  const post = (message, { session, query = '', accept = ACCEPT, signal } = {}) =>
+    fetch(`${mcp.url}/mcp${query}`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept,
+        ...(session ? { 'mcp-session-id': session, 'mcp-protocol-version': PROTOCOL_VERSION } : {}),
+      },
+      body: JSON.stringify(message),
+      signal,
+    });
+  const request = (method, params, opts) => post({ jsonrpc: '2.0', id: nextId++, method, params }, opts);
+
+  /** A new session: initialize, then notifications/initialized; its id. */
+  async function initialize(query = '') {
+    const res = await request('initialize', { protocolVersion: PROTOCOL_VERSION, capabilities: {}, clientInfo: { name: 'selftest', version: '1' } }, { query });
+    assert.equal(res.status, 200);
+    const session = res.headers.get('mcp-session-id');
+    assert.match(session ?? '', /^[0-9a-f-]{36}$/);
+    await res.text();
+    const note = await post({ jsonrpc: '2.0', method: 'notifications/initialized' }, { session, query });
+    assert.equal(note.status, 202);
+    assert.equal(await note.text(), '');
+    return session;
+  }
+
+  test('initialize gives a session id and the protocol version; the notification is accepted with 202', async () => {
+    const res = await request('initialize', { protocolVersion: PROTOCOL_VERSION, capabilities: {}, clientInfo: { name: 'selftest', version: '1' } });
+    assert.match(res.headers.get('content-type'), /application\/json/);
+    const body = await res.json();
+    assert.equal(body.jsonrpc, '2.0');
+    assert.equal(body.result.protocolVersion, PROTOCOL_VERSION);
+    assert.deepEqual(body.result.capabilities, { tools: { listChanged: false } });
+    const session = res.headers.get('mcp-session-id');
+    const note = await post({ jsonrpc: '2.0', method: 'notifications/initialized' }, { session });
+    assert.equal(note.status, 202);
+    assert.equal(mcp.sessions.get(session).initialized, true);
+    const recorded = mcp.requests.filter((r) => r.sessionId === session || r.response?.id === body.id);
+    assert.deepEqual(recorded.map((r) => [r.method, r.status]), [['initialize', 200], ['notifications/initialized', 202]]);
+  });
+
+  test('tools/list comes in three pages with cursors; media.v2 has no input schema', async () => {
+    const session = await initialize();
+    const pages = [];
+    let cursor;
+    do {
+      const body = await (await request('tools/list', cursor === undefined ? {} : { cursor }, { session })).json();
+      pages.push(body.result.tools.map((t) => t.name));
+      cursor = body.result.nextCursor;
+    } while (cursor !== undefined);
+    assert.deepEqual(pages, [['echo', 'weather'], ['fails', 'broken'], ['slow', 'media.v2']]);
+    assert.equal(PAGE_SIZE, 2);
+    assert.equal(TOOLS.find((t) => t.name === 'media.v2').inputSchema, undefined);
+    const bad = await (await request('tools/list', { cursor: 'page-9' }, { session })).json();
+    assert.equal(bad.error.code, -32602);
+  });
+
+  test('tools/call: text with structured content, isError, a JSON-RPC error, an unknown tool, media', async () => {
+    const session = await initialize();
+    const call = async (name, args = {}) => (await request('tools/call', { name, arguments: args }, { session })).json();
+    assert.deepEqual((await call('echo', { text: 'hi' })).result, { content: [{ type: 'text', text: 'echo: hi' }], structuredContent: { echoed: 'hi', length: 2 } });
+    const weather = (await call('weather', { city: 'Oslo' })).result;
+    assert.deepEqual(JSON.parse(weather.content[0].text), weather.structuredContent);
+    assert.deepEqual((await call('fails')).result, { content: [{ type: 'text', text: 'the fails tool always fails' }], isError: true });
+    assert.deepEqual((await call('broken')).error, { code: -32603, message: 'broken always throws' });
+    assert.equal((await call('nope')).error.code, -32602);
+    assert.deepEqual((await call('media.v2')).result.content.map((c) => c.type), ['image', 'audio', 'resource_link', 'resource']);
+  });
+
+  test('sessions: none is 400, an unknown or forgotten one 404; GET is 405; Accept must name both types', async () => {
+    assert.equal((await request('tools/list', {})).status, 400);
+    assert.equal((await request('tools/list', {}, { session: 'nope' })).status, 404);
+    const session = await initialize();
+    assert.equal((await request('tools/list', {}, { session })).status, 200);
+    mcp.forgetSessions();
+    const forgotten = await request('tools/list', {}, { session });
+    assert.equal(forgotten.status, 404);
+    assert.equal((await forgotten.json()).error.message, 'Session not found');
+    assert.equal((await fetch(`${mcp.url}/mcp`)).status, 405);
+    assert.equal((await request('initialize', {}, { accept: 'application/json' })).status, 406);
+  });
+
+  test('?answer=sse: a notification and a server request first, then the response; the stream stays open until the client goes', async () => {
+    const session = await initialize('?answer=sse');
+    const abort = new AbortController();
+    const id = nextId;
+    const res = await request('tools/call', { name: 'echo', arguments: { text: 'sse' } }, { session, query: '?answer=sse', signal: abort.signal });
+    assert.equal(res.headers.get('content-type'), 'text/event-stream');
+    const reader = res.body.getReader();
+    let raw = '';
+    while ((raw.match(/\n\n/g) ?? []).length < 3) raw += new TextDecoder().decode((await reader.read()).value);
+    // The response's event carries an `id:` (an event id, for resumption), which parseSse does not take.
+    assert.match(raw, new RegExp(`^id: ${session}-${id}$`, 'm'));
+    const events = parseSse(raw.replace(/^id: .*\n/gm, '')).map((e) => JSON.parse(e.data));
+    assert.deepEqual(events.map((e) => [e.method ?? 'response', e.id ?? null]), [['notifications/message', null], ['ping', id], ['response', id]]);
+    assert.deepEqual(events[2].result.structuredContent, { echoed: 'sse', length: 3 });
+    const record = mcp.requests.find((r) => r.id === id);
+    assert.equal(record.answeredWith, 'sse');
+    assert.equal(record.closedByClient, false, 'still open after the response');
+    abort.abort();
+    await mcp.waitForRequest((r) => r.id === id && r.closedByClient, 2000);
+  });
+
+  test('slow waits ms, and stops when the client goes away', async () => {
+    const session = await initialize();
+    const started = Date.now();
+    const done = await (await request('tools/call', { name: 'slow', arguments: { ms: 100 } }, { session })).json();
+    assert.equal(done.result.content[0].text, 'waited 100 ms');
+    assert.ok(Date.now() - started >= 95);
+    const abort = new AbortController();
+    const id = nextId;
+    const pending = request('tools/call', { name: 'slow', arguments: { ms: 5000 } }, { session, signal: abort.signal });
+    await mcp.waitForRequest((r) => r.id === id, 2000);
+    abort.abort();
+    await assert.rejects(pending);
+    const gone = await mcp.waitForRequest((r) => r.id === id && r.closedByClient, 2000);
+    assert.equal(gone.status, null);
   });
 });

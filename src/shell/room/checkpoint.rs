@@ -202,7 +202,7 @@ impl ConversationObject {
         }
         let operator = self.operator().await;
         let kind = config.provider(&job.provider).map(|p| p.kind);
-        let (plan, prefill) = {
+        let (mut plan, prefill) = {
             let mut room = self.room.borrow_mut();
             let room = &mut *room; // split borrows: the session and the history
             let history = room.history.as_deref().unwrap_or_default();
@@ -228,6 +228,11 @@ impl ConversationObject {
             );
             return;
         }
+        let mcp_tools = match &plan.agent {
+            Some(agent) => self.mcp_tools(agent, config).await,
+            None => Vec::new(),
+        };
+        plan.tools.extend(mcp_tools.iter().map(|t| t.spec()));
         self.aborted.set(false);
         self.closing.set(false);
         self.recovery_armed.set(false);
@@ -274,6 +279,7 @@ impl ConversationObject {
         let context = CallContext {
             tools: &plan.tools,
             agent: plan.agent.as_ref(),
+            mcp_tools: &mcp_tools,
             config,
             id_json: &id_json,
             catalog: &operator.catalog,

@@ -1,6 +1,7 @@
 //! The conversation Durable Object: owns the sockets, the session and the running turn; streams model output to every socket.
 
 mod checkpoint;
+mod mcp;
 mod outbox;
 mod session;
 mod sockets;
@@ -82,12 +83,16 @@ struct TurnInput<'a> {
 struct Plan {
     operator: Rc<Operator>,
     turn: plan::TurnPlan,
+    /// The agent's tools from MCP servers (their specs are in `turn.tools` too).
+    mcp_tools: Vec<crate::mcp::McpTool>,
 }
 
 /// What every model call of a turn shares.
 struct CallContext<'a> {
     tools: &'a [crate::llm::ToolSpec],
     agent: Option<&'a AgentConfig>,
+    /// The turn's tools from the agent's MCP servers, by the names the model knows.
+    mcp_tools: &'a [crate::mcp::McpTool],
     config: &'a Config,
     id_json: &'a str,
     catalog: &'a Catalog,
@@ -120,6 +125,11 @@ pub struct ConversationObject {
     /// Held from reading a conversation's owner to recording it, so two users racing for a new
     /// conversation cannot both claim it.
     claim_lock: futures::lock::Mutex<()>,
+    /// The tools listed from the agent's MCP servers (memory only).
+    mcp_cache: RefCell<crate::mcp::ToolCache>,
+    /// This conversation's sessions with MCP servers, by [`crate::agents::McpServer::session_key`]
+    /// (memory only: a new instance opens new ones).
+    mcp_sessions: RefCell<std::collections::HashMap<String, crate::mcp::Session>>,
 }
 
 impl DurableObject for ConversationObject {
@@ -145,6 +155,8 @@ impl DurableObject for ConversationObject {
             aborted: Cell::new(false),
             recovery_armed: Cell::new(false),
             claim_lock: futures::lock::Mutex::new(()),
+            mcp_cache: RefCell::new(crate::mcp::ToolCache::default()),
+            mcp_sessions: RefCell::new(std::collections::HashMap::new()),
         }
     }
 

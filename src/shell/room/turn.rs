@@ -5,6 +5,7 @@ use super::*;
 use crate::conversation::checkpoint::TurnRecord;
 use crate::conversation::reply::Opening;
 use crate::conversation::room::{Offer, Pending};
+use crate::conversation::ToolOutcome;
 use crate::outbox::OutboxRow;
 use futures::future::{select, Either};
 use std::pin::Pin;
@@ -456,6 +457,7 @@ impl ConversationObject {
         let context = CallContext {
             tools,
             agent: plan.turn.agent.as_ref(),
+            mcp_tools: &plan.mcp_tools,
             config,
             id_json,
             catalog: &operator.catalog,
@@ -532,7 +534,7 @@ impl ConversationObject {
             self.load_history(d, id, message_id, known_history)
         );
         history?;
-        let turn = {
+        let mut turn = {
             let mut room = self.room.borrow_mut();
             let room = &mut *room; // split borrows: the session and the history
             let history = room.history.get_or_insert_with(Vec::new);
@@ -545,7 +547,16 @@ impl ConversationObject {
                 config,
             )
         };
-        Ok(Plan { operator, turn })
+        let mcp_tools = match &turn.agent {
+            Some(agent) => self.mcp_tools(agent, config).await,
+            None => Vec::new(),
+        };
+        turn.tools.extend(mcp_tools.iter().map(|t| t.spec()));
+        Ok(Plan {
+            operator,
+            turn,
+            mcp_tools,
+        })
     }
 
     /// Bookkeeping once the user message is durable: owner, history, dedupe id, counts.
@@ -697,8 +708,8 @@ impl ConversationObject {
                     // Recorded before it runs: a recovery answers it, and never runs it again.
                     self.save_progress(steps.turn(), Some(&call));
                     self.arm_recovery().await;
-                    let (result, is_error) = self.run_tool(&call, c.agent, c.config).await;
-                    steps.tool_done(result, is_error);
+                    let outcome = self.run_tool(&call, c).await;
+                    steps.tool_done(outcome);
                 }
                 StepAction::FellOver(next) => {
                     // The reason names the provider that failed and how.
@@ -810,22 +821,26 @@ impl ConversationObject {
         }
     }
 
-    /// Runs one of the agent's tools under the turn's abort signal.
-    async fn run_tool(
-        &self,
-        call: &ToolCall,
-        agent: Option<&AgentConfig>,
-        config: &Config,
-    ) -> (String, bool) {
+    /// Runs one of the agent's tools (HTTP, or from an MCP server) under the turn's abort signal.
+    async fn run_tool(&self, call: &ToolCall, c: &CallContext<'_>) -> ToolOutcome {
         let signal = self.abort.borrow().as_ref().map(|c| c.signal());
-        match (agent.and_then(|a| a.tool(&call.name)), signal) {
-            (Some(tool), Some(signal)) => {
-                tools::run(tool, &call.arguments, &signal, config.tool_timeout_ms).await
+        let timeout_ms = c.config.tool_timeout_ms;
+        let http = c.agent.and_then(|a| a.tool(&call.name));
+        let mcp = c
+            .mcp_tools
+            .iter()
+            .find(|t| t.exposed == call.name)
+            .and_then(|t| Some((c.agent?.mcp_server(&t.server)?, t)));
+        match (http, mcp, signal) {
+            (Some(tool), _, Some(signal)) => {
+                let (text, is_error) = tools::run(tool, &call.arguments, &signal, timeout_ms).await;
+                ToolOutcome::text(text, is_error)
             }
-            _ => (
-                crate::conversation::steps::NOT_RUN_ABORTED.to_string(),
-                true,
-            ),
+            (None, Some((server, tool)), Some(signal)) => {
+                self.call_mcp_tool(server, tool, &call.arguments, &signal, timeout_ms)
+                    .await
+            }
+            _ => ToolOutcome::text(crate::conversation::steps::NOT_RUN_ABORTED, true),
         }
     }
 
