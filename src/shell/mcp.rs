@@ -1,4 +1,4 @@
-//! MCP's Streamable HTTP transport for the pure client (`crate::mcp`): each POST the exchange asks for goes out over `fetch`, its answer is read as it arrives (an event stream only until the response), and the whole exchange is bounded by a timeout and the turn's abort signal.
+//! MCP's Streamable HTTP transport for the pure client (`crate::mcp`): each POST the exchange asks for goes out over `fetch`, its answer is read as it arrives (an event stream only until the response), and the whole exchange is bounded by a timeout and the turn's abort signal, both of which abort its fetch.
 
 use super::body::{read_bounded, BodyReader};
 use crate::agents::McpServer;
@@ -6,10 +6,8 @@ use crate::mcp::{
     Answer, AnswerReader, Exchange, McpError, Next, Operation, Outcome, Post, Session,
     MAX_ANSWER_BYTES,
 };
-use futures::future::{select, Either};
 use futures::StreamExt;
-use std::time::Duration;
-use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit, ResponseBody};
+use worker::{AbortSignal, Fetch, Headers, Method, Request, RequestInit, ResponseBody};
 
 /// Bytes of a failed status's body kept for the error text.
 const STATUS_TEXT_BYTES: usize = 512;
@@ -23,12 +21,12 @@ pub async fn exchange(
     signal: &AbortSignal,
     timeout_ms: u64,
 ) -> (Option<Session>, Result<Outcome, McpError>) {
-    let run = async {
+    let run = |signal: AbortSignal| async move {
         let mut exchange = Exchange::new(server, session, operation);
         let outcome = loop {
             match exchange.poll() {
                 Some(Next::Post(post)) => {
-                    let answer = send(&server.url, &post, signal).await;
+                    let answer = send(&server.url, &post, &signal).await;
                     exchange.answered(answer);
                 }
                 Some(Next::Done(outcome)) => break outcome,
@@ -38,11 +36,9 @@ pub async fn exchange(
         };
         (Some(exchange.into_session()), outcome)
     };
-    let timeout = Delay::from(Duration::from_millis(timeout_ms));
-    match select(Box::pin(run), timeout).await {
-        Either::Left((done, _)) => done,
-        Either::Right(_) => (None, Err(McpError::Timeout(timeout_ms))),
-    }
+    super::within(signal, timeout_ms, run)
+        .await
+        .unwrap_or((None, Err(McpError::Timeout(timeout_ms))))
 }
 
 /// POSTs one message and reads what answers it.

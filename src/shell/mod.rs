@@ -114,6 +114,31 @@ pub fn error_response(e: &ApiError) -> Result<Response> {
     json_text(e.status(), e.body())
 }
 
+/// Runs `call` with a signal that fires when `turn` does, or after `timeout_ms`; `None` when the
+/// time ran out. The deadline aborts the call's fetches (closing their connections), not only
+/// the wait for them.
+pub async fn within<T, F>(
+    turn: &worker::AbortSignal,
+    timeout_ms: u64,
+    call: impl FnOnce(worker::AbortSignal) -> F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    use futures::future::{select, Either};
+    let deadline = worker::AbortController::default();
+    let signals = js_sys::Array::of2(turn, &deadline.signal());
+    let signal = worker::AbortSignal::from(web_sys::AbortSignal::any(&signals));
+    let timer = worker::Delay::from(std::time::Duration::from_millis(timeout_ms));
+    match select(Box::pin(call(signal)), timer).await {
+        Either::Left((done, _)) => Some(done),
+        Either::Right(_) => {
+            deadline.abort();
+            None
+        }
+    }
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     // Date.now(): one call into JavaScript, no Date object (it runs per delta).

@@ -1,10 +1,8 @@
-//! Runs an HTTP tool: POST the arguments as JSON, bounded by a timeout and the turn's abort signal.
+//! Runs an HTTP tool: POST the arguments as JSON, bounded by a timeout and the turn's abort signal (both abort the fetch).
 
 use super::body::read_bounded;
 use crate::agents::HttpTool;
-use futures::future::{select, Either};
-use std::time::Duration;
-use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortSignal, Fetch, Headers, Method, Request, RequestInit};
 
 /// Largest tool result read and handed to the model; reading stops there, with a marker.
 const MAX_RESULT_BYTES: usize = 256 * 1024;
@@ -32,19 +30,18 @@ pub async fn run(
         Ok(r) => r,
         Err(e) => return tool.failed(Some(&format!("bad request: {e}")), timeout_ms),
     };
-    let call = async {
+    let call = |signal: AbortSignal| async move {
         let mut resp = Fetch::Request(req)
-            .send_with_signal(signal)
+            .send_with_signal(&signal)
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status_code();
         let body = read_bounded(&mut resp, MAX_RESULT_BYTES).await?;
         Ok::<_, String>((status, body))
     };
-    let timeout = Delay::from(Duration::from_millis(timeout_ms));
-    match select(Box::pin(call), timeout).await {
-        Either::Left((Ok((status, body)), _)) => tool.result(status, &body),
-        Either::Left((Err(e), _)) => tool.failed(Some(&e), timeout_ms),
-        Either::Right(_) => tool.failed(None, timeout_ms),
+    match super::within(signal, timeout_ms, call).await {
+        Some(Ok((status, body))) => tool.result(status, &body),
+        Some(Err(e)) => tool.failed(Some(&e), timeout_ms),
+        None => tool.failed(None, timeout_ms),
     }
 }

@@ -6,7 +6,8 @@ import { startFakeUpstream } from '../support/fake-upstream.mjs';
 import { PROTOCOL_VERSION, TOOLS, startFakeMcp } from '../support/fake-mcp.mjs';
 import { freePort, startGateway, uniq } from '../support/harness.mjs';
 
-const TOOL_TIMEOUT_MS = 1500;
+// Long enough for an abort to arrive first, short enough for the slow tool's timeout to come well before it answers.
+const TOOL_TIMEOUT_MS = 3000;
 /** The credential the `docs` server needs; it must reach that server and nothing else. */
 const MCP_SECRET = `mcp-secret-${randomBytes(8).toString('hex')}`;
 
@@ -262,13 +263,30 @@ describe('calls', () => {
     assert.equal(thrown.end.structuredContent, undefined);
   });
 
-  test(`a slow tool times out after TOOL_TIMEOUT_MS (${TOOL_TIMEOUT_MS} ms)`, async () => {
+  test(`a slow tool times out after TOOL_TIMEOUT_MS (${TOOL_TIMEOUT_MS} ms), and its request is cut`, async () => {
     const { client } = await fresh();
     const started = Date.now();
-    const { end, result } = await toolTurn(client, 'openai', 'docs__slow', { ms: 8000 });
-    assert.ok(Date.now() - started < 7000, 'the timeout ends the call before the tool answers');
+    const { end, result, t } = await toolTurn(client, 'openai', 'docs__slow', { ms: 12_000 });
+    assert.ok(Date.now() - started < 10_000, 'the timeout ends the call before the tool answers');
     const text = `tool docs__slow: MCP server "docs" timed out after ${TOOL_TIMEOUT_MS} ms`;
     assert.deepEqual([end.isError, end.result, result.content], [true, text, text]);
+    const call = t.mcpRequests.find((r) => r.method === 'tools/call');
+    await mcp.waitForRequest((r) => r === call && r.closedByClient, 5000);
+  });
+
+  test('abort during a call hangs up on the server; the call ends as an error and the turn as aborted', async () => {
+    const { client, conversationId } = await fresh();
+    await okTurn(client, `warm up ${uniq()}`, { agentId: agents.openai });
+    const marker = uniq('abort');
+    client.log.skipAll();
+    client.send('message', { conversationId, content: `${marker} [[tool name=docs__slow args={"ms":12000,"tag":"${marker}"}]]`, agentId: agents.openai });
+    const start = await client.next('agent:tool:start', { timeout: 10_000 });
+    const call = await mcp.waitForRequest((r) => r.method === 'tools/call' && r.params?.arguments?.tag === marker, 5000);
+    client.send('abort', { conversationId });
+    const end = await client.next('agent:tool:end', { timeout: 10_000 });
+    assert.deepEqual([end.data.toolCallId, end.data.isError, end.data.result], [start.data.toolCallId, true, 'aborted while running']);
+    assert.equal((await client.next('agent:end', { timeout: 10_000 })).data.stopReason, 'aborted');
+    await mcp.waitForRequest((r) => r === call && r.closedByClient, 5000);
   });
 
   test('a session the server forgot is opened again and the call goes through', async () => {

@@ -229,7 +229,7 @@ describe('tool turns', () => {
     assert.equal(t.toolStarts.length, 1);
     assert.equal(t.toolEnds.length, 1);
     assert.deepEqual(t.toolStarts[0].data, { conversationId, toolCallId: call.id, toolName: 'add' });
-    assert.deepEqual(t.toolEnds[0].data, { conversationId, toolCallId: call.id, toolName: 'add', isError: false });
+    assert.deepEqual(t.toolEnds[0].data, { conversationId, toolCallId: call.id, toolName: 'add', isError: false, result: JSON.stringify({ sum: a + b }) });
     const idx = (f) => t.frames.indexOf(f);
     assert.ok(idx(t.start) < idx(t.toolStarts[0]) && idx(t.toolStarts[0]) < idx(t.toolEnds[0]) && idx(t.toolEnds[0]) < idx(t.texts[0]), 'start, tool start, tool end, text');
     assert.equal(t.frames.at(-1), t.end);
@@ -319,6 +319,7 @@ describe('tool turns', () => {
       const [result] = reqs[1].toolResults;
       assert.equal(result.id, call.id, label);
       assert.match(result.content, pattern, `${label}: ${result.content}`);
+      assert.equal(t.toolEnds[0].data.result, result.content, `${label}: agent:tool:end carries what the model read`);
       if (provider === 'anthropic') assert.equal(result.isError, true, `${label}: is_error on the tool_result`);
       assert.equal(t.text, reqs[1].sent.text, label);
       const stored = (await storedMessages(token, conversationId)).at(-1);

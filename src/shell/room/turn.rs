@@ -709,6 +709,11 @@ impl ConversationObject {
                     self.save_progress(steps.turn(), Some(&call));
                     self.arm_recovery().await;
                     let outcome = self.run_tool(&call, c).await;
+                    if self.aborted.get() {
+                        // Before the outcome: a call the abort cut reads as aborted, not as the
+                        // network error the abort caused.
+                        steps.abort();
+                    }
                     steps.tool_done(outcome);
                 }
                 StepAction::FellOver(next) => {
