@@ -6,7 +6,7 @@ use crate::llm::{ChatMessage, UpstreamError};
 use serde_json::{json, Value};
 
 /// Largest metadata text of a stored reply; past it the replayable context is dropped (and the
-/// metadata says so) so the row stays storable.
+/// metadata says so), then the tool calls' structured content, so the row stays storable.
 pub const MAX_METADATA_BYTES: usize = 400_000;
 
 /// The assistant message to store: its content and metadata text.
@@ -106,6 +106,13 @@ pub fn stored_reply(
         // Oversized tool arguments or steps: keep the row storable, say so.
         metadata.as_object_mut().map(|m| m.remove("context"));
         metadata["contextDropped"] = Value::Bool(true);
+        text = metadata.to_string();
+    }
+    if text.len() > MAX_METADATA_BYTES {
+        let calls = metadata["toolCalls"].as_array_mut().into_iter().flatten();
+        for call in calls.filter_map(Value::as_object_mut) {
+            call.remove("structuredContent");
+        }
         text = metadata.to_string();
     }
     Some(StoredReply {
@@ -297,6 +304,38 @@ mod tests {
         let m: Value = serde_json::from_str(&r.metadata).unwrap();
         assert_eq!(m["contextDropped"], true);
         assert!(m.get("context").is_none());
+    }
+
+    #[test]
+    fn many_structured_results_are_dropped_from_an_oversized_record() {
+        let mut t = Turn::default();
+        t.begin_step();
+        let big =
+            json!({ "rows": "z".repeat(crate::conversation::MAX_RECORDED_STRUCTURED_BYTES - 20) });
+        for i in 0..30 {
+            let call = crate::llm::ToolCall {
+                id: format!("t{i}"),
+                name: "mcp__rows".into(),
+                arguments: "{}".into(),
+            };
+            t.record_tool_outcome(
+                &call,
+                crate::conversation::ToolOutcome {
+                    text: "rows".into(),
+                    is_error: false,
+                    structured: Some(big.clone()),
+                },
+            );
+        }
+        assert!(t
+            .tool_records
+            .iter()
+            .all(|r| r.structured_content.is_some()));
+        let r = stored_reply(&t, &usage(&t), StopReason::Stop, None, "T").unwrap();
+        assert!(r.metadata.len() < MAX_METADATA_BYTES);
+        let m: Value = serde_json::from_str(&r.metadata).unwrap();
+        assert_eq!(m["toolCalls"].as_array().unwrap().len(), 30);
+        assert!(m["toolCalls"][0].get("structuredContent").is_none());
     }
 
     /// A turn of `input` prompt and `output` generated tokens, as a provider reports them.
