@@ -17,6 +17,9 @@ pub struct HttpTool {
     /// Sent as `Authorization: Bearer <secret>` when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Each call waits for the conversation owner's approval before it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
 }
 
 impl HttpTool {
@@ -144,6 +147,15 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The tools whose calls wait for the conversation owner's approval.
+    pub fn approval_tools(&self) -> Vec<String> {
+        self.tools
+            .iter()
+            .filter(|t| t.requires_approval)
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// The tools as the model sees them (no URL, no secret).

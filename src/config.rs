@@ -41,6 +41,8 @@ pub struct Config {
     pub replay_window_ms: u64,
     /// Time a tool call may take.
     pub tool_timeout_ms: u64,
+    /// How long a tool call waits for a person's approval before it counts as declined.
+    pub tool_approval_timeout_s: u64,
     /// `max_tokens` asked of the model.
     pub max_output_tokens: u32,
     /// How long a running turn keeps its user message in the conversation's storage before
@@ -214,6 +216,7 @@ impl Config {
             sio_ping_timeout_ms: number(&var, "SIO_PING_TIMEOUT_MS", 20_000, 50, 3_600_000)?,
             replay_window_ms: number(&var, "REPLAY_WINDOW_MS", 120_000, 1_000, 86_400_000)?,
             tool_timeout_ms: number(&var, "TOOL_TIMEOUT_MS", 30_000, 100, 600_000)?,
+            tool_approval_timeout_s: number(&var, "TOOL_APPROVAL_TIMEOUT_S", 600, 1, 7 * 86_400)?,
             max_output_tokens: number(&var, "MAX_OUTPUT_TOKENS", 4_096, 1, 1_000_000)? as u32,
             d1_copy_delay_ms: number(&var, "D1_COPY_DELAY_MS", 1_000, 0, 60_000)?,
             connect_timeout_ms: number(&var, "CONNECT_TIMEOUT_MS", 10_000, 100, 60_000)?,

@@ -113,6 +113,20 @@ pub fn plan_continuation(
     }
 }
 
+/// The context a parked turn goes on with once its tool call is answered: the session's agent
+/// (checked again: one made private meanwhile is dropped) and the history, which ends with the
+/// turn's user message (the turn's own steps are kept with it).
+pub fn resumed_context(
+    session: &mut SessionState,
+    history: &[ChatMessage],
+    user: &str,
+    operator: Operator<'_>,
+) -> (Option<AgentConfig>, Vec<ChatMessage>) {
+    let (agent, _) = session_agent(session, user, operator);
+    let base = context(agent.as_ref(), history);
+    (agent, base)
+}
+
 /// The session's agent if `user` may still run it; else none, and the name that was dropped.
 fn session_agent(
     session: &mut SessionState,
