@@ -804,7 +804,6 @@ mod tests {
         let over = loaded(&[("id", "c1"), ("turn", "idle"), (WAITING_KEY, &text)]);
         assert!(over.waiting.is_none() && !over.turn_running);
 
-        let mut room = room;
         assert_eq!(room.unpark(), Some(w));
         assert_eq!(room.next_turn().map(|p| p.socket), None);
         assert!(!room.turn_running);
