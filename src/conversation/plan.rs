@@ -574,4 +574,39 @@ mod tests {
             .reason
             .starts_with("fallover"));
     }
+
+    #[test]
+    fn a_parked_turn_goes_on_with_the_agents_prompt_and_the_stored_history_while_the_user_may_run_it(
+    ) {
+        let ops = agent(json!({"name": "ops", "systemPrompt": "Be careful.", "users": ["alice"]}));
+        let mut w = World::new(Vec::new(), vec![ops]);
+        let mut session = SessionState {
+            agent: Some("ops".into()),
+            ..SessionState::default()
+        };
+        let history = vec![ChatMessage::User {
+            content: "deploy it".into(),
+        }];
+        let (agent, base) = resumed_context(&mut session, &history, "alice", w.operator());
+        assert_eq!(agent.map(|a| a.name), Some("ops".into()));
+        assert_eq!(
+            base,
+            vec![
+                ChatMessage::System {
+                    content: "Be careful.".into()
+                },
+                history[0].clone()
+            ]
+        );
+        // Made private to someone else while the call waited: the turn goes on without it.
+        w.agents = vec![agent_json_private()];
+        let (agent, base) = resumed_context(&mut session, &history, "alice", w.operator());
+        assert!(agent.is_none());
+        assert_eq!(base, history);
+        assert_eq!(session.agent, None);
+    }
+
+    fn agent_json_private() -> (String, AgentConfig) {
+        agent(json!({"name": "ops", "systemPrompt": "Be careful.", "users": ["bob"]}))
+    }
 }
