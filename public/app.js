@@ -184,7 +184,31 @@ function toolItem(b, id, name) {
   return li;
 }
 
+/** A tool call waiting for the owner's approval: its name, arguments and Approve / Deny (asked again after a reconnect: shown once). */
+function askApproval(b, d) {
+  const li = toolItem(b, d.toolCallId, d.toolName);
+  li.dataset.state = 'waiting';
+  li.lastChild.textContent = 'waiting for approval';
+  if (b.node.querySelector(`[data-approval="${CSS.escape(d.toolCallId)}"]`)) return;
+  const panel = el('div', { class: 'approval', 'data-approval': d.toolCallId, 'data-testid': 'tool-approval', role: 'group', 'aria-label': `Approve ${d.toolName}?` });
+  const args = el('pre', { class: 'approval-args' }, JSON.stringify(d.args ?? {}, null, 2));
+  const reason = el('input', { type: 'text', class: 'approval-reason', placeholder: 'Reason (optional, sent when denying)', maxlength: '1000', 'aria-label': 'Reason' });
+  const answer = (approved) => {
+    const sent = send('tool:approve', { conversationId: d.conversationId ?? S.convId, toolCallId: d.toolCallId, approved, ...(approved || !reason.value.trim() ? {} : { reason: reason.value.trim() }) });
+    if (sent) for (const button of panel.querySelectorAll('button')) button.disabled = true;
+  };
+  const approve = el('button', { type: 'button', class: 'approve', 'data-testid': 'approve-tool' }, 'Approve');
+  const deny = el('button', { type: 'button', class: 'deny', 'data-testid': 'deny-tool' }, 'Deny');
+  approve.addEventListener('click', () => answer(true));
+  deny.addEventListener('click', () => answer(false));
+  const until = typeof d.expiresAt === 'number' ? ` (declined if unanswered by ${new Date(d.expiresAt).toLocaleTimeString()})` : '';
+  panel.append(el('p', {}, `The agent wants to run ${d.toolName}${until}:`), args, reason, approve, deny);
+  b.node.insertBefore(panel, b.text);
+  stickToBottom();
+}
+
 function endTool(b, id, name, isError) {
+  b.node.querySelector(`[data-approval="${CSS.escape(id)}"]`)?.remove();
   const li = toolItem(b, id, name);
   li.dataset.state = isError ? 'error' : 'done';
   li.lastChild.textContent = isError ? 'failed' : 'done';
@@ -391,7 +415,7 @@ function resendPending(gen) {
   }
 }
 
-const REJECTS_MESSAGE = new Set(['payload_too_large', 'invalid_payload', 'rate_limited', 'queue_full', 'conversation_mismatch']);
+const REJECTS_MESSAGE = new Set(['payload_too_large', 'invalid_payload', 'rate_limited', 'queue_full', 'conversation_mismatch', 'approval_pending']);
 
 function onFrame(f, gen) {
   if (typeof f.seq === 'number') {
@@ -447,6 +471,9 @@ function onFrame(f, gen) {
     }
     case 'agent:tool:start':
       toolItem(current(), d.toolCallId, d.toolName);
+      break;
+    case 'agent:tool:approval':
+      askApproval(current(), d);
       break;
     case 'agent:tool:end':
       endTool(current(), d.toolCallId, d.toolName, d.isError);

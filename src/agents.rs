@@ -33,7 +33,7 @@ pub struct HttpTool {
     /// Sent as `Authorization: Bearer <secret>` when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// A person approves each call before it runs.
+    /// Each call waits for the conversation owner's approval before it runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requires_approval: bool,
 }
@@ -306,6 +306,18 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The tools whose calls wait for the conversation owner's approval, by the names the model
+    /// knows: the HTTP tools so marked, and the tools of `mcp_tools` (this turn's, from the
+    /// agent's MCP servers) that their server's rule covers.
+    pub fn approval_tools(&self, mcp_tools: &[McpTool]) -> Vec<String> {
+        let http = self.tools.iter().map(|t| t.name.as_str());
+        let mcp = mcp_tools.iter().map(|t| t.exposed.as_str());
+        http.chain(mcp)
+            .filter(|name| self.requires_approval(name, mcp_tools))
+            .map(str::to_string)
+            .collect()
     }
 
     /// The tools as the model sees them (no URL, no secret).
@@ -595,6 +607,10 @@ mod tests {
             "by the tool's name on the server, whatever it is exposed as"
         );
         assert!(!asks("web__get") && !asks("unknown"));
+        assert_eq!(
+            a.approval_tools(&tools),
+            ["pay", "docs__delete", "ops__restart_2"]
+        );
         let saved = serde_json::to_value(&a).unwrap();
         assert_eq!(saved["tools"][0]["requiresApproval"], true);
         assert!(saved["tools"][1].get("requiresApproval").is_none());

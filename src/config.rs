@@ -44,6 +44,8 @@ pub struct Config {
     pub tool_timeout_ms: u64,
     /// How long a conversation reuses the tool list of an MCP server (`MCP_TOOLS_TTL_S`).
     pub mcp_tools_ttl_ms: i64,
+    /// How long a tool call waits for a person's approval before it counts as declined.
+    pub tool_approval_timeout_s: u64,
     /// `max_tokens` asked of the model.
     pub max_output_tokens: u32,
     /// How long a running turn keeps its user message in the conversation's storage before
@@ -218,6 +220,7 @@ impl Config {
             replay_window_ms: number(&var, "REPLAY_WINDOW_MS", 120_000, 1_000, 86_400_000)?,
             tool_timeout_ms: number(&var, "TOOL_TIMEOUT_MS", 30_000, 100, 600_000)?,
             mcp_tools_ttl_ms: number(&var, "MCP_TOOLS_TTL_S", 300, 0, 86_400)? as i64 * 1000,
+            tool_approval_timeout_s: number(&var, "TOOL_APPROVAL_TIMEOUT_S", 600, 1, 7 * 86_400)?,
             max_output_tokens: number(&var, "MAX_OUTPUT_TOKENS", 4_096, 1, 1_000_000)? as u32,
             d1_copy_delay_ms: number(&var, "D1_COPY_DELAY_MS", 1_000, 0, 60_000)?,
             connect_timeout_ms: number(&var, "CONNECT_TIMEOUT_MS", 10_000, 100, 60_000)?,

@@ -62,6 +62,14 @@ impl Checkpoint {
         };
     }
 
+    /// A parked turn goes on: its events through `last_seq` and its record were written when
+    /// it was parked (so they are deleted when it ends).
+    pub fn resume(&mut self, last_seq: u64, record: TurnRecord) {
+        self.start(last_seq);
+        self.record = Some(record);
+        self.turn_writes = 1;
+    }
+
     /// The turn ended; nothing more is kept.
     pub fn stop(&mut self) {
         let writes = self.writes;

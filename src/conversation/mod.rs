@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 
+pub mod approval;
 pub mod checkpoint;
 pub mod plan;
 pub mod reply;
@@ -238,7 +239,8 @@ impl ToolOutcome {
 }
 
 /// One turn in progress: the buffers of the current model call and of the whole turn.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Turn {
     /// Text of the whole turn, as the clients saw it.
     pub text: String,
@@ -253,10 +255,12 @@ pub struct Turn {
     pub usage_reported: bool,
     /// Messages this turn adds to the model's context (assistant steps, tool results).
     pub new_context: Vec<ChatMessage>,
+    /// The model call in progress (none between calls, when a turn is kept).
+    #[serde(skip)]
     step: Step,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Step {
     text: String,
     thinking: String,

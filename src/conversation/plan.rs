@@ -113,6 +113,20 @@ pub fn plan_continuation(
     }
 }
 
+/// The context a parked turn goes on with once its tool call is answered: the session's agent
+/// (checked again: one made private meanwhile is dropped) and the history, which ends with the
+/// turn's user message (the turn's own steps are kept with it).
+pub fn resumed_context(
+    session: &mut SessionState,
+    history: &[ChatMessage],
+    user: &str,
+    operator: Operator<'_>,
+) -> (Option<AgentConfig>, Vec<ChatMessage>) {
+    let (agent, _) = session_agent(session, user, operator);
+    let base = context(agent.as_ref(), history);
+    (agent, base)
+}
+
 /// The session's agent if `user` may still run it; else none, and the name that was dropped.
 fn session_agent(
     session: &mut SessionState,
@@ -559,5 +573,40 @@ mod tests {
             .unwrap()
             .reason
             .starts_with("fallover"));
+    }
+
+    #[test]
+    fn a_parked_turn_goes_on_with_the_agents_prompt_and_the_stored_history_while_the_user_may_run_it(
+    ) {
+        let ops = agent(json!({"name": "ops", "systemPrompt": "Be careful.", "users": ["alice"]}));
+        let mut w = World::new(Vec::new(), vec![ops]);
+        let mut session = SessionState {
+            agent: Some("ops".into()),
+            ..SessionState::default()
+        };
+        let history = vec![ChatMessage::User {
+            content: "deploy it".into(),
+        }];
+        let (agent, base) = resumed_context(&mut session, &history, "alice", w.operator());
+        assert_eq!(agent.map(|a| a.name), Some("ops".into()));
+        assert_eq!(
+            base,
+            vec![
+                ChatMessage::System {
+                    content: "Be careful.".into()
+                },
+                history[0].clone()
+            ]
+        );
+        // Made private to someone else while the call waited: the turn goes on without it.
+        w.agents = vec![agent_json_private()];
+        let (agent, base) = resumed_context(&mut session, &history, "alice", w.operator());
+        assert!(agent.is_none());
+        assert_eq!(base, history);
+        assert_eq!(session.agent, None);
+    }
+
+    fn agent_json_private() -> (String, AgentConfig) {
+        agent(json!({"name": "ops", "systemPrompt": "Be careful.", "users": ["bob"]}))
     }
 }

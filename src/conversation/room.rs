@@ -1,5 +1,6 @@
 //! A conversation's state and the decisions on it that need no I/O: loading it from its record, which client events it takes, the queue of messages behind the running turn, the bookkeeping once a message is stored, and its sockets. Generic over the socket handle, so every branch runs on the host.
 
+use super::approval::{self, WaitingTurn, WAITING_KEY};
 use super::checkpoint::{Checkpoint, Continuation};
 use super::socket::{self, SocketMeta};
 use super::{seen, Admission, AdmissionState, ReplayGap, SessionState, StreamLog};
@@ -54,6 +55,9 @@ pub struct StoredWrites {
     pub prune: Option<(i64, u64)>,
 }
 
+/// The `turn` row of a conversation whose turn waits for a tool call's approval.
+pub const TURN_WAITING: &str = "waiting";
+
 /// The key-value row of a continuation waiting to run.
 pub const CONTINUATION_KEY: &str = "continuation";
 
@@ -88,6 +92,9 @@ pub struct Room<S> {
     pub checkpoint: Checkpoint,
     /// A turn stored as interrupted waits to be continued (kept in storage too).
     pub continuation: Option<Continuation>,
+    /// The running turn is parked on a tool call that waits for approval (kept in storage
+    /// too); it counts as running until it is answered.
+    pub waiting: Option<WaitingTurn>,
     /// clientMessageIds remembered by this instance: every `seen::PRUNE_EVERY`th prunes the table.
     seen_inserts: u64,
     replay_window_ms: u64,
@@ -112,6 +119,7 @@ impl<S: Clone> Room<S> {
             sockets: None,
             checkpoint: Checkpoint::default(),
             continuation: None,
+            waiting: None,
             seen_inserts: 0,
             replay_window_ms,
         }
@@ -136,6 +144,11 @@ impl<S: Clone> Room<S> {
         self.owner = get("owner");
         self.stored_any = get("stored").is_some();
         self.continuation = get(CONTINUATION_KEY).and_then(|t| serde_json::from_str(&t).ok());
+        self.waiting = (get("turn").as_deref() == Some(TURN_WAITING))
+            .then(|| get(WAITING_KEY))
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        self.turn_running = self.waiting.is_some();
         self.orphaned_outbox = self.stored_any && outbox_waiting;
         self.session = get("session")
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -214,6 +227,10 @@ impl<S: Clone> Room<S> {
         stored_as: Option<String>,
         max_queued: usize,
     ) -> Offer<S> {
+        if let Some(waiting) = &self.waiting {
+            let e = approval::message_refused(waiting);
+            return Offer::Refused(pending, RoomError::prompt_failed(e));
+        }
         let admission = {
             let state = AdmissionState {
                 stored_as: stored_as.as_deref(),
@@ -253,8 +270,6 @@ impl<S: Clone> Room<S> {
         }
     }
 
-    /// The next queued message whose turn runs now; `None` when the queue is empty, and then
-    /// no turn runs any more.
     /// The continuation to run now, if one waits and no turn runs; it counts as the running
     /// turn (messages queue behind it) until [`Room::next_turn`] says none is left.
     pub fn begin_continuation(&mut self) -> Option<Continuation> {
@@ -266,7 +281,28 @@ impl<S: Clone> Room<S> {
         Some(next)
     }
 
+    /// Parks the running turn on a call that waits for approval. The messages queued behind
+    /// it are handed back to be refused: a queue held in memory would not outlive the object's
+    /// hibernation, and a refused message can be sent again.
+    pub fn park(&mut self, waiting: WaitingTurn) -> Vec<Pending<S>> {
+        self.waiting = Some(waiting);
+        self.in_flight = None;
+        self.queue.drain(..).collect()
+    }
+
+    /// The parked turn goes on (answered, aborted or timed out); it runs until
+    /// [`Room::next_turn`] says none is left.
+    pub fn unpark(&mut self) -> Option<WaitingTurn> {
+        self.waiting.take()
+    }
+
+    /// The next queued message whose turn runs now; `None` when the queue is empty, and then
+    /// no turn runs any more (a parked turn still runs).
     pub fn next_turn(&mut self) -> Option<Pending<S>> {
+        if self.waiting.is_some() {
+            // Parked, not over: it still counts as the running turn.
+            return None;
+        }
         let next = self.queue.pop_front();
         if next.is_none() {
             self.turn_running = false;
@@ -336,16 +372,32 @@ impl<S: Clone> Room<S> {
     pub fn greeting(&self, meta: &SocketMeta, last_seq: Option<u64>) -> Vec<String> {
         let mut frames: Vec<String> = meta.frame(&manifest_event()).into_iter().collect();
         let Some(last) = last_seq else {
+            frames.extend(self.question(meta, None));
             return frames;
         };
         match self.replay(last, meta) {
-            Ok(missed) => frames.extend(missed),
+            Ok(missed) => {
+                frames.extend(missed);
+                frames.extend(self.question(meta, Some(last)));
+            }
             Err(gap) => {
                 let payload = socket::resume_gap_payload(&self.id, last, gap.oldest);
                 frames.extend(meta.frame(&OutEvent::unsequenced("error", payload)));
+                frames.extend(self.question(meta, None));
             }
         }
         frames
+    }
+
+    /// The question of a call waiting for approval, for a socket that attaches while it waits
+    /// (unless the events replayed to it after `replayed_after` carry it already).
+    fn question(&self, meta: &SocketMeta, replayed_after: Option<u64>) -> Option<String> {
+        let waiting = self.waiting.as_ref()?;
+        if replayed_after.is_some_and(|last| waiting.question_seq > last) {
+            return None;
+        }
+        let payload = waiting.event_payload(&self.id);
+        meta.frame(&OutEvent::unsequenced("agent:tool:approval", payload))
     }
 
     /// Accepts a socket.io CONNECT: the socket is connected to the namespace with a recovery
@@ -367,9 +419,14 @@ impl<S: Clone> Room<S> {
         };
         let mut frames = vec![sio::connect_ok(NSP, &meta.sid, Some(&meta.pid))];
         frames.extend(meta.frame(&manifest_event()));
-        if let Some((_, offset)) = recovery {
-            frames.extend(self.replay(offset, meta).unwrap_or_default());
-        }
+        let replayed = match recovery {
+            Some((_, offset)) => {
+                frames.extend(self.replay(offset, meta).unwrap_or_default());
+                Some(offset)
+            }
+            None => None,
+        };
+        frames.extend(self.question(meta, replayed));
         frames
     }
 
@@ -704,5 +761,84 @@ mod tests {
         );
         room.log.prune(120_000);
         assert!(room.replay(1, &meta(Some("alice"))).is_err());
+    }
+
+    #[test]
+    fn a_parked_turn_refuses_messages_hands_back_its_queue_and_still_runs_after_a_restart() {
+        let mut room = loaded(&[("id", "c1")]);
+        assert!(matches!(
+            room.offer(pending(1, Some("a")), None, 8),
+            Offer::Start(_)
+        ));
+        assert!(matches!(
+            room.offer(pending(2, Some("b")), None, 8),
+            Offer::Queued
+        ));
+        let w = crate::conversation::approval::tests::waiting("{}");
+        let queued = room.park(w.clone());
+        assert_eq!(
+            queued.len(),
+            1,
+            "the queued message is handed back to be refused"
+        );
+        assert_eq!(queued[0].socket, 2);
+        let Offer::Refused(_, e) = room.offer(pending(3, Some("c")), None, 8) else {
+            panic!("a message while a call waits is refused");
+        };
+        assert_eq!(e.code(), ErrorCode::ApprovalPending);
+        assert_eq!(room.next_turn().map(|p| p.socket), None);
+        assert!(room.turn_running, "parked, not over");
+        assert_eq!(room.abort_requested(), Ok(true));
+
+        let text = serde_json::to_string(&w).unwrap();
+        let after = loaded(&[
+            ("id", "c1"),
+            ("seq", "9"),
+            ("turn", TURN_WAITING),
+            (WAITING_KEY, &text),
+        ]);
+        assert_eq!(after.waiting.as_ref(), Some(&w));
+        assert!(after.turn_running);
+        assert_eq!(after.log.next_seq(), 9, "nothing was lost: no seqs skipped");
+        // A wait row left by a turn that went on is ignored once the turn is over.
+        let over = loaded(&[("id", "c1"), ("turn", "idle"), (WAITING_KEY, &text)]);
+        assert!(over.waiting.is_none() && !over.turn_running);
+
+        assert_eq!(room.unpark(), Some(w));
+        assert_eq!(room.next_turn().map(|p| p.socket), None);
+        assert!(!room.turn_running);
+    }
+
+    #[test]
+    fn a_socket_that_attaches_while_a_call_waits_is_asked_once() {
+        let mut room = loaded(&[]);
+        for _ in 0..6 {
+            room.log.push("agent:text", "{}".into(), 0);
+        }
+        // The question went out as seq 5 (see `approval::tests::waiting`).
+        room.park(crate::conversation::approval::tests::waiting("{}"));
+        let alice = meta(Some("alice"));
+        let asked = |frames: &[String]| {
+            frames
+                .iter()
+                .filter(|f| f.contains(r#""event":"agent:tool:approval""#))
+                .count()
+        };
+        assert_eq!(asked(&room.greeting(&alice, None)), 1, "a new socket");
+        assert_eq!(asked(&room.greeting(&alice, Some(6))), 1, "saw it before");
+        // Resuming from before seq 5: the replay (here of text events only) is trusted to carry it.
+        assert_eq!(asked(&room.greeting(&alice, Some(3))), 0);
+        let mut sio = meta(Some("alice"));
+        sio.sio = true;
+        let frames = room.accept_connect(&mut sio, &None, || "pid".into());
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|f| f.contains("agent:tool:approval"))
+                .count(),
+            1
+        );
+        room.unpark();
+        assert_eq!(asked(&room.greeting(&alice, None)), 0, "answered");
     }
 }

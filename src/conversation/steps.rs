@@ -5,6 +5,7 @@ use crate::error::RoomError;
 use crate::llm::{ChatMessage, StreamEvent, ToolCall, UpstreamError};
 use crate::retry::{Next, RetryPolicy};
 use crate::routing::RoutingDecision;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::VecDeque;
 
@@ -12,6 +13,37 @@ use std::collections::VecDeque;
 pub const NOT_RUN_ABORTED: &str = "not run: the turn was aborted";
 /// The result of a tool that was running when the turn was aborted.
 pub const ABORTED_WHILE_RUNNING: &str = "aborted while running";
+/// The result of a tool whose approval the turn was waiting for when it was aborted.
+pub const NOT_RUN_ABORTED_WAITING: &str =
+    "not run: the turn was aborted while this tool waited for the user's approval";
+
+/// A person's answer to a tool call that waits for approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approval {
+    Approved,
+    /// Declined by the user, with their reason if they gave one.
+    Denied(Option<String>),
+    /// Nobody answered within this many seconds: declined.
+    TimedOut(u64),
+}
+
+impl Approval {
+    /// What the model gets instead of a result when the call does not run.
+    fn declined_result(&self, tool: &str) -> Option<String> {
+        match self {
+            Approval::Approved => None,
+            Approval::Denied(None) => Some(format!(
+                "declined: the user did not approve running the tool {tool}"
+            )),
+            Approval::Denied(Some(reason)) => Some(format!(
+                "declined: the user did not approve running the tool {tool}; their reason: {reason}"
+            )),
+            Approval::TimedOut(s) => Some(format!(
+                "declined: nobody approved running the tool {tool} within {s} s"
+            )),
+        }
+    }
+}
 
 /// Bytes of a tool's result that `agent:tool:end` carries; a longer one is cut, with a marker.
 pub const EVENT_RESULT_BYTES: usize = 8 * 1024;
@@ -47,6 +79,9 @@ pub enum StepAction {
     Wait { ms: u64 },
     /// Run this tool of the agent, then [`TurnSteps::tool_done`] with its outcome.
     RunTool(ToolCall),
+    /// This call needs a person's approval first: the glue keeps [`TurnSteps::suspend`] and
+    /// stops; [`TurnSteps::resume`] and [`TurnSteps::approval`] go on once it is answered.
+    AwaitApproval(ToolCall),
     /// The turn moved to another model: the session records it and every socket is told.
     FellOver(RoutingDecision),
     /// The turn is over; [`TurnSteps::into_turn`] gives what it produced.
@@ -54,6 +89,22 @@ pub enum StepAction {
         stop: StopReason,
         error: Option<UpstreamError>,
     },
+}
+
+/// A turn whose tool call waits for a person's approval, as kept in the conversation's storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuspendedSteps {
+    pub turn: Turn,
+    candidates: Vec<RoutingDecision>,
+    known_tools: Vec<String>,
+    approval_tools: Vec<String>,
+    candidate: usize,
+    max_steps: u32,
+    /// The calls of the same step after the waiting one.
+    owed: Vec<ToolCall>,
+    /// The call waiting for approval.
+    pub awaiting: ToolCall,
 }
 
 /// The turn's model calls and tools: which candidate, how many retries, which tools are owed.
@@ -66,6 +117,8 @@ pub struct TurnSteps {
     base: Vec<ChatMessage>,
     /// Tools the agent has; a call to any other is answered with an error, not run.
     known_tools: Vec<String>,
+    /// Tools that run only once a person approves the call.
+    approval_tools: Vec<String>,
     candidate: usize,
     attempts: u32,
     policy: RetryPolicy,
@@ -75,6 +128,8 @@ pub struct TurnSteps {
     owed: VecDeque<ToolCall>,
     /// The tool call being run.
     running: Option<ToolCall>,
+    /// The tool call waiting for a person's approval.
+    awaiting: Option<ToolCall>,
     ended: bool,
     actions: VecDeque<StepAction>,
 }
@@ -96,6 +151,7 @@ impl TurnSteps {
             candidates,
             base,
             known_tools,
+            approval_tools: Vec::new(),
             candidate: 0,
             attempts: 0,
             policy,
@@ -103,6 +159,7 @@ impl TurnSteps {
             aborted: false,
             owed: VecDeque::new(),
             running: None,
+            awaiting: None,
             ended: false,
             actions: VecDeque::new(),
         };
@@ -112,6 +169,79 @@ impl TurnSteps {
             steps.call();
         }
         steps
+    }
+
+    /// Marks these of the known tools as running only once a person approves each call.
+    pub fn with_approval(mut self, tools: Vec<String>) -> Self {
+        self.approval_tools = tools;
+        self
+    }
+
+    /// The tool call waiting for a person's approval, if any.
+    pub fn awaiting(&self) -> Option<&ToolCall> {
+        self.awaiting.as_ref()
+    }
+
+    /// What must outlive the object while a call waits for approval: everything but the base
+    /// context, which is rebuilt from the stored history. `None` unless a call waits.
+    pub fn suspend(&self) -> Option<SuspendedSteps> {
+        let awaiting = self.awaiting.clone()?;
+        Some(SuspendedSteps {
+            turn: self.turn.clone(),
+            candidates: self.candidates.clone(),
+            known_tools: self.known_tools.clone(),
+            approval_tools: self.approval_tools.clone(),
+            candidate: self.candidate,
+            max_steps: self.max_steps,
+            owed: self.owed.iter().cloned().collect(),
+            awaiting,
+        })
+    }
+
+    /// The steps of a suspended turn again, `base` being its context before its own steps;
+    /// feed the answer with [`TurnSteps::approval`] (or [`TurnSteps::abort`]).
+    pub fn resume(
+        conversation: &str,
+        suspended: SuspendedSteps,
+        base: Vec<ChatMessage>,
+        policy: RetryPolicy,
+    ) -> Self {
+        TurnSteps {
+            turn: suspended.turn,
+            conversation: conversation.to_string(),
+            candidates: suspended.candidates,
+            base,
+            known_tools: suspended.known_tools,
+            approval_tools: suspended.approval_tools,
+            candidate: suspended.candidate,
+            attempts: 0,
+            policy,
+            max_steps: suspended.max_steps,
+            aborted: false,
+            owed: suspended.owed.into(),
+            running: None,
+            awaiting: Some(suspended.awaiting),
+            ended: false,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The answer to the call waiting for approval: approved, it runs; otherwise the model gets
+    /// a result saying it was declined and why, and the turn goes on.
+    pub fn approval(&mut self, answer: Approval) {
+        let Some(call) = self.awaiting.take() else {
+            return;
+        };
+        match answer.declined_result(&call.name) {
+            None => {
+                self.running = Some(call.clone());
+                self.actions.push_back(StepAction::RunTool(call));
+            }
+            Some(result) => {
+                self.record_tool(&call, result, true);
+                self.next_tool();
+            }
+        }
     }
 
     /// The next thing to do, if any.
@@ -195,9 +325,15 @@ impl TurnSteps {
         }
     }
 
-    /// The client asked to stop: no new call or tool starts; what is open ends as aborted.
+    /// The client asked to stop: no new call or tool starts; what is open ends as aborted. A
+    /// call waiting for approval is answered as not run, and the turn ends now.
     pub fn abort(&mut self) {
         self.aborted = true;
+        if let Some(call) = self.awaiting.take() {
+            self.record_tool(&call, NOT_RUN_ABORTED_WAITING.to_string(), true);
+            self.settle_owed();
+            self.end(StopReason::Aborted, None);
+        }
     }
 
     fn call(&mut self) {
@@ -271,6 +407,11 @@ impl TurnSteps {
             let start = json!({ "conversationId": self.conversation, "toolCallId": call.id, "toolName": call.name });
             self.send("agent:tool:start", start.to_string());
             if self.known_tools.contains(&call.name) {
+                if self.approval_tools.contains(&call.name) {
+                    self.awaiting = Some(call.clone());
+                    self.actions.push_back(StepAction::AwaitApproval(call));
+                    return;
+                }
                 self.running = Some(call.clone());
                 self.actions.push_back(StepAction::RunTool(call));
                 return;
@@ -384,6 +525,7 @@ mod tests {
                 StepAction::Call { target, .. } => format!("call {}", target.model),
                 StepAction::Wait { ms } => format!("wait {ms}"),
                 StepAction::RunTool(c) => format!("run {}", c.name),
+                StepAction::AwaitApproval(c) => format!("await {}", c.name),
                 StepAction::FellOver(d) => format!("fellover {}", d.model),
                 StepAction::End { stop, .. } => format!("end {}", stop.as_str()),
             })
@@ -732,5 +874,172 @@ mod tests {
     fn no_candidate_ends_at_once() {
         let mut s = steps(Vec::new(), 0);
         assert_eq!(names(&drain(&mut s)), ["end error"]);
+    }
+
+    /// A turn whose model called `lookup` (needs approval) and `free` (does not), suspended,
+    /// stored as JSON and resumed in a new instance.
+    fn waiting_for_lookup() -> (TurnSteps, Vec<StepAction>) {
+        let mut s = TurnSteps::new(
+            "c1",
+            vec![target("openai", "a")],
+            user("hi"),
+            vec!["lookup".into(), "free".into()],
+            RetryPolicy::new(0),
+            4,
+        )
+        .with_approval(vec!["lookup".into()]);
+        drain(&mut s);
+        feed(
+            &mut s,
+            vec![
+                StreamEvent::Text("checking".into()),
+                StreamEvent::ToolCall(call("t1", "free")),
+                StreamEvent::ToolCall(call("t2", "lookup")),
+                StreamEvent::ToolCall(call("t3", "free")),
+            ],
+        );
+        s.call_ended();
+        let mut actions = drain(&mut s);
+        s.tool_done(ToolOutcome::text("free result", false));
+        actions.extend(drain(&mut s));
+        (s, actions)
+    }
+
+    fn suspended_and_resumed(s: &TurnSteps) -> TurnSteps {
+        let kept = serde_json::to_string(&s.suspend().expect("a call waits")).unwrap();
+        let back: SuspendedSteps = serde_json::from_str(&kept).unwrap();
+        TurnSteps::resume("c1", back, user("hi"), RetryPolicy::new(0))
+    }
+
+    #[test]
+    fn a_tool_that_needs_approval_waits_and_runs_once_approved_after_a_restart() {
+        let (s, actions) = waiting_for_lookup();
+        assert_eq!(
+            names(&actions),
+            [
+                "agent:tool:start",
+                "run free",
+                "agent:tool:end",
+                "agent:tool:start",
+                "await lookup"
+            ]
+        );
+        assert_eq!(s.awaiting().map(|c| c.id.as_str()), Some("t2"));
+        let mut s = suspended_and_resumed(&s);
+        assert!(drain(&mut s).is_empty(), "nothing happens until the answer");
+        assert_eq!(s.turn().text, "checking");
+        s.approval(Approval::Approved);
+        assert_eq!(names(&drain(&mut s)), ["run lookup"]);
+        s.tool_done(ToolOutcome::text("42", false));
+        // The third call runs without asking, then the model is called with all three results.
+        assert_eq!(
+            names(&drain(&mut s)),
+            ["agent:tool:end", "agent:tool:start", "run free"]
+        );
+        s.tool_done(ToolOutcome::text("free again", false));
+        let actions = drain(&mut s);
+        assert_eq!(names(&actions), ["agent:tool:end", "call a"]);
+        let StepAction::Call { messages, .. } = &actions[1] else {
+            unreachable!()
+        };
+        let results: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| match m {
+                ChatMessage::Tool { content, .. } => Some(content.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(results, ["free result", "42", "free again"]);
+        assert_eq!(
+            messages[0],
+            user("hi")[0],
+            "the base context is the one given"
+        );
+        // An answer with no call waiting does nothing.
+        s.approval(Approval::Approved);
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_declined_or_unanswered_call_gives_the_model_a_declined_result_and_the_turn_goes_on() {
+        for (answer, expected) in [
+            (
+                Approval::Denied(Some("not on prod".into())),
+                "declined: the user did not approve running the tool lookup; their reason: not on prod",
+            ),
+            (
+                Approval::Denied(None),
+                "declined: the user did not approve running the tool lookup",
+            ),
+            (
+                Approval::TimedOut(600),
+                "declined: nobody approved running the tool lookup within 600 s",
+            ),
+        ] {
+            let (s, _) = waiting_for_lookup();
+            let mut s = suspended_and_resumed(&s);
+            s.approval(answer);
+            let actions = drain(&mut s);
+            assert_eq!(
+                names(&actions),
+                ["agent:tool:end", "agent:tool:start", "run free"]
+            );
+            let StepAction::Send { data, .. } = &actions[0] else {
+                unreachable!()
+            };
+            let end: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(end["toolCallId"], "t2");
+            assert_eq!(end["isError"], true);
+            let declined = s.turn().new_context.iter().any(|m| {
+                matches!(m, ChatMessage::Tool { content, is_error: true, .. } if content == expected)
+            });
+            assert!(declined, "{expected}");
+        }
+    }
+
+    #[test]
+    fn abort_ends_the_wait_and_answers_every_call_still_owed() {
+        let (s, _) = waiting_for_lookup();
+        let mut s = suspended_and_resumed(&s);
+        s.abort();
+        assert_eq!(names(&drain(&mut s)), ["agent:tool:end", "end aborted"]);
+        assert!(s.awaiting().is_none());
+        let turn = s.into_turn();
+        let results: Vec<(&str, &str)> = turn
+            .new_context
+            .iter()
+            .filter_map(|m| match m {
+                ChatMessage::Tool {
+                    tool_call_id,
+                    content,
+                    ..
+                } => Some((tool_call_id.as_str(), content.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("t1", "free result"),
+                ("t2", NOT_RUN_ABORTED_WAITING),
+                ("t3", NOT_RUN_ABORTED)
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_turn_that_waits_can_be_suspended() {
+        let mut s = steps(vec![target("openai", "a")], 0);
+        drain(&mut s);
+        assert!(s.suspend().is_none());
+        // Unknown tools are answered, never awaited, even when named for approval.
+        let mut s = steps(vec![target("openai", "a")], 0).with_approval(vec!["nope".into()]);
+        drain(&mut s);
+        feed(&mut s, vec![StreamEvent::ToolCall(call("t1", "nope"))]);
+        s.call_ended();
+        assert_eq!(
+            names(&drain(&mut s)),
+            ["agent:tool:start", "agent:tool:end", "call a"]
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use super::McpError;
 use crate::llm::ToolSpec;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -62,7 +63,8 @@ fn listed_tool(tool: &Value) -> Option<ListedTool> {
 }
 
 /// An MCP tool of a turn: the name the model knows it by, and the way back to its server.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct McpTool {
     /// The name the model sees (`server__tool`, see the module's doc).
     pub exposed: String,

@@ -25,6 +25,10 @@ pub enum ErrorCode {
     ProviderNotConfigured,
     /// An agent that does not exist or that this user may not run (the two look the same).
     UnknownAgent,
+    /// `tool:approve` naming a call that does not wait for approval (any more).
+    NoPendingApproval,
+    /// A `message` while a tool call waits for approval.
+    ApprovalPending,
     Unauthorized,
     Internal,
     /// An upstream failure; the code comes from its class.
@@ -47,6 +51,8 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ProviderNotConfigured => "provider_not_configured",
             ErrorCode::UnknownAgent => "unknown_agent",
+            ErrorCode::NoPendingApproval => "no_pending_approval",
+            ErrorCode::ApprovalPending => "approval_pending",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
             ErrorCode::Upstream(code) => code,
@@ -110,9 +116,19 @@ pub enum ClientEvent {
         command: String,
         args: Option<Value>,
     },
+    /// The answer to a tool call that waits for a person's approval.
+    ToolApprove {
+        conversation_id: Option<String>,
+        tool_call_id: String,
+        approved: bool,
+        reason: Option<String>,
+    },
     /// Keepalive from a JSON-framing client; normally answered by the runtime without waking the object.
     Ping,
 }
+
+/// Bytes the reason of a `tool:approve` may have.
+pub const MAX_APPROVAL_REASON_BYTES: usize = 1000;
 
 impl ClientEvent {
     /// The conversation the event names, if any.
@@ -125,16 +141,22 @@ impl ClientEvent {
             | ClientEvent::Abort { conversation_id }
             | ClientEvent::CommandExecute {
                 conversation_id, ..
+            }
+            | ClientEvent::ToolApprove {
+                conversation_id, ..
             } => conversation_id.as_deref(),
             ClientEvent::Ping => None,
         }
     }
 
     /// Whether the event counts against the user's rate limit: everything that changes the
-    /// conversation does; `abort` and `ping` do not, so a limited user can still stop a turn
-    /// and keep the socket alive.
+    /// conversation does; `abort`, `tool:approve` and `ping` do not, so a limited user can still
+    /// stop a turn, answer the question it waits on and keep the socket alive.
     pub fn is_rate_limited(&self) -> bool {
-        !matches!(self, ClientEvent::Abort { .. } | ClientEvent::Ping)
+        !matches!(
+            self,
+            ClientEvent::Abort { .. } | ClientEvent::ToolApprove { .. } | ClientEvent::Ping
+        )
     }
 }
 
@@ -289,11 +311,45 @@ pub fn decode_event(
                 args,
             })
         }
+        "tool:approve" => {
+            let conversation_id = id_field(field("conversationId")?, "conversationId")?;
+            let tool_call_id = id_field(field("toolCallId")?, "toolCallId")?.ok_or_else(|| {
+                ProtocolError::new(ErrorCode::InvalidPayload, "\"toolCallId\" is required")
+            })?;
+            let reason = field("reason")?;
+            let approved = match data.remove("approved") {
+                Some(Value::Bool(b)) => b,
+                _ => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidPayload,
+                        "\"approved\" must be true or false",
+                    ))
+                }
+            };
+            if let Some(r) = &reason {
+                if r.len() > MAX_APPROVAL_REASON_BYTES {
+                    return Err(ProtocolError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!("\"reason\" is longer than {MAX_APPROVAL_REASON_BYTES} bytes"),
+                    ));
+                }
+            }
+            // Shown to the model and to every socket: control characters go.
+            let reason = reason
+                .map(|r| printable_text(&r))
+                .filter(|r| !r.trim().is_empty());
+            Ok(ClientEvent::ToolApprove {
+                conversation_id,
+                tool_call_id,
+                approved,
+                reason,
+            })
+        }
         "ping" => Ok(ClientEvent::Ping),
         other => Err(ProtocolError::new(
             ErrorCode::UnknownEvent,
             format!(
-                "unknown event \"{}\"; expected message, set:thinking, abort or command:execute",
+                "unknown event \"{}\"; expected message, set:thinking, abort, tool:approve or command:execute",
                 printable(other)
             ),
         )),
@@ -303,6 +359,13 @@ pub fn decode_event(
 /// Whether an identifier from a client is acceptable (ids, provider and model names).
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+/// Client text with control characters other than newlines and tabs removed.
+fn printable_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect()
 }
 
 /// A client-supplied name cut short and stripped of control characters, safe to echo back.
@@ -370,13 +433,14 @@ pub const KEEPALIVE_PING: &str = r#"{"event":"ping"}"#;
 pub const KEEPALIVE_PONG: &str = r#"{"event":"pong"}"#;
 
 /// The conversation's stream events, by name: a stored event's name is one of these.
-pub const STREAM_EVENTS: [&str; 9] = [
+pub const STREAM_EVENTS: [&str; 10] = [
     "message:ack",
     "session:info",
     "agent:start",
     "agent:text",
     "agent:thinking",
     "agent:tool:start",
+    "agent:tool:approval",
     "agent:tool:end",
     "agent:end",
     "error",
@@ -444,6 +508,8 @@ mod tests {
             event("command:execute", serde_json::json!({"command": "/status"})).is_rate_limited()
         );
         assert!(!event("abort", serde_json::json!({})).is_rate_limited());
+        let answer = serde_json::json!({"toolCallId": "t", "approved": true});
+        assert!(!event("tool:approve", answer).is_rate_limited());
     }
 
     #[test]
@@ -483,6 +549,32 @@ mod tests {
         );
         assert_eq!(
             decode_json_frame(
+                r#"{"event":"tool:approve","data":{"conversationId":"c","toolCallId":"t1","approved":false,"reason":"no\u0007 thanks"}}"#,
+                &LIMITS
+            )
+            .unwrap(),
+            ClientEvent::ToolApprove {
+                conversation_id: Some("c".into()),
+                tool_call_id: "t1".into(),
+                approved: false,
+                reason: Some("no thanks".into())
+            }
+        );
+        assert_eq!(
+            decode_json_frame(
+                r#"{"event":"tool:approve","data":{"toolCallId":"t1","approved":true,"reason":"  "}}"#,
+                &LIMITS
+            )
+            .unwrap(),
+            ClientEvent::ToolApprove {
+                conversation_id: None,
+                tool_call_id: "t1".into(),
+                approved: true,
+                reason: None
+            }
+        );
+        assert_eq!(
+            decode_json_frame(
                 r#"{"event":"command:execute","data":{"command":"/model","args":"gpt-4o"}}"#,
                 &LIMITS
             )
@@ -509,6 +601,22 @@ mod tests {
             ("{}", InvalidPayload),
             (r#"{"event":5}"#, InvalidPayload),
             (r#"{"event":"nope","data":{}}"#, UnknownEvent),
+            (
+                r#"{"event":"tool:approve","data":{"approved":true}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"tool:approve","data":{"toolCallId":"t","approved":"yes"}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"tool:approve","data":{"toolCallId":"t"}}"#,
+                InvalidPayload,
+            ),
+            (
+                r#"{"event":"tool:approve","data":{"toolCallId":"t","approved":true,"reason":5}}"#,
+                InvalidPayload,
+            ),
             (r#"{"event":"message","data":[]}"#, InvalidPayload),
             (r#"{"event":"message","data":"hi"}"#, InvalidPayload),
             (r#"{"event":"message","data":{}}"#, InvalidPayload),

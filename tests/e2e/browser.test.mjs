@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { startFakeUpstream } from '../support/fake-upstream.mjs';
+import { startToolServer } from '../support/tool-server.mjs';
 import { ROOT, eventually, startGateway, uniq } from '../support/harness.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -27,6 +28,7 @@ function chromiumMissing() {
 
 const skipReason = chromiumMissing();
 let up;
+let tools;
 let gw;
 let browser;
 let page;
@@ -41,6 +43,7 @@ before(async () => {
   }
   const { chromium } = await import('playwright-core');
   up = await startFakeUpstream();
+  tools = await startToolServer();
   gw = await startGateway({ upstream: up });
   token = await gw.mintToken('browser-user');
   browser = await chromium.launch({
@@ -59,6 +62,7 @@ after(async () => {
   await browser?.close();
   await gw?.stop();
   await up?.close();
+  await tools?.close();
 });
 
 const tid = (id) => `[data-testid="${id}"]`;
@@ -238,6 +242,38 @@ test('thinking streams into a collapsed <details>; tool calls show their start a
   assert.equal(await bubble.locator(tid('assistant-text')).textContent(), follow.sent.text);
   // Not the page's concern, but seen only here: the tool round must still carry the conversation.
   assert.equal(follow.lastUserText, content, `the request after the tool call carries the user message; it sent ${JSON.stringify(follow.body.messages)}`);
+});
+
+test('a tool that needs approval shows its name and arguments with Approve and Deny; each answer ends the turn', async (t) => {
+  if (skipReason) return t.skip(skipReason);
+  const agent = uniq('careful');
+  const created = await gw.http('POST', '/admin/agents', {
+    token: gw.adminToken,
+    body: { name: agent, tools: [{ name: 'echo', description: 'Echoes.', parameters: { type: 'object', properties: { text: { type: 'string' } } }, url: `${tools.url}/tools/echo`, requiresApproval: true }] },
+  });
+  assert.equal(created.status, 201, created.text);
+  await page.fill(tid('message-input'), `/agent ${agent}`);
+  await page.press(tid('message-input'), 'Enter');
+  await page.waitForSelector(`${tid('note-result')}:has-text("${agent}")`);
+
+  for (const [button, state] of [['approve-tool', 'done'], ['deny-tool', 'error']]) {
+    const marker = uniq(button);
+    const bubble = await sendMessage(`run it ${marker} [[tool name=echo args={"text":"${marker}"}]]`);
+    const panel = bubble.locator(tid('tool-approval'));
+    await panel.waitFor();
+    assert.match(await panel.textContent(), new RegExp(`echo[\\s\\S]*"text": "${marker}"`));
+    assert.equal(await bubble.locator('.tools li').getAttribute('data-state'), 'waiting');
+    if (button === 'deny-tool') await panel.locator('input').fill('not today');
+    await panel.locator(tid(button)).click();
+    await finished(bubble);
+    assert.equal(await bubble.locator(tid('tool-approval')).count(), 0, 'the question goes once answered');
+    assert.equal(await bubble.locator('.tools li').getAttribute('data-state'), state);
+    const ran = tools.calls.filter((c) => c.rawBody.includes(marker)).length;
+    assert.equal(ran, button === 'approve-tool' ? 1 : 0);
+    if (button === 'deny-tool') assert.match(await bubble.locator(tid('assistant-text')).textContent(), /their reason: not today/);
+  }
+  await page.fill(tid('message-input'), '/agent clear');
+  await page.press(tid('message-input'), 'Enter');
 });
 
 test('a dropped socket resumes with lastSeq: the reply is complete with nothing repeated', async (t) => {

@@ -1,10 +1,10 @@
-// Agents whose tools come from remote MCP servers, end to end under wrangler dev: the tools reach both providers with their schemas, calls and their results (text, structured content, errors, timeouts), pagination, JSON and SSE answers, sessions the server forgets, unreachable servers, secret headers, and the per-conversation cache of tool lists.
+// Agents whose tools come from remote MCP servers, end to end under wrangler dev: the tools reach both providers with their schemas, calls and their results (text, structured content, errors, timeouts, aborts), pagination, JSON and SSE answers, sessions the server forgets, unreachable servers, secret headers, the per-conversation cache of tool lists, and MCP tools that wait for approval across a restart.
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { startFakeUpstream } from '../support/fake-upstream.mjs';
 import { PROTOCOL_VERSION, TOOLS, startFakeMcp } from '../support/fake-mcp.mjs';
-import { freePort, startGateway, uniq } from '../support/harness.mjs';
+import { freePort, startGateway, summarizeTurn, uniq } from '../support/harness.mjs';
 
 // Long enough for an abort to arrive first, short enough for the slow tool's timeout to come well before it answers.
 const TOOL_TIMEOUT_MS = 3000;
@@ -96,10 +96,10 @@ async function storedMessages(token, conversationId) {
   return Array.isArray(res.json) ? res.json : res.json.messages;
 }
 
-/** One tool turn: the model calls `name` with `args`; the tool's end event, and what the model got back. */
-async function toolTurn(client, provider, name, args) {
+/** One tool turn with agent `agentId` (or the agent of a provider): the model calls `name` with `args`; the tool's end event, and what the model got back. */
+async function toolTurn(client, agentId, name, args) {
   const content = `${name} ${uniq()} [[tool name=${name} args=${JSON.stringify(args)}]]`;
-  const t = await okTurn(client, content, { agentId: agents[provider] });
+  const t = await okTurn(client, content, { agentId: agents[agentId] ?? agentId });
   const reqs = requestsFor(content);
   assert.equal(reqs.length, 2, `the model is called again with the result:\n${client.log.dump()}`);
   const [call] = reqs[0].sent.toolCalls;
@@ -370,5 +370,52 @@ describe('secrets and the cache', () => {
     } finally {
       await admin('DELETE', `/admin/agents/${name}`);
     }
+  });
+});
+
+// Last: it restarts wrangler dev.
+describe('approval', () => {
+  test("a server's named tool waits for approval, also across a restart, then runs in a new session; its other tools do not ask", async () => {
+    const name = uniq('mcp-asking');
+    const docs = { ...mcpServers(mcp.url)[0], requiresApproval: ['echo'] };
+    const res = await admin('POST', '/admin/agents', { name, provider: 'openai', model: 'gpt-4o-mini', public: true, mcpServers: [docs] });
+    assert.equal(res.status, 201, res.text);
+    const { client, token, conversationId } = await fresh();
+    const free = await toolTurn(client, name, 'docs__weather', { city: 'Rome' });
+    assert.equal(free.end.isError, false);
+    assert.ok(!free.t.frames.some((f) => f.event === 'agent:tool:approval'), 'a tool the rule does not name runs at once');
+
+    const marker = uniq('approve');
+    client.log.skipAll();
+    client.send('message', { conversationId, agentId: name, content: `${marker} [[tool name=docs__echo args={"text":"${marker}"}]]` });
+    const question = (await client.until('agent:tool:approval', { timeout: 20_000 })).at(-1);
+    assert.deepEqual([question.data.toolName, question.data.args], ['docs__echo', { text: marker }]);
+    const calls = () => mcp.requests.filter((r) => r.method === 'tools/call' && r.params?.arguments?.text === marker);
+    assert.equal(calls().length, 0, 'nothing runs before the answer');
+
+    await gw.restart({ hard: true });
+    await client.closed;
+    const back = await gw.connect({ token, conversationId, lastSeq: question.seq });
+    opened.add(back);
+    assert.equal((await back.next(null)).event, 'commands:manifest');
+    const again = await back.next('agent:tool:approval', { timeout: 20_000 });
+    assert.equal(again.data.toolCallId, question.data.toolCallId);
+    const sent = mcp.requests.length;
+    back.send('tool:approve', { conversationId, toolCallId: question.data.toolCallId, approved: true });
+    const t = summarizeTurn(await back.until('agent:end', { timeout: 20_000 }));
+    assert.equal(t.end.data.stopReason, 'stop', back.log.dump());
+    const text = `echo: ${marker}\n${JSON.stringify({ echoed: marker, length: marker.length })}`;
+    assert.deepEqual(t.toolEnds.map((f) => [f.data.toolCallId, f.data.isError, f.data.result]), [[question.data.toolCallId, false, text]]);
+    // The restarted object knows no session: it opens one, then calls the tool by its own name.
+    assert.deepEqual(
+      mcp.requests.slice(sent).map((r) => [r.method, r.params?.name ?? null]),
+      [
+        ['initialize', null],
+        ['notifications/initialized', null],
+        ['tools/call', 'echo'],
+      ],
+    );
+    assert.equal(calls().length, 1, 'the approved call ran once');
+    await admin('DELETE', `/admin/agents/${name}`);
   });
 });

@@ -259,6 +259,7 @@ impl ConversationObject {
             thinking
         };
         let tools: Vec<String> = plan.tools.iter().map(|t| t.name.clone()).collect();
+        let asking = plan.agent.as_ref().map(|a| a.approval_tools(&mcp_tools));
         let mut steps = TurnSteps::new(
             &id,
             plan.candidates.clone(),
@@ -266,7 +267,8 @@ impl ConversationObject {
             tools,
             RetryPolicy::new(config.upstream_retries),
             config.max_tool_steps,
-        );
+        )
+        .with_approval(asking.unwrap_or_default());
         let Some(StepAction::Call { target, messages }) = steps.poll() else {
             return;
         };
@@ -285,14 +287,21 @@ impl ConversationObject {
             catalog: &operator.catalog,
             thinking: Some(thinking),
         };
-        let (turn, stop, last_error) = self.run_steps(steps, opened, &context).await;
-        self.abort.borrow_mut().take();
-        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
-            .await;
-        console_log!(
-            "continued the turn interrupted at reply {}: {}",
-            job.reply_id,
-            stop.as_str()
-        );
+        match self.run_steps(steps, Some(opened), &context).await {
+            super::approval::Ran::Ended(turn, stop, last_error) => {
+                self.abort.borrow_mut().take();
+                self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, &d)
+                    .await;
+                console_log!(
+                    "continued the turn interrupted at reply {}: {}",
+                    job.reply_id,
+                    stop.as_str()
+                );
+            }
+            super::approval::Ran::Parked(steps) => {
+                self.park(steps, &plan.tools, &mcp_tools, Some(thinking), config, &d)
+                    .await
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The conversation Durable Object: owns the sockets, the session and the running turn; streams model output to every socket.
 
+mod approval;
 mod checkpoint;
 mod mcp;
 mod outbox;
@@ -316,6 +317,8 @@ impl DurableObject for ConversationObject {
             self.arm_alarm_within(RECOVERY_ALARM_MS).await;
         }
         self.arm_expiry(next_expiry).await;
+        // A turn parked on a tool call nobody answered in time goes on without it.
+        self.approval_alarm(&config).await;
         // A turn a restart interrupted, to be continued: it runs here, so it needs no client.
         let continuation = self.room.borrow_mut().begin_continuation();
         if let Some(job) = continuation {
@@ -392,6 +395,8 @@ impl ConversationObject {
         }
         if interrupted {
             self.recover_turn(record)?;
+        } else if self.room.borrow().waiting.is_some() {
+            self.restore_parked()?;
         }
         Ok(())
     }

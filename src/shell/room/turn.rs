@@ -1,5 +1,6 @@
 //! A conversation's turns: client events, the message queue, planning, the model calls and tools, storing the reply.
 
+use super::approval::{Ran, Unpark};
 use super::outbox::RETRY_FLOOR_MS;
 use super::*;
 use crate::conversation::checkpoint::TurnRecord;
@@ -55,13 +56,26 @@ impl ConversationObject {
                 match requested {
                     // An idle session's abort sends nothing; only an ack asked for is answered.
                     Ok(running) => {
-                        if running {
+                        Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
+                        let parked = self.room.borrow().waiting.is_some();
+                        if parked {
+                            self.unpark(Unpark::Abort, config).await;
+                        } else if running {
                             self.abort_turn();
                         }
-                        Self::send_ack(ws, ack, &json!({ "ok": true }).to_string());
                     }
                     Err(e) => self.refuse(ws, meta, ack, &e),
                 }
+            }
+            ClientEvent::ToolApprove {
+                tool_call_id,
+                approved,
+                reason,
+                ..
+            } => {
+                let answer = (tool_call_id, approved, reason);
+                self.on_tool_approve(ws, meta, &user, answer, ack, config)
+                    .await
             }
             ClientEvent::Ping if meta.sio => {
                 // An event named `ping` on socket.io: answered in its framing (a raw JSON frame
@@ -143,6 +157,10 @@ impl ConversationObject {
         while let Some(p) = next {
             self.run_turn(p, config).await;
             next = self.room.borrow_mut().next_turn();
+        }
+        if self.room.borrow().waiting.is_some() {
+            // Parked on a tool call's approval: its rows say so, and it still runs.
+            return;
         }
         let seq = self.room.borrow().log.next_seq();
         self.kv_put("seq", &seq.to_string());
@@ -292,7 +310,9 @@ impl ConversationObject {
         };
         // `join!` polls in order: the call goes out before the write starts.
         futures::join!(answer, keep_then_copy);
-        self.clear_checkpoint();
+        if self.room.borrow().waiting.is_none() {
+            self.clear_checkpoint();
+        }
     }
 
     /// Writes the user message to the object's storage; its `message:ack` payload, sent by
@@ -356,6 +376,11 @@ impl ConversationObject {
         let plan = self.plan_turn(d, input, config).await;
         let mut steps = plan.as_ref().ok().map(|p| {
             let tools = p.turn.tools.iter().map(|t| t.name.clone()).collect();
+            let asking = p
+                .turn
+                .agent
+                .as_ref()
+                .map(|a| a.approval_tools(&p.mcp_tools));
             TurnSteps::new(
                 id,
                 p.turn.candidates.clone(),
@@ -364,6 +389,7 @@ impl ConversationObject {
                 RetryPolicy::new(config.upstream_retries),
                 config.max_tool_steps,
             )
+            .with_approval(asking.unwrap_or_default())
         });
         let first = steps.as_mut().and_then(|s| match s.poll() {
             Some(StepAction::Call { target, messages }) => Some((target, messages)),
@@ -463,10 +489,17 @@ impl ConversationObject {
             catalog: &operator.catalog,
             thinking: None,
         };
-        let (turn, stop, last_error) = self.run_steps(steps, first_call, &context).await;
-        self.abort.borrow_mut().take();
-        self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, d)
-            .await;
+        match self.run_steps(steps, Some(first_call), &context).await {
+            Ran::Ended(turn, stop, last_error) => {
+                self.abort.borrow_mut().take();
+                self.finish_turn(turn, stop, last_error.as_ref(), &operator.catalog, d)
+                    .await;
+            }
+            Ran::Parked(steps) => {
+                self.park(steps, tools, &plan.mcp_tools, None, config, d)
+                    .await
+            }
+        }
     }
 
     /// Ends a turn that could not reach a model: an `error`, then `agent:end`, which clients wait for.
@@ -672,20 +705,23 @@ impl ConversationObject {
     }
 
     /// Performs the turn's steps: model calls, waits before retries, tools, fallover; the
-    /// decisions are the pure `TurnSteps`'s.
+    /// decisions are the pure `TurnSteps`'s. `first_call`: the call the steps asked for first,
+    /// opened already (none for a parked turn that goes on).
     pub(super) async fn run_steps(
         &self,
         mut steps: TurnSteps,
-        first_call: std::result::Result<upstream::ModelStream, UpstreamError>,
+        first_call: Option<std::result::Result<upstream::ModelStream, UpstreamError>>,
         c: &CallContext<'_>,
-    ) -> (Turn, StopReason, Option<UpstreamError>) {
-        self.call_opened(&mut steps, first_call, c.id_json).await;
+    ) -> Ran {
+        if let Some(opened) = first_call {
+            self.call_opened(&mut steps, opened, c.id_json).await;
+        }
         loop {
             if self.aborted.get() {
                 steps.abort();
             }
             let Some(action) = steps.poll() else {
-                return (steps.into_turn(), StopReason::Error, None);
+                return Ran::Ended(steps.into_turn(), StopReason::Error, None);
             };
             match action {
                 StepAction::Send { name, data } => self.broadcast(name, data),
@@ -727,7 +763,11 @@ impl ConversationObject {
                     self.room.borrow_mut().session.fall_over(next);
                     self.broadcast("session:info", self.session_info(c.catalog));
                 }
-                StepAction::End { stop, error } => return (steps.into_turn(), stop, error),
+                // The glue keeps the steps and stops: nothing stays open while a person decides.
+                StepAction::AwaitApproval(_) => return Ran::Parked(steps),
+                StepAction::End { stop, error } => {
+                    return Ran::Ended(steps.into_turn(), stop, error)
+                }
             }
         }
     }
