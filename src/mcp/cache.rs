@@ -4,9 +4,14 @@ use super::tools::ListedTool;
 use crate::agents::{AgentConfig, McpServer};
 use std::collections::BTreeMap;
 
+/// How long after a failed listing a server is listed again: a server that hangs costs one
+/// turn in this long its wait (`TOOL_TIMEOUT_MS`), not every turn.
+pub const RELIST_AFTER_FAILURE_MS: i64 = 10_000;
+
 /// The tools a conversation listed from its agent's MCP servers: kept while the agent's config
 /// is the same, each server's for a TTL. A server whose listing failed keeps the tools of its
-/// last good listing (their calls then fail on their own) and is listed again at the next turn.
+/// last good listing (their calls then fail on their own) and is listed again at the first
+/// turn [`RELIST_AFTER_FAILURE_MS`] later.
 #[derive(Debug, Default)]
 pub struct ToolCache {
     agent: Option<AgentConfig>,
@@ -16,7 +21,7 @@ pub struct ToolCache {
 #[derive(Debug, Default)]
 struct Listing {
     tools: Vec<ListedTool>,
-    /// When the listing is due again; `None`: the last one failed.
+    /// When the listing is due again.
     fresh_until: Option<i64>,
 }
 
@@ -41,7 +46,8 @@ impl ToolCache {
     }
 
     /// A listing of `server` ended: its tools, kept for `ttl_ms`; or a failure, which keeps
-    /// the tools it had and lists it again next time.
+    /// the tools it had and lists it again after [`RELIST_AFTER_FAILURE_MS`] (or the TTL, if
+    /// shorter).
     pub fn listed(
         &mut self,
         server: &str,
@@ -55,7 +61,7 @@ impl ToolCache {
                 listing.tools = tools;
                 listing.fresh_until = Some(now_ms + ttl_ms);
             }
-            None => listing.fresh_until = None,
+            None => listing.fresh_until = Some(now_ms + ttl_ms.min(RELIST_AFTER_FAILURE_MS)),
         }
     }
 
@@ -91,15 +97,19 @@ mod tests {
         let a = agent("https://one/mcp");
         let mut cache = ToolCache::default();
         assert_eq!(names(cache.due(&a, 0)), ["one", "two"]);
-        cache.listed("one", Some(vec![tool("x")]), 0, 1000);
-        cache.listed("two", None, 0, 1000);
+        cache.listed("one", Some(vec![tool("x")]), 0, 60_000);
+        cache.listed("two", None, 0, 60_000);
         assert_eq!(
             cache.listings(&a),
             [("one", &[tool("x")][..]), ("two", &[][..])]
         );
-        // A failed listing is tried again at the next turn; a good one after its TTL.
-        assert_eq!(names(cache.due(&a, 999)), ["two"]);
-        assert_eq!(names(cache.due(&a, 1000)), ["one", "two"]);
+        // A failed listing is tried again after a short wait; a good one after its TTL.
+        assert!(cache.due(&a, RELIST_AFTER_FAILURE_MS - 1).is_empty());
+        assert_eq!(names(cache.due(&a, RELIST_AFTER_FAILURE_MS)), ["two"]);
+        assert_eq!(names(cache.due(&a, 60_000)), ["one", "two"]);
+        // A TTL shorter than the wait after a failure bounds it.
+        cache.listed("two", None, 0, 1000);
+        assert_eq!(names(cache.due(&a, 1000)), ["two"]);
         cache.listed("one", None, 1000, 1000);
         assert_eq!(
             cache.listings(&a)[0],
