@@ -272,6 +272,9 @@ pub fn token_listing(rows: &[TokenRow]) -> Value {
     json!({ "tokens": tokens })
 }
 
+/// What the agent listing shows in place of a secret.
+pub const MASK: &str = "********";
+
 /// The agent listing; tool secrets and MCP header values never leave the gateway (the header
 /// names show which are set).
 pub fn agent_listing(agents: Vec<(String, AgentConfig)>) -> Value {
@@ -279,11 +282,11 @@ pub fn agent_listing(agents: Vec<(String, AgentConfig)>) -> Value {
         .into_iter()
         .map(|(id, mut a)| {
             for t in &mut a.tools {
-                t.secret = t.secret.as_ref().map(|_| "********".to_string());
+                t.secret = t.secret.as_ref().map(|_| MASK.to_string());
             }
             for s in &mut a.mcp_servers {
                 for value in s.headers.values_mut() {
-                    *value = "********".to_string();
+                    *value = MASK.to_string();
                 }
             }
             json!({ "id": id, "agent": a })
@@ -328,15 +331,51 @@ pub fn rule_to_save(
     Ok((rule, text))
 }
 
-/// An agent to save, checked, with its stored text.
-pub fn agent_to_save(body: Value) -> Result<(AgentConfig, String), ApiError> {
-    let agent: AgentConfig = serde_json::from_value(body)
+/// An agent to save, checked, with its stored text. `stored`: the version it replaces, whose
+/// secrets stand in for the listing's mask, so a config read from `GET /admin/agents` and
+/// sent back keeps them (a mask with nothing behind it is refused, never saved as a secret).
+pub fn agent_to_save(
+    body: Value,
+    stored: Option<&AgentConfig>,
+) -> Result<(AgentConfig, String), ApiError> {
+    let mut agent: AgentConfig = serde_json::from_value(body)
         .map_err(|e| ApiError::BadRequest(format!("not an agent config: {e}")))?;
+    unmask_secrets(&mut agent, stored)?;
     agent
         .validate()
         .map_err(|e| ApiError::BadRequest(format!("invalid agent: {e}")))?;
     let text = serde_json::to_string(&agent).unwrap_or_default();
     Ok((agent, text))
+}
+
+/// Puts the stored secrets back where `agent` carries the listing's mask.
+fn unmask_secrets(agent: &mut AgentConfig, stored: Option<&AgentConfig>) -> Result<(), ApiError> {
+    let unknown = |what: String| {
+        ApiError::BadRequest(format!(
+            "{what} is the listing's mask \"{MASK}\" and no stored value stands behind it; send the secret itself"
+        ))
+    };
+    for tool in &mut agent.tools {
+        if tool.secret.as_deref() != Some(MASK) {
+            continue;
+        }
+        let kept = stored
+            .and_then(|s| s.tools.iter().find(|t| t.name == tool.name))
+            .and_then(|t| t.secret.clone());
+        tool.secret = Some(kept.ok_or_else(|| unknown(format!("tool \"{}\": secret", tool.name)))?);
+    }
+    for server in &mut agent.mcp_servers {
+        let old = stored.and_then(|s| s.mcp_servers.iter().find(|m| m.name == server.name));
+        for (name, value) in server.headers.iter_mut() {
+            if value != MASK {
+                continue;
+            }
+            let kept = old.and_then(|m| m.headers.get(name)).cloned();
+            *value = kept
+                .ok_or_else(|| unknown(format!("mcpServers \"{}\": header {name}", server.name)))?;
+        }
+    }
+    Ok(())
 }
 
 /// A catalog row to save, checked, with its stored text.
@@ -495,8 +534,8 @@ mod tests {
                 .status(),
             400
         );
-        assert!(agent_to_save(json!({ "name": "bad name" })).is_err());
-        assert!(agent_to_save(json!({ "name": "good" })).is_ok());
+        assert!(agent_to_save(json!({ "name": "bad name" }), None).is_err());
+        assert!(agent_to_save(json!({ "name": "good" }), None).is_ok());
         assert!(model_to_save(json!({ "nope": 1 })).is_err());
     }
 
@@ -520,5 +559,42 @@ mod tests {
         );
         assert!(save_failure("UNIQUE constraint failed", "rule").is_some());
         assert!(save_failure("disk I/O", "rule").is_none());
+    }
+
+    #[test]
+    fn an_agent_sent_back_from_the_listing_keeps_its_secrets() {
+        let (stored, _) = agent_to_save(
+            json!({ "name": "ops",
+                "tools": [{ "name": "t", "url": "http://x/t", "secret": "s3cret" }],
+                "mcpServers": [{ "name": "m", "url": "https://m/mcp", "headers": { "Authorization": "Bearer k3y" } }] }),
+            None,
+        )
+        .unwrap();
+        let listed = agent_listing(vec![("id1".into(), stored.clone())]);
+        let mut sent_back = listed["agents"][0]["agent"].clone();
+        sent_back["systemPrompt"] = json!("Be brief.");
+        let (saved, text) = agent_to_save(sent_back.clone(), Some(&stored)).unwrap();
+        assert_eq!(saved.tools[0].secret.as_deref(), Some("s3cret"));
+        assert_eq!(saved.mcp_servers[0].headers["Authorization"], "Bearer k3y");
+        assert!(!text.contains(MASK));
+        // A new secret replaces the old one.
+        let mut rotated = sent_back.clone();
+        rotated["tools"][0]["secret"] = json!("n3w");
+        let (saved, _) = agent_to_save(rotated, Some(&stored)).unwrap();
+        assert_eq!(saved.tools[0].secret.as_deref(), Some("n3w"));
+        // A mask with nothing behind it (a new agent, a renamed tool or server) is refused.
+        let e = agent_to_save(sent_back.clone(), None).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m.contains("tool \"t\": secret")),
+            "{e:?}"
+        );
+        let mut renamed = sent_back;
+        renamed["tools"][0]["secret"] = json!("plain");
+        renamed["mcpServers"][0]["name"] = json!("other");
+        let e = agent_to_save(renamed, Some(&stored)).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m.contains("header Authorization")),
+            "{e:?}"
+        );
     }
 }

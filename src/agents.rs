@@ -279,8 +279,8 @@ impl AgentConfig {
         }
         let mut names = std::collections::HashSet::new();
         for t in &self.tools {
-            if !valid_name(&t.name) {
-                return Err(format!("tool name \"{}\" must be 1 to 64 characters of letters, digits, '-', '_' or '.'", t.name));
+            if !valid_tool_name(&t.name) {
+                return Err(format!("tool name \"{}\" must be 1 to 64 characters of letters, digits, '-' or '_' (the providers refuse any other)", t.name));
             }
             if !names.insert(t.name.as_str()) {
                 return Err(format!("tool \"{}\" is defined twice", t.name));
@@ -394,6 +394,11 @@ pub fn names_for<'a>(agents: &'a [(String, AgentConfig)], user: &str) -> Vec<&'a
         .filter(|(_, a)| a.allows(user))
         .map(|(_, a)| a.name.as_str())
         .collect()
+}
+
+/// A tool name both providers accept (`^[a-zA-Z0-9_-]{1,64}$`).
+fn valid_tool_name(s: &str) -> bool {
+    valid_name(s) && !s.contains('.')
 }
 
 fn valid_name(s: &str) -> bool {

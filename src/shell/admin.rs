@@ -341,7 +341,18 @@ async fn save_rule(id: Option<&str>, body: Value, db: &worker::D1Database) -> Ap
 }
 
 async fn save_agent(id: Option<&str>, body: Value, db: &worker::D1Database) -> ApiResult {
-    let (agent, text) = admin::agent_to_save(body)?;
+    // The version this one replaces: its secrets stand in for the listing's mask.
+    let stored = match id {
+        Some(id) => db::operator_config(db)
+            .await
+            .map_err(|e| internal("agents", e))?
+            .agents
+            .into_iter()
+            .find(|(key, _)| key == id)
+            .map(|(_, agent)| agent),
+        None => None,
+    };
+    let (agent, text) = admin::agent_to_save(body, stored.as_ref())?;
     let id = id.map(str::to_string).unwrap_or_else(new_id);
     let params = [
         db::text(&id),

@@ -332,7 +332,21 @@ describe('secrets and the cache', () => {
     const { client } = await fresh();
     client.send('message', { conversationId: client.conversationId, content: `may I ${uniq()}`, agentId: name });
     assert.equal((await client.next('error')).data.code, 'unknown_agent', client.log.dump());
-    await admin('DELETE', `/admin/agents/${name}`);
+
+    // The listing sent back as it is (an admin editing one field) keeps the secrets, not the mask.
+    const listed = (await admin('GET', '/admin/agents')).json.agents.find((a) => a.agent.name === name);
+    const put = await admin('PUT', `/admin/agents/${listed.id}`, { ...listed.agent, public: true });
+    assert.equal(put.status, 201, put.text);
+    const after = await gw.http('GET', '/admin/agents', { token: gw.adminToken });
+    assert.ok(!after.text.includes(MCP_SECRET));
+    const before = mcp.requests.length;
+    await okTurn((await fresh()).client, `with the kept secret ${uniq()}`, { agentId: name });
+    const sent = mcp.requests.slice(before).filter(toDocs);
+    assert.ok(sent.length > 0 && sent.every((r) => r.headers.authorization === `Bearer ${MCP_SECRET}`), 'the stored secret, not the mask, reaches the server');
+    const masked = await admin('POST', '/admin/agents', { ...listed.agent, name: uniq('copy') });
+    assert.equal(masked.status, 400, 'a mask with no stored secret behind it is refused');
+    assert.match(masked.json.error, /mask/);
+    await admin('DELETE', `/admin/agents/${listed.id}`);
   });
 
   test('bad mcpServers are refused with the reason', async () => {
