@@ -64,7 +64,7 @@ impl ConversationObject {
             }
             Err(e) => {
                 console_warn!(
-                    "MCP server \"{}\" could not be listed (tried again at the next turn): {e}",
+                    "MCP server \"{}\" could not be listed (tried again in 10 s at the earliest): {e}",
                     server.name
                 );
                 None
