@@ -238,31 +238,6 @@ pub fn model_override(body: &Value) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// What a fan-out to live conversations reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FanOut {
-    /// Conversations with at least one socket.
-    pub conversations: u64,
-    pub sockets: u64,
-    /// Sockets a send failed on, and conversations that did not answer.
-    pub failed: u64,
-}
-
-impl FanOut {
-    /// Adds one conversation's answer (`{sockets, failed}`), or its silence (`None`).
-    pub fn add(&mut self, answer: Option<&Value>) {
-        match answer {
-            Some(v) => {
-                let sockets = v["sockets"].as_u64().unwrap_or(0);
-                self.conversations += u64::from(sockets > 0);
-                self.sockets += sockets;
-                self.failed += v["failed"].as_u64().unwrap_or(0);
-            }
-            None => self.failed += 1,
-        }
-    }
-}
-
 /// The token listing: everything but the secret, which the gateway never kept.
 pub fn token_listing(rows: &[TokenRow]) -> Value {
     let tokens: Vec<Value> = rows
@@ -501,22 +476,6 @@ mod tests {
             Ok(Some("openai/gpt-4o".into()))
         );
         assert!(model_override(&json!({})).is_err());
-    }
-
-    #[test]
-    fn a_fan_out_counts_conversations_with_sockets_and_silent_ones_as_failures() {
-        let mut f = FanOut::default();
-        f.add(Some(&json!({ "sockets": 2, "failed": 1 })));
-        f.add(Some(&json!({ "sockets": 0, "failed": 0 })));
-        f.add(None);
-        assert_eq!(
-            f,
-            FanOut {
-                conversations: 1,
-                sockets: 2,
-                failed: 2
-            }
-        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Messages waiting behind a running turn.
     pub max_queued_messages: usize,
+    /// Live objects one invocation calls at most in a fan-out (reload, revocation, cache
+    /// invalidation); more are split over shard objects.
+    pub fanout_shard_size: usize,
     /// Engine.IO ping interval and timeout advertised to socket.io clients.
     pub sio_ping_interval_ms: u64,
     pub sio_ping_timeout_ms: u64,
@@ -215,6 +218,9 @@ impl Config {
             upstream_retries: number(&var, "UPSTREAM_RETRIES", 2, 0, 10)? as u32,
             rate_limit_per_minute: number(&var, "RATE_LIMIT_PER_MINUTE", 60, 1, 100_000)? as u32,
             max_queued_messages: number(&var, "MAX_QUEUED_MESSAGES", 8, 0, 1_000)? as usize,
+            // At most 990: an invocation may make 1,000 subrequests to Durable Objects and D1,
+            // and the one that reads the registry also makes a few D1 queries.
+            fanout_shard_size: number(&var, "FANOUT_SHARD_SIZE", 500, 2, 990)? as usize,
             sio_ping_interval_ms: number(&var, "SIO_PING_INTERVAL_MS", 25_000, 50, 3_600_000)?,
             sio_ping_timeout_ms: number(&var, "SIO_PING_TIMEOUT_MS", 20_000, 50, 3_600_000)?,
             replay_window_ms: number(&var, "REPLAY_WINDOW_MS", 120_000, 1_000, 86_400_000)?,
@@ -388,6 +394,23 @@ mod tests {
         assert_eq!(p.base_url, "http://127.0.0.1:9/v1");
         assert_eq!(p.api_key.as_deref(), Some("k"));
         assert_eq!(c.default_provider, "openai");
+    }
+
+    #[test]
+    fn the_fan_out_shard_size_stays_under_the_subrequest_budget() {
+        assert_eq!(parse(&[]).unwrap().fanout_shard_size, 500);
+        assert_eq!(
+            parse(&[("FANOUT_SHARD_SIZE", "4")])
+                .unwrap()
+                .fanout_shard_size,
+            4
+        );
+        for bad in ["1", "991", "many"] {
+            assert_eq!(
+                parse(&[("FANOUT_SHARD_SIZE", bad)]).unwrap_err().variable,
+                "FANOUT_SHARD_SIZE"
+            );
+        }
     }
 
     #[test]

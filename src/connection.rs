@@ -25,6 +25,9 @@ pub const MAX_RELAYS: usize = 4;
 pub const MAX_WAITING_PACKETS: usize = 4096;
 /// Times a relay that dropped is reopened in a row before the client is told.
 pub const MAX_RELAY_REOPENS: u32 = 3;
+/// `system:reload` payloads a connection remembers having passed on: reloads sent while others
+/// are still on their way arrive interleaved, each from the fan-out and from every relay.
+pub const REMEMBERED_RELOADS: usize = 16;
 
 /// What the connection asks its shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,9 +93,10 @@ pub struct Connection {
     outbox: VecDeque<String>,
     closed: bool,
     limits: Limits,
-    /// The last `system:reload` payload passed on: a reload reaches the connection both from
-    /// the admin's fan-out and through its relays, and the client gets it once.
-    last_reload: Option<String>,
+    /// Hashes of the latest `system:reload` payloads passed on, oldest first: a reload reaches
+    /// the connection both from the admin's fan-out and through its relays, and the client gets
+    /// it once. Hashes, not the payloads (up to 16 KiB each), keep this small.
+    passed_reloads: VecDeque<u64>,
 }
 
 impl Connection {
@@ -117,7 +121,7 @@ impl Connection {
             outbox: VecDeque::new(),
             closed: false,
             limits,
-            last_reload: None,
+            passed_reloads: VecDeque::new(),
         }
     }
 
@@ -649,11 +653,19 @@ impl Connection {
     }
 
     fn push_reload(&mut self, data: String, actions: &mut Vec<Action>) {
-        if !self.connected || self.last_reload.as_ref() == Some(&data) {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the same payload hashes alike for the connection's whole life.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut hasher);
+        let hash = hasher.finish();
+        if !self.connected || self.passed_reloads.contains(&hash) {
             return;
         }
         self.push_out(sio::event(NSP, "system:reload", &data, None), actions);
-        self.last_reload = Some(data);
+        if self.passed_reloads.len() == REMEMBERED_RELOADS {
+            self.passed_reloads.pop_front();
+        }
+        self.passed_reloads.push_back(hash);
     }
 }
 
@@ -1182,6 +1194,33 @@ mod tests {
         let mut fresh = signed_in();
         fresh.reload("{}");
         assert!(fresh.take_outgoing().is_empty(), "nothing before CONNECT");
+    }
+
+    #[test]
+    fn reloads_sent_while_others_are_on_their_way_each_reach_the_client_once() {
+        let mut c = connected();
+        let relayed = |at: &str| format!(r#"42/chat,["system:reload",{{"at":"{at}"}}]"#);
+        c.client_packet(
+            r#"42/chat,["message",{"conversationId":"a","content":"x"}]"#,
+            0,
+            || unreachable!(),
+        );
+        ready(&mut c, "a");
+        c.take_outgoing();
+        // Two reloads in flight: each comes straight from the fan-out and through the relay,
+        // in any order.
+        c.reload(r#"{"at":"r1"}"#);
+        c.reload(r#"{"at":"r2"}"#);
+        c.relay_packet("a", &relayed("r1"));
+        c.relay_packet("a", &relayed("r2"));
+        assert_eq!(c.take_outgoing(), vec![relayed("r1"), relayed("r2")]);
+        // The memory is bounded: the oldest of more reloads than it keeps is forgotten.
+        for k in 0..REMEMBERED_RELOADS {
+            c.reload(&format!(r#"{{"at":"n{k}"}}"#));
+        }
+        assert_eq!(c.take_outgoing().len(), REMEMBERED_RELOADS);
+        c.relay_packet("a", &relayed("r2"));
+        assert_eq!(c.take_outgoing(), vec![relayed("r2")]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod conversation;
 pub mod error;
+pub mod fanout;
 pub mod http;
 pub mod llm;
 pub mod login;

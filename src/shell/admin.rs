@@ -2,21 +2,18 @@
 
 use super::gateway::conversation_stub;
 use super::{db, internal, json_response, new_id, now_ms};
-use crate::admin::{self, AdminRoute, BodyUse, FanOut};
+use crate::admin::{self, AdminRoute, BodyUse};
 use crate::auth;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::fanout::{Action, FanOut};
 use crate::store::{sql, TokenRow};
 use crate::text::Bounded;
-use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{Env, Method, Request, RequestInit, Response};
 
 type ApiResult = std::result::Result<Response, ApiError>;
-
-/// Conversations reloaded at once; bounds the Worker's open subrequests.
-const FANOUT_CONCURRENCY: usize = 32;
 
 /// Dispatches `/admin/...` after checking the admin token.
 pub async fn route(req: Request, env: &Env, config: &Config) -> ApiResult {
@@ -49,8 +46,8 @@ pub async fn route(req: Request, env: &Env, config: &Config) -> ApiResult {
     let result = match route {
         AdminRoute::MintToken => mint_token(body, &db).await,
         AdminRoute::ListTokens => list_tokens(&db).await,
-        AdminRoute::RevokeToken(key) => revoke_token(key, env, &db).await,
-        AdminRoute::Reload => reload(&body, env, &db).await,
+        AdminRoute::RevokeToken(key) => revoke_token(key, env, &db, config).await,
+        AdminRoute::Reload => reload(&body, env, &db, config).await,
         AdminRoute::Stats => stats(&db).await,
         AdminRoute::SetModel(id) => set_model(id, &body, env, &db).await,
         AdminRoute::ListRules => list_rules(&db).await,
@@ -76,7 +73,7 @@ pub async fn route(req: Request, env: &Env, config: &Config) -> ApiResult {
     };
     // Live conversations cache rules, agents and catalog rows; a change is pushed to them at once.
     if route.changes_operator_config() && result.is_ok() {
-        if let Err(e) = fan_out(env, &db, "invalidate", None).await {
+        if let Err(e) = fan_out(env, &db, config, Action::Invalidate, None).await {
             worker::console_warn!("pushing a configuration change to live conversations: {e}");
         }
     }
@@ -144,7 +141,7 @@ async fn list_tokens(db: &worker::D1Database) -> ApiResult {
 
 /// Revokes a token by name or hash, then closes every open socket it authenticated: a socket
 /// holds its token's hash, and every live conversation is asked to shut the ones that match.
-async fn revoke_token(key: &str, env: &Env, db: &worker::D1Database) -> ApiResult {
+async fn revoke_token(key: &str, env: &Env, db: &worker::D1Database, config: &Config) -> ApiResult {
     #[derive(Deserialize)]
     struct Revoked {
         token_hash: String,
@@ -159,24 +156,23 @@ async fn revoke_token(key: &str, env: &Env, db: &worker::D1Database) -> ApiResul
     }
     let hashes: Vec<&str> = revoked.iter().map(|r| r.token_hash.as_str()).collect();
     let body = json!({ "tokens": hashes }).to_string();
-    let reached = fan_out(env, db, "revoke", Some(body)).await?;
+    let reached = fan_out(env, db, config, Action::Revoke, Some(body)).await?;
     ok(json!({ "revoked": key, "socketsClosed": reached.sockets, "failed": reached.failed }))
 }
 
-async fn reload(body: &Value, env: &Env, db: &worker::D1Database) -> ApiResult {
+async fn reload(body: &Value, env: &Env, db: &worker::D1Database, config: &Config) -> ApiResult {
     let payload = admin::reload_payload(body, &super::now_iso());
-    let reached = fan_out(env, db, "reload", Some(payload)).await?;
-    ok(
-        json!({ "conversations": reached.conversations, "sockets": reached.sockets, "failed": reached.failed }),
-    )
+    let reached = fan_out(env, db, config, Action::Reload, Some(payload)).await?;
+    ok(serde_json::to_value(reached).map_err(|e| internal("response", e))?)
 }
 
-/// Calls `action` on every live conversation, at most `FANOUT_CONCURRENCY` at once. A stale
-/// registry row costs one call.
+/// Runs `action` on every object the live registry lists, through shard objects (see
+/// `super::fanout`). A stale registry row costs one call.
 async fn fan_out(
     env: &Env,
     db: &worker::D1Database,
-    action: &str,
+    config: &Config,
+    action: Action,
     body: Option<String>,
 ) -> std::result::Result<FanOut, ApiError> {
     #[derive(Deserialize)]
@@ -186,50 +182,8 @@ async fn fan_out(
     let live: Vec<Live> = db::all(db, sql::LIST_LIVE, &[])
         .await
         .map_err(|e| internal("live registry", e))?;
-    let answers: Vec<Option<Value>> = stream::iter(live.into_iter().map(|l| {
-        let body = body.clone();
-        async move {
-            match l
-                .conversation_id
-                .strip_prefix(crate::store::CONNECTION_ROW_PREFIX)
-            {
-                Some(sid) => call_connection(env, sid, action, body).await,
-                None => call_object(env, &l.conversation_id, action, Method::Post, body)
-                    .await
-                    .ok(),
-            }
-        }
-    }))
-    .buffer_unordered(FANOUT_CONCURRENCY)
-    .collect()
-    .await;
-    let mut reached = FanOut::default();
-    for answer in &answers {
-        reached.add(answer.as_ref());
-    }
-    Ok(reached)
-}
-
-/// Calls a socket.io connection object's internal route; `None` when it did not answer.
-async fn call_connection(
-    env: &Env,
-    sid: &str,
-    action: &str,
-    body: Option<String>,
-) -> Option<Value> {
-    let stub = super::gateway::connection_stub(env, sid).ok()?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post);
-    if let Some(b) = body {
-        init.with_body(Some(b.into()));
-    }
-    let req = Request::new_with_init(&format!("https://connection/{action}"), &init).ok()?;
-    let mut resp = stub.fetch_with_request(req).await.ok()?;
-    if resp.status_code() == 400 {
-        // Gone (its object restarted): a stale row.
-        return Some(serde_json::json!({ "sockets": 0, "failed": 0 }));
-    }
-    resp.json().await.ok()
+    let rows = live.into_iter().map(|l| l.conversation_id).collect();
+    Ok(super::fanout::from_registry(env, config.fanout_shard_size, action, body, rows).await)
 }
 
 /// Calls a conversation object's internal route and returns its JSON answer.

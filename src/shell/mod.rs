@@ -4,6 +4,7 @@ mod admin;
 mod body;
 mod connection;
 mod db;
+mod fanout;
 mod gateway;
 pub(crate) mod limiter;
 mod login;

@@ -1,9 +1,10 @@
-// Fleet-level admin behaviour under wrangler dev: reload to 50 live conversations × 2 sockets (both framings), stats, model override over HTTP, admin auth (401/503) and CORS.
+// Fleet-level admin behaviour under wrangler dev: reload to 50 live conversations × 2 sockets (both framings), a reload split over many shard objects (with an object that fails, and two reloads at once), stats, model override over HTTP, admin auth (401/503) and CORS.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { io } from 'socket.io-client';
 import { startFakeUpstream } from '../support/fake-upstream.mjs';
-import { eventually, startGateway, summarizeTurn, uniq } from '../support/harness.mjs';
+import { SioClient, eventually, startGateway, summarizeTurn, uniq } from '../support/harness.mjs';
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const ALLOWED = 'http://app.test';
@@ -62,7 +63,7 @@ const FLEET = 50;
 const fleet = [];
 
 describe('a fleet of 50 conversations × 2 sockets', () => {
-  test('POST /admin/reload reaches every socket once: {conversations: 50, sockets: 100, failed: 0}', async () => {
+  test('POST /admin/reload reaches every socket once: {conversations: 50, sockets: 100, failed: 0, listed: 50, reached: 50, shards: 1}', async () => {
     const users = await pool(
       Array.from({ length: 10 }, (_, k) => uniq(`fleet-user${k}`)),
       5,
@@ -91,7 +92,8 @@ describe('a fleet of 50 conversations × 2 sockets', () => {
     const body = { reason, at: new Date().toISOString() };
     const res = await admin('POST', '/admin/reload', body);
     assert.equal(res.status, 200, res.text);
-    assert.deepEqual(res.json, { conversations: FLEET, sockets: 2 * FLEET, failed: 0 }, res.text);
+    // 50 registry rows: one shard of the default size (500) calls them all.
+    assert.deepEqual(res.json, { conversations: FLEET, sockets: 2 * FLEET, failed: 0, listed: FLEET, reached: FLEET, shards: 1 }, res.text);
 
     const got = await Promise.all(sockets.map((s) => s.next('system:reload', { timeout: 15_000 })));
     for (const [k, frame] of got.entries()) {
@@ -166,7 +168,97 @@ describe('a fleet of 50 conversations × 2 sockets', () => {
 
     const reload = await admin('POST', '/admin/reload', {});
     assert.equal(reload.status, 200, reload.text);
-    assert.deepEqual(reload.json, { conversations: 0, sockets: 0, failed: 0 }, 'nobody left to reload');
+    assert.deepEqual(reload.json, { conversations: 0, sockets: 0, failed: 0, listed: 0, reached: 0, shards: 0 }, 'nobody left to reload');
+  });
+});
+
+describe('a reload split over shard objects (FANOUT_SHARD_SIZE=4)', () => {
+  const SHARD = 4;
+  const CONVERSATIONS = 30;
+  let sg;
+  const clients = [];
+
+  before(async () => {
+    // A registry row whose object fails every call: a conversation object never told its id
+    // refuses to load. It stays listed (nothing removes it), so every reload counts it failed.
+    sg = await startGateway({
+      upstream: up,
+      vars: { FANOUT_SHARD_SIZE: String(SHARD) },
+      d1Sql: ["INSERT INTO live_conversations (conversation_id, since) VALUES ('', 0)"],
+    });
+  });
+
+  after(async () => {
+    for (const c of clients) await c.close().catch(() => {});
+    await sg?.stop();
+  });
+
+  const reloadsOf = (client, reason) => client.events.filter((f) => f.event === 'system:reload' && f.data?.reason === reason);
+  /** Waits until every client has the reload, then a little longer, and checks nobody got it twice. */
+  async function everyClientOnce(reason) {
+    await eventually(() => clients.every((c) => reloadsOf(c, reason).length >= 1), { timeout: 15_000, what: `every client has "${reason}"` });
+    await sleep(500);
+    const wrong = clients.filter((c) => reloadsOf(c, reason).length !== 1);
+    assert.equal(wrong.length, 0, `every client got "${reason}" exactly once; ${wrong.length} did not`);
+  }
+
+  test('30 conversations and 3 socket.io connections over 14 shards each get the reload once; the object that fails is counted, the rest are reached', async () => {
+    const token = await sg.mintToken(uniq('sharded'));
+    const conversationIds = Array.from({ length: CONVERSATIONS }, () => randomUUID());
+    const json = await pool(conversationIds, 8, async (conversationId) => {
+      const client = await sg.connect({ token, conversationId });
+      assert.equal((await client.next(null, { timeout: 15_000 })).event, 'commands:manifest', client.log.dump());
+      return client;
+    });
+    clients.push(...json);
+    // Connections as the reference clients open them (long-polling, then the upgrade), each
+    // relaying one of the conversations: the reload reaches them straight and through the relay.
+    for (const conversationId of conversationIds.slice(0, 3)) {
+      const socket = io(`${sg.url}/chat`, { forceNew: true, reconnection: false, auth: { token } });
+      const client = new SioClient(socket);
+      clients.push(client);
+      assert.equal((await client.next(null, { timeout: 15_000 })).event, 'commands:manifest', client.log.dump());
+      client.send('message', { conversationId, content: `relay ${uniq()}` });
+      await client.until('agent:end', { timeout: 15_000 });
+    }
+    for (const client of json) client.log.skipAll();
+    await eventually(async () => {
+      const res = await sg.http('GET', '/admin/stats', { token: sg.adminToken });
+      return res.json?.live?.conversations === CONVERSATIONS + 1 ? res : null; // the failing row counts
+    }, { what: 'the registry lists the conversations' });
+
+    const reason = uniq('sharded reload');
+    const res = await sg.http('POST', '/admin/reload', { token: sg.adminToken, body: { reason } });
+    assert.equal(res.status, 200, res.text);
+    // 34 rows at 4 per shard: 4 slices of 8 or 9 rows, each split again into 2 or 3: 14 shards.
+    const { listed, reached, failed, shards, sockets, conversations } = res.json;
+    assert.deepEqual({ listed, reached, failed, shards }, { listed: 34, reached: 33, failed: 1, shards: 14 }, res.text);
+    // A connection that passed the reload on from its relay first answers the fan-out with no socket.
+    assert.ok(sockets >= CONVERSATIONS + 3 && sockets <= CONVERSATIONS + 6, res.text);
+    assert.ok(conversations >= CONVERSATIONS && conversations <= CONVERSATIONS + 3, res.text);
+    await everyClientOnce(reason);
+  });
+
+  test('two reloads at once each reach every client exactly once', async () => {
+    assert.equal(clients.length, CONVERSATIONS + 3, 'the clients of the previous test are open');
+    const reasons = [uniq('first'), uniq('second')];
+    const answers = await Promise.all(reasons.map((reason) => sg.http('POST', '/admin/reload', { token: sg.adminToken, body: { reason } })));
+    for (const res of answers) {
+      assert.equal(res.status, 200, res.text);
+      assert.deepEqual([res.json.listed, res.json.reached, res.json.failed], [34, 33, 1], res.text);
+    }
+    for (const reason of reasons) await everyClientOnce(reason);
+  });
+
+  test('a caller without the admin token is refused (401) and nothing is sent', async () => {
+    const userToken = await sg.mintToken(uniq('not-admin'));
+    for (const token of [userToken, undefined]) {
+      const res = await sg.http('POST', '/admin/reload', { token, body: { reason: 'must not happen' } });
+      assert.equal(res.status, 401, res.text);
+    }
+    await sleep(500);
+    const reached = clients.filter((c) => c.events.some((f) => f.event === 'system:reload' && f.data?.reason === 'must not happen'));
+    assert.equal(reached.length, 0, 'no refused reload was sent');
   });
 });
 
