@@ -194,6 +194,25 @@ describe('tool approval', () => {
     await resuming.close();
   });
 
+  test('the agent deleted while its call waits: an approval runs nothing, the model is told the tool is gone', async () => {
+    const doomed = await createAgent(gw);
+    const { token } = await user(gw);
+    const conversationId = randomUUID();
+    const client = await open(gw, token, conversationId);
+    const marker = uniq('gone');
+    const { question } = await ask(client, doomed, marker);
+    const listed = (await gw.http('GET', '/admin/agents', { token: gw.adminToken })).json.agents.find((a) => a.agent.name === doomed);
+    assert.equal((await gw.http('DELETE', `/admin/agents/${listed.id}`, { token: gw.adminToken })).status, 200);
+    client.send('tool:approve', { conversationId, toolCallId: question.data.toolCallId, approved: true });
+    const t = summarizeTurn(await client.until('agent:end', { timeout: 20_000 }));
+    assert.equal(t.end.data.stopReason, 'stop', client.log.dump());
+    assert.equal(t.toolEnds[0].data.isError, true);
+    assert.equal(echoCalls(marker).length, 0);
+    const [, second] = up.requestsFor(marker);
+    assert.equal(second.body.messages.find((m) => m.role === 'tool').content, 'not run: the tool echo is no longer configured for this agent');
+    await client.close();
+  });
+
   test('two sockets of the owner answer at once: one answer counts, the other is refused, the tool runs once', async () => {
     const { token } = await user(gw);
     const conversationId = randomUUID();

@@ -885,7 +885,16 @@ impl ConversationObject {
                 self.call_mcp_tool(server, tool, &call.arguments, &signal, timeout_ms)
                     .await
             }
-            _ => ToolOutcome::text(crate::conversation::steps::NOT_RUN_ABORTED, true),
+            (_, _, None) => ToolOutcome::text(crate::conversation::steps::NOT_RUN_ABORTED, true),
+            // The agent lost the tool (or the user lost the agent) while the call waited for
+            // approval: the model is told, the turn goes on.
+            (None, None, Some(_)) => ToolOutcome::text(
+                format!(
+                    "not run: the tool {} is no longer configured for this agent",
+                    call.name
+                ),
+                true,
+            ),
         }
     }
 
