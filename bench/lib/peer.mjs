@@ -6,10 +6,10 @@ import path from 'node:path';
 import { ROOT } from '../../tests/support/harness.mjs';
 import { note } from './util.mjs';
 
-/** Where the peer's harness is shipped (read-only in CI): `../shared/peer` beside the checkout, or PEER_DIR. */
+/** Where the peer's harness is shipped (read-only in CI): `../shared/peer` beside the checkout, or the folder PEER_DIR names. */
 export const PEER_SRC = path.resolve(process.env.PEER_DIR ?? path.join(ROOT, '..', 'shared', 'peer'));
 /** The scratch copy the comparison runs from (bench/.gitignore keeps it out of git). */
-export const PEER_DIR = path.join(ROOT, 'bench', '.peer');
+export const PEER_COPY = path.join(ROOT, 'bench', '.peer');
 
 // What is generated or installed, never copied: the peer's own .gitignore names the same.
 const GENERATED = new Set(['node_modules', 'dist', '.wrangler']);
@@ -47,7 +47,7 @@ function npmCi(cwd) {
 }
 
 /**
- * Makes PEER_DIR a current copy of PEER_SRC with its packages installed. The copy is refreshed when the shipped
+ * Makes PEER_COPY a current copy of PEER_SRC with its packages installed. The copy is refreshed when the shipped
  * files changed; `npm ci` runs only when the lock file changed or node_modules is missing, so a warm run costs
  * a hash of a few files.
  */
@@ -55,7 +55,7 @@ export async function preparePeer() {
   if (!existsSync(path.join(PEER_SRC, 'package-lock.json'))) throw new Error(`no peer harness at ${PEER_SRC} (set PEER_DIR to its folder)`);
   const sourceHash = treeHash(PEER_SRC);
   const lockHash = createHash('sha256').update(readFileSync(path.join(PEER_SRC, 'package-lock.json'))).digest('hex');
-  const stampFile = path.join(PEER_DIR, '.bench-stamp.json');
+  const stampFile = path.join(PEER_COPY, '.bench-stamp.json');
   let stamp = {};
   try {
     stamp = JSON.parse(readFileSync(stampFile, 'utf8'));
@@ -63,31 +63,31 @@ export async function preparePeer() {
     // no copy yet
   }
   if (stamp.sourceHash !== sourceHash) {
-    mkdirSync(PEER_DIR, { recursive: true });
-    for (const name of readdirSync(PEER_DIR)) if (name !== 'node_modules') rmSync(path.join(PEER_DIR, name), { recursive: true, force: true });
+    mkdirSync(PEER_COPY, { recursive: true });
+    for (const name of readdirSync(PEER_COPY)) if (name !== 'node_modules') rmSync(path.join(PEER_COPY, name), { recursive: true, force: true });
     for (const name of readdirSync(PEER_SRC)) {
       if (GENERATED.has(name)) continue;
-      cpSync(path.join(PEER_SRC, name), path.join(PEER_DIR, name), { recursive: true });
+      cpSync(path.join(PEER_SRC, name), path.join(PEER_COPY, name), { recursive: true });
     }
     // The shipped files are read-only; wrangler and npm write beside them.
-    makeWritable(PEER_DIR);
-    note(`peer harness copied from ${PEER_SRC} to ${path.relative(ROOT, PEER_DIR)}`);
+    makeWritable(PEER_COPY);
+    note(`peer harness copied from ${PEER_SRC} to ${path.relative(ROOT, PEER_COPY)}`);
   }
-  const installed = existsSync(path.join(PEER_DIR, 'node_modules', 'wrangler', 'package.json'));
+  const installed = existsSync(path.join(PEER_COPY, 'node_modules', 'wrangler', 'package.json'));
   if (stamp.lockHash !== lockHash || !installed) {
     const t0 = Date.now();
     note('peer harness: npm ci (first run only; the npm registry must be reachable)');
-    await npmCi(PEER_DIR);
+    await npmCi(PEER_COPY);
     note(`peer harness installed in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   }
   writeFileSync(stampFile, `${JSON.stringify({ sourceHash, lockHash }, null, 2)}\n`);
   return {
-    dir: PEER_DIR,
-    wrangler: path.join(PEER_DIR, 'node_modules', 'wrangler', 'bin', 'wrangler.js'),
-    mock: path.join(PEER_DIR, 'upstream', 'mock-openai.mjs'),
-    loadClient: path.join(PEER_DIR, 'load', 'bench.mjs'),
-    procModule: path.join(PEER_DIR, 'load', 'proc.mjs'),
-    versions: versionsIn(PEER_DIR, ['agents', '@cloudflare/ai-chat', 'ai', '@ai-sdk/openai-compatible', 'wrangler', 'workerd']),
+    dir: PEER_COPY,
+    wrangler: path.join(PEER_COPY, 'node_modules', 'wrangler', 'bin', 'wrangler.js'),
+    mock: path.join(PEER_COPY, 'upstream', 'mock-openai.mjs'),
+    loadClient: path.join(PEER_COPY, 'load', 'bench.mjs'),
+    procModule: path.join(PEER_COPY, 'load', 'proc.mjs'),
+    versions: versionsIn(PEER_COPY, ['agents', '@cloudflare/ai-chat', 'ai', '@ai-sdk/openai-compatible', 'wrangler', 'workerd']),
   };
 }
 
