@@ -1,9 +1,11 @@
 // Load client for socket.io connections that carry several conversations each (the seed clients' way): one Engine.IO connection per client, messages naming different conversationIds one after the other. Measures exactly as the peer's JSON load client does and prints a summary of the same shape.
 //
 // Each of C connections (socket.io-client, namespace /chat, WebSocket transport, no conversationId: the gateway's
-// connection object) is opened and gets its manifest; then every connection, all at once, runs M turns one after
-// the other, each in a new conversation (the connection follows the latest message's conversation, so turns on one
-// connection cannot overlap). The fake upstream stamps every delta `⟦seq:send-time⟧`:
+// connection object) is opened, gets its manifest and opens a relay to each of its M new conversations (an `abort`
+// naming it, which the conversation answers without a turn), as the JSON client's sockets are all attached before
+// any message. Then every connection, all at once, runs M turns one after the other, one per conversation (the
+// connection follows the latest message's conversation, so turns on one connection cannot overlap). The fake
+// upstream stamps every delta `⟦seq:send-time⟧`:
 //   per_delta    client receive time (+ clock offset to the upstream) - the stamp
 //   ttfd         message sent -> first agent:text of that conversation
 //   total        message sent -> its agent:end
@@ -127,11 +129,17 @@ function connection(index, go) {
     socket.once('connect_error', (e) => reject(new Error(`connection ${index}: ${e.message}`)));
     setTimeout(() => reject(new Error(`connection ${index}: no manifest within ${cfg.timeout_s} s`)), cfg.timeout_s * 1000).unref();
   });
-  conn.finished = (async () => {
+  const ids = Array.from({ length: cfg.conversations }, (_, k) => `${cfg.prefix}-c${index}-m${k}`);
+  conn.relaysOpen = (async () => {
     await conn.opened;
+    for (const id of ids) await socket.timeout(cfg.timeout_s * 1000).emitWithAck('abort', { conversationId: id });
+  })();
+  conn.finished = (async () => {
+    await conn.relaysOpen;
     await go;
-    for (let k = 0; k < cfg.conversations && socket.connected; k++) {
-      const t = { id: `${cfg.prefix}-c${index}-m${k}`, seen: new Uint8Array(cfg.n), received: 0, duplicates: 0, outOfOrder: 0, lastSeq: -1, errors: [] };
+    for (const id of ids) {
+      if (!socket.connected) break;
+      const t = { id, seen: new Uint8Array(cfg.n), received: 0, duplicates: 0, outOfOrder: 0, lastSeq: -1, errors: [] };
       const ended = new Promise((resolve) => (t.done = resolve));
       current = t;
       turns.push(t);
@@ -148,7 +156,7 @@ function connection(index, go) {
 let release;
 const go = new Promise((resolve) => (release = resolve));
 const conns = Array.from({ length: cfg.connections }, (_, i) => connection(i, go));
-const opened = await Promise.allSettled(conns.map((c) => c.opened));
+const opened = await Promise.allSettled(conns.map((c) => c.relaysOpen));
 const connectFailed = opened.filter((o) => o.status === 'rejected').map((o) => String(o.reason?.message ?? o.reason));
 release();
 let timedOut = false;
