@@ -5,8 +5,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import WebSocket from 'ws';
 import { buildOnce } from '../tests/support/harness.mjs';
+import { cdp } from './lib/cdp.mjs';
 import { MODES, findWorkerInspector, startBenchGateway } from './lib/gateway.mjs';
 import { runPhase } from './lib/phase.mjs';
 import { fmtMs, table } from './lib/stats.mjs';
@@ -26,35 +26,6 @@ function parseArgs(argv) {
     if (m[1] === 'inspector' ? !MODES[value] : !Number.isInteger(opts[m[1]]) || opts[m[1]] < 0) throw new Error(`bad value for --${m[1]}: ${value}`);
   }
   return opts;
-}
-
-/** A minimal Chrome DevTools Protocol client: send(method, params) resolves with the result. */
-async function cdp(url) {
-  const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 30 });
-  await new Promise((resolve, reject) => {
-    ws.once('open', resolve);
-    ws.once('error', reject);
-  });
-  let nextId = 1;
-  const pending = new Map();
-  ws.on('message', (data) => {
-    const msg = JSON.parse(data.toString('utf8'));
-    const p = msg.id !== undefined && pending.get(msg.id);
-    if (!p) return;
-    pending.delete(msg.id);
-    if (msg.error) p.reject(new Error(`${p.method}: ${JSON.stringify(msg.error)}`));
-    else p.resolve(msg.result);
-  });
-  return {
-    send(method, params = {}) {
-      const id = nextId++;
-      return new Promise((resolve, reject) => {
-        pending.set(id, { resolve, reject, method });
-        ws.send(JSON.stringify({ id, method, params }));
-      });
-    },
-    close: () => ws.close(),
-  };
 }
 
 // Names of frames that are not code of the Worker: V8's own buckets.

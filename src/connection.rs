@@ -450,13 +450,6 @@ impl Connection {
         let Some(k) = self.relay_index(conversation) else {
             return actions;
         };
-        if text == "2" {
-            actions.push(Action::ToRelay {
-                conversation: conversation.to_string(),
-                packet: "3".into(),
-            });
-            return actions;
-        }
         if text.starts_with('0') {
             return actions; // the relay's Engine.IO OPEN
         }
@@ -1122,7 +1115,7 @@ mod tests {
     }
 
     #[test]
-    fn pings_from_a_relay_are_answered_and_never_reach_the_client() {
+    fn heartbeats_and_the_manifest_from_a_relay_never_reach_the_client() {
         let mut c = connected();
         c.client_packet(
             "42/chat,[\"message\",{\"conversationId\":\"a\",\"content\":\"1\"}]",
@@ -1130,7 +1123,9 @@ mod tests {
             || unreachable!(),
         );
         ready(&mut c, "a");
-        assert_eq!(to_relay(&c.relay_packet("a", "2")), vec![("a", "3")]);
+        // Relays are not pinged (the connection owns its client's heartbeat); a stray ping is
+        // neither answered nor passed on.
+        assert!(c.relay_packet("a", "2").is_empty());
         c.relay_packet("a", "42/chat,[\"commands:manifest\",{}]");
         assert!(c.take_outgoing().is_empty());
     }

@@ -1,19 +1,16 @@
 // The runtime floor: the benchmark's C=10 phase against a minimal Durable Object (bench/floor/src/index.js) instead of the gateway, to show what wrangler dev itself costs for the same per-turn I/O.
 // Run: node bench/floor/run.mjs [--phases 5] [--conversations 10] [--sockets 2] [--deltas 50] [--delay 5]
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-import { freePort } from '../../tests/support/harness.mjs';
 import { preciseNow } from '../../tests/support/fake-upstream.mjs';
 import { summarize } from '../lib/stats.mjs';
 import { startUpstreamThread } from '../lib/upstream.mjs';
 import { sleep, stampsOf } from '../lib/util.mjs';
+import { startWrangler } from '../lib/wrangler.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const WRANGLER = path.join(HERE, '..', '..', 'node_modules', '.bin', 'wrangler');
+const WRANGLER = path.join(HERE, '..', '..', 'node_modules', 'wrangler', 'bin', 'wrangler.js');
 
 const opts = { phases: 5, conversations: 10, sockets: 2, deltas: 50, delay: 5 };
 const argv = process.argv.slice(2);
@@ -79,36 +76,10 @@ async function phase(port, upstream, label, { C, S, N, delay }) {
 }
 
 const upstream = await startUpstreamThread();
-const port = await freePort();
-const state = mkdtempSync(path.join(tmpdir(), 'runtime-floor-'));
 // Inspector proxy off, as the benchmark's budget mode.
-const wrangler = spawn(WRANGLER, ['dev', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(await freePort()), '--persist-to', state, '--show-interactive-dev-session=false', '--log-level', 'warn', '--var', `UPSTREAM:${upstream.url}`], {
-  cwd: HERE,
-  env: { ...process.env, VSCODE_INSPECTOR_OPTIONS: '{}' },
-  detached: true,
-  stdio: 'ignore',
-});
-const stop = () => {
-  try {
-    process.kill(-wrangler.pid, 'SIGTERM');
-  } catch {
-    // gone already
-  }
-};
-process.on('SIGINT', () => {
-  stop();
-  process.exit(130);
-});
+const floor = await startWrangler({ name: 'floor', cwd: HERE, wranglerJs: WRANGLER, vars: { UPSTREAM: upstream.url } });
+const port = new URL(floor.url).port;
 try {
-  for (let waited = 0; ; waited += 200) {
-    if (waited > 60_000) throw new Error('wrangler dev did not answer /health within 60 s');
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/health`)).status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    await sleep(200);
-  }
   await phase(port, upstream, 'warmup', { C: 1, S: 1, N: 5, delay: 1 });
   const C = opts.conversations;
   const rows = [];
@@ -129,7 +100,6 @@ try {
       `  added latency p50 ${lat.p50.toFixed(2)} ms (${range('latencies', 'p50')}), p99 ${lat.p99.toFixed(2)} ms (${range('latencies', 'p99')})\n`,
   );
 } finally {
-  stop();
+  await floor.stop();
   await upstream.close();
-  rmSync(state, { recursive: true, force: true });
 }

@@ -48,17 +48,18 @@ function watchStartup(timeoutMs = 120_000) {
 }
 
 /**
- * Starts `wrangler dev` in `mode` against the fake upstream at `upstreamUrl`, with the rate limit out of the way.
- * Resolves with the harness gateway, the start-up figures and the wrangler root pid.
+ * Starts `wrangler dev` in `mode` against the fake upstream at `upstreamUrl`, with the rate limit out of the way
+ * and `vars` set. Resolves with the harness gateway, the start-up figures and the wrangler root pid.
+ * One at a time: the start-up probe takes the next `wrangler dev` spawn.
  */
-export async function startBenchGateway(mode, upstreamUrl) {
+export async function startBenchGateway(mode, upstreamUrl, vars = {}) {
   setWranglerEnv(mode.env);
   const startup = watchStartup();
   startup.catch(() => {}); // a failed start surfaces through startGateway
   const t0 = preciseNow();
   // BENCH_VARS (a JSON object) sets more of the gateway's vars, to compare settings.
   const extra = process.env.BENCH_VARS ? JSON.parse(process.env.BENCH_VARS) : {};
-  const gateway = await startGateway({ upstream: { url: upstreamUrl }, vars: { RATE_LIMIT_PER_MINUTE: '100000', ...extra } });
+  const gateway = await startGateway({ upstream: { url: upstreamUrl }, vars: { RATE_LIMIT_PER_MINUTE: '100000', ...vars, ...extra } });
   const harnessStartMs = preciseNow() - t0;
   try {
     const s = await withTimeout(startup, 30_000, 'start-up probe');

@@ -47,12 +47,21 @@ pub struct SocketMeta {
     /// Closed by the gateway (revoked or expired): whatever it still sends is ignored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shut: bool,
+    /// A connection object's relay: the client behind it is pinged by its connection object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 impl SocketMeta {
     /// The socket's framing.
     pub fn framing(&self) -> Framing {
         Framing::of(self.sio)
+    }
+
+    /// Whether the conversation's alarm sends it Engine.IO pings: a socket.io client, not a relay,
+    /// so an idle multi-conversation connection never wakes the conversations it has used.
+    pub fn pinged(&self) -> bool {
+        self.sio && !self.relay
     }
 
     /// Whether events reach it: a socket.io socket only once its CONNECT was accepted.
@@ -369,6 +378,22 @@ mod tests {
             sio_socket(Some("a"), true).frame(&e).as_deref(),
             Some(r#"42/chat,["pong",{}]"#)
         );
+    }
+
+    #[test]
+    fn only_socket_io_clients_are_pinged_and_relays_never() {
+        assert!(sio_socket(Some("alice"), true).pinged());
+        assert!(!json_socket().pinged());
+        let relay = SocketMeta {
+            relay: true,
+            ..sio_socket(Some("alice"), true)
+        };
+        assert!(!relay.pinged() && relay.hears_events());
+        let text = serde_json::to_string(&relay).unwrap();
+        assert_eq!(serde_json::from_str::<SocketMeta>(&text).unwrap(), relay);
+        assert!(!serde_json::to_string(&json_socket())
+            .unwrap()
+            .contains("relay"));
     }
 
     #[test]

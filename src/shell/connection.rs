@@ -22,6 +22,10 @@ use worker::*;
 pub const H_TRANSPORT: &str = "x-gateway-transport";
 /// The internal header with the connection's sid on its handshake.
 pub const H_SID: &str = "x-gateway-sid";
+/// The internal header marking a relay's socket to a conversation: the connection object owns
+/// its client's heartbeat, so the conversation never pings the relay (and an idle connection
+/// wakes none of the conversations it has used).
+pub const H_RELAY: &str = "x-gateway-relay";
 
 /// One socket.io connection.
 #[durable_object]
@@ -556,6 +560,7 @@ impl Inner {
         let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| e.to_string());
         set("upgrade", "websocket")?;
         set(super::gateway::H_FRAMING, "sio")?;
+        set(H_RELAY, "1")?;
         set(super::gateway::H_CONVERSATION, conversation)?;
         set(H_USER, &user)?;
         if let Some(t) = &token {

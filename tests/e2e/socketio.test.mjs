@@ -446,6 +446,29 @@ describe('heartbeats (SIO_PING_INTERVAL_MS=1000, SIO_PING_TIMEOUT_MS=1000)', () 
     await json.close();
     await client.close();
   });
+
+  test('a connection with several conversations, idle: its own pings keep it up (its relays are not pinged), and each conversation still answers', async () => {
+    const token = await hb.mintToken(uniq('sio-idle-many'));
+    const client = await openSio(hb, { token });
+    const ids = [randomUUID(), randomUUID()];
+    for (const conversationId of ids) {
+      const t = await client.turn(`open the relay ${uniq()}`, { conversationId });
+      assert.equal(t.end?.data.stopReason, 'stop', client.log.dump());
+    }
+    const pings = [];
+    client.socket.io.engine.on('ping', () => pings.push(Date.now()));
+    const disconnects = [];
+    client.socket.on('disconnect', (reason) => disconnects.push(reason));
+    await sleep(5000);
+    assert.deepEqual(disconnects, [], 'no disconnect while idle');
+    assert.ok(pings.length >= 3, `at least 3 pings in 5 s at a 1 s interval, got ${pings.length}`);
+    for (const conversationId of [...ids].reverse()) {
+      const t = await client.turn(`after the idle time ${uniq()}`, { conversationId });
+      assert.equal(t.end?.data.stopReason, 'stop', client.log.dump());
+      assert.equal(t.end.data.conversationId, conversationId);
+    }
+    await client.close();
+  });
 });
 
 describe('an event named ping', () => {

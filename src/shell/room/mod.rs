@@ -288,10 +288,10 @@ impl DurableObject for ConversationObject {
         let config = self.config()?;
         let next_expiry = self.shut_expired(now_ms());
         let sockets = self.sockets();
-        let mut any_sio = false;
+        let mut any_pinged = false;
         for (ws, meta) in &sockets {
-            if meta.sio {
-                any_sio = true;
+            if meta.pinged() {
+                any_pinged = true;
                 let _ = ws.send_with_str(sio::ping());
             }
         }
@@ -309,7 +309,7 @@ impl DurableObject for ConversationObject {
                 }
             }
         }
-        if any_sio {
+        if any_pinged {
             self.arm_alarm_within(config.sio_ping_interval_ms).await;
         }
         if self.room.borrow().turn_running && self.recovery_armed.get() {

@@ -197,6 +197,7 @@ impl ConversationObject {
         let last_seq: Option<u64> = headers
             .get(crate::shell::gateway::H_LAST_SEQ)?
             .and_then(|s| s.parse().ok());
+        let relay = headers.get(crate::shell::connection::H_RELAY)?.is_some();
         // The first authenticated user claims the conversation before any socket of it opens, so
         // nobody else can attach, listen or send commands before its first message is stored.
         if let Some(user) = &user {
@@ -219,13 +220,16 @@ impl ConversationObject {
             connected: framing != "sio",
             token,
             expires,
+            relay,
             ..SocketMeta::default()
         };
         if meta.sio {
             meta.sid = new_id();
             self.set_meta(&ws, &meta)?;
             self.send_open(&ws, &meta, config);
-            self.arm_alarm_within(config.sio_ping_interval_ms).await;
+            if meta.pinged() {
+                self.arm_alarm_within(config.sio_ping_interval_ms).await;
+            }
         } else {
             self.set_meta(&ws, &meta)?;
             for frame in self.room.borrow().greeting(&meta, last_seq) {
