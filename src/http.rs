@@ -100,6 +100,27 @@ pub fn path_segments(path: &str, skip: usize) -> Result<Vec<String>, BadPath> {
         .collect()
 }
 
+/// The decoded pairs of an absolute URL's query (`+` is a space), in order.
+///
+/// The runtime hands over request URLs already normalised by its WHATWG parser, so the query
+/// is read as it stands: parsing the URL again would bring a URL parser and its IDNA tables
+/// into the bundle for nothing.
+pub fn query_pairs(url: &str) -> Vec<(String, String)> {
+    let url = url.split_once('#').map_or(url, |(u, _)| u);
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// `base` (an absolute URL without query) with `pairs` as its form-encoded query.
+pub fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let start = base.len() + 1;
+    form_urlencoded::Serializer::for_suffix(format!("{base}?"), start)
+        .extend_pairs(pairs)
+        .finish()
+}
+
 /// A query parameter's value.
 pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
@@ -164,6 +185,35 @@ pub fn require_websocket(upgrade: Option<&str>) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_are_decoded_in_order_and_stop_at_the_fragment() {
+        assert_eq!(
+            query_pairs("https://gw.example/chat?token=a%20b&x=1+2&token=c&flag#f?x=9"),
+            q(&[("token", "a b"), ("x", "1 2"), ("token", "c"), ("flag", "")])
+        );
+        assert_eq!(query_pairs("https://gw.example/chat"), q(&[]));
+        assert_eq!(query_pairs("https://gw.example/chat#a?b=c"), q(&[]));
+        assert_eq!(
+            query_pairs("https://gw.example/?name=%C3%A9t%C3%A9"),
+            q(&[("name", "\u{e9}t\u{e9}")])
+        );
+    }
+
+    #[test]
+    fn with_query_form_encodes_each_pair() {
+        assert_eq!(
+            with_query(
+                "https://rate-limit/admit",
+                &[("user", "alice laptop&co"), ("limit", "60")]
+            ),
+            "https://rate-limit/admit?user=alice+laptop%26co&limit=60"
+        );
+        assert_eq!(
+            with_query("https://rate-limit/warm", &[("user", "\u{e9}")]),
+            "https://rate-limit/warm?user=%C3%A9"
+        );
+    }
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -2,6 +2,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// JSON that the gateway stored itself (session, turn record, checkpoints, operator rows) read
+/// back as a `T`.
+///
+/// Decoded through a `Value` rather than straight from the text, so that the stored types have one
+/// decoder in the bundle instead of two (the admin routes and D1 metadata decode them from `Value`
+/// too). Runs when an object loads, recovers a turn or reads its configuration, never per delta.
+/// A syntax error still names its line and column; a field of the wrong type no longer does.
+pub fn parse_stored<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str::<serde_json::Value>(text).and_then(serde_json::from_value)
+}
+
+/// [`parse_stored`], `None` when the text does not parse.
+pub fn stored<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    parse_stored(text).ok()
+}
+
 /// A conversation row as the API lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,7 +91,7 @@ pub struct OperatorRow {
 
 /// A stored routing rule with its row id.
 pub fn parse_rule(id: &str, body: &str) -> Result<crate::routing::RoutingRule, serde_json::Error> {
-    serde_json::from_str::<crate::routing::RoutingRule>(body).map(|mut rule| {
+    parse_stored::<crate::routing::RoutingRule>(body).map(|mut rule| {
         rule.id = Some(id.to_string());
         rule
     })
@@ -88,8 +104,8 @@ pub fn operator_config(rows: Vec<OperatorRow>) -> OperatorConfig {
     for row in rows {
         let parsed = match row.kind.as_str() {
             "rule" => parse_rule(&row.id, &row.body).map(|r| rules.push(r)),
-            "agent" => serde_json::from_str(&row.body).map(|a| agents.push((row.id.clone(), a))),
-            "model" => serde_json::from_str(&row.body).map(|m| models.push(m)),
+            "agent" => parse_stored(&row.body).map(|a| agents.push((row.id.clone(), a))),
+            "model" => parse_stored(&row.body).map(|m| models.push(m)),
             _ => Ok(()),
         };
         if let Err(e) = parsed {

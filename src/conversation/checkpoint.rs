@@ -226,7 +226,7 @@ pub fn encode_batch<'a>(events: impl IntoIterator<Item = &'a OutEvent>) -> Optio
 pub fn decode_batches(rows: &[String]) -> Vec<SavedEvent> {
     let mut events: Vec<SavedEvent> = rows
         .iter()
-        .filter_map(|r| serde_json::from_str::<Vec<SavedEvent>>(r).ok())
+        .filter_map(|r| crate::store::stored::<Vec<SavedEvent>>(r))
         .flatten()
         .collect();
     events.sort_by_key(|e| e.seq);

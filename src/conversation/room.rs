@@ -143,15 +143,15 @@ impl<S: Clone> Room<S> {
         self.id = id;
         self.owner = get("owner");
         self.stored_any = get("stored").is_some();
-        self.continuation = get(CONTINUATION_KEY).and_then(|t| serde_json::from_str(&t).ok());
+        self.continuation = get(CONTINUATION_KEY).and_then(|t| crate::store::stored(&t));
         self.waiting = (get("turn").as_deref() == Some(TURN_WAITING))
             .then(|| get(WAITING_KEY))
             .flatten()
-            .and_then(|t| serde_json::from_str(&t).ok());
+            .and_then(|t| crate::store::stored(&t));
         self.turn_running = self.waiting.is_some();
         self.orphaned_outbox = self.stored_any && outbox_waiting;
         self.session = get("session")
-            .and_then(|s| serde_json::from_str(&s).ok())
+            .and_then(|s| crate::store::stored(&s))
             .unwrap_or_default();
         let next_seq = super::next_seq_after_load(
             get("seq").and_then(|s| s.parse().ok()),

@@ -434,17 +434,7 @@ pub const MAX_RETRY_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
 /// An HTTP-date is ignored (`None`): turning it into a delay needs a clock, which this pure
 /// core does not read; the caller falls back to its own backoff.
 pub fn parse_retry_after(value: &str) -> Option<u64> {
-    let v = value.trim();
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    let secs: f64 = v.parse().ok()?;
-    // Digits only, so never negative; too many digits parse as infinity, which the clamp bounds.
-    if secs.is_nan() {
-        return None;
-    }
-    // `as` saturates, so an absurd value cannot wrap before the clamp.
-    Some(((secs * 1000.0).round() as u64).min(MAX_RETRY_AFTER_MS))
+    decimal_times(value.trim(), 1000).map(rounded_ms)
 }
 
 /// Finds a delay hint in an error message ("Please try again in 1.5s", "try again in 6ms",
@@ -467,7 +457,7 @@ pub fn retry_hint_from_text(text: &str) -> Option<u64> {
 /// Parses a duration such as `1.5s`, `6ms`, `20 seconds` or `1m30s` at the start of `s`, in milliseconds.
 fn parse_duration_prefix(s: &str) -> Option<u64> {
     let mut rest = s;
-    let mut total = 0.0f64;
+    let mut total = 0u128;
     let mut any = false;
     loop {
         let num_len = rest
@@ -478,31 +468,64 @@ fn parse_duration_prefix(s: &str) -> Option<u64> {
             break;
         }
         let (num, after) = rest.split_at(num_len);
-        let Ok(value) = num.parse::<f64>() else {
-            break;
-        };
         let after = after.trim_start_matches(' ');
         let unit_len = after
             .bytes()
             .take_while(|b| b.is_ascii_alphabetic())
             .count();
         let (unit, tail) = after.split_at(unit_len);
-        let factor = match unit {
-            "ms" | "msec" | "milliseconds" | "millisecond" => 1.0,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
-            "h" | "hr" | "hour" | "hours" => 3_600_000.0,
+        let unit_ms = match unit {
+            "ms" | "msec" | "milliseconds" | "millisecond" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hr" | "hour" | "hours" => 3_600_000,
             _ => break,
         };
-        total += value * factor;
+        let Some(value) = decimal_times(num, unit_ms) else {
+            break;
+        };
+        total = (total + value).min(MAX_FIXED_MS);
         any = true;
         rest = tail;
     }
-    if any && total.is_finite() {
-        Some((total.round() as u64).min(MAX_RETRY_AFTER_MS))
-    } else {
-        None
+    any.then(|| rounded_ms(total))
+}
+
+/// Fractional digits kept by [`decimal_times`]: its results count 10^-18 ms.
+const FRACTION_DIGITS: usize = 18;
+/// One millisecond in [`decimal_times`]'s units.
+const FIXED_MS: u128 = 10u128.pow(FRACTION_DIGITS as u32);
+/// [`MAX_RETRY_AFTER_MS`] in [`decimal_times`]'s units, where its results saturate.
+const MAX_FIXED_MS: u128 = MAX_RETRY_AFTER_MS as u128 * FIXED_MS;
+
+/// `num` (ASCII digits with at most one `.`, and at least one digit: `2`, `1.5`, `1.`, `.5`)
+/// times `unit_ms`, exactly, in 10^-18 ms (fraction digits past the 18th are dropped),
+/// saturating at [`MAX_RETRY_AFTER_MS`]; `None` for anything else.
+///
+/// Written out rather than parsed as `f64`: the float parser's tables are about 10 KB of the
+/// Worker's compressed bundle, for two delay hints.
+fn decimal_times(num: &str, unit_ms: u64) -> Option<u128> {
+    let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !digits(whole) || !digits(fraction) {
+        return None;
     }
+    let unit = u128::from(unit_ms);
+    let mut value = 0u128;
+    for b in whole.bytes() {
+        value = (value * 10 + u128::from(b - b'0') * unit * FIXED_MS).min(MAX_FIXED_MS);
+    }
+    let mut scale = FIXED_MS;
+    for b in fraction.bytes().take(FRACTION_DIGITS) {
+        scale /= 10;
+        value += u128::from(b - b'0') * unit * scale;
+    }
+    Some(value.min(MAX_FIXED_MS))
+}
+
+/// Fixed-point milliseconds from [`decimal_times`], rounded half up to whole ones.
+fn rounded_ms(fixed: u128) -> u64 {
+    ((fixed + FIXED_MS / 2) / FIXED_MS) as u64
 }
 
 /// The first [`MAX_ERROR_SCAN_BYTES`] of `s`, cut on a char boundary.
@@ -897,6 +920,18 @@ mod tests {
             parse_retry_after(&"9".repeat(400)),
             Some(MAX_RETRY_AFTER_MS)
         );
+        assert_eq!(parse_retry_after(".25"), Some(250));
+        assert_eq!(parse_retry_after("."), None);
+        assert_eq!(
+            parse_retry_after("1.2345"),
+            Some(1235),
+            "half a millisecond rounds up"
+        );
+        assert_eq!(parse_retry_after("0.0004999"), Some(0));
+        assert_eq!(
+            parse_retry_after(&format!("0.{}1", "0".repeat(30))),
+            Some(0)
+        );
     }
 
     #[test]
@@ -916,6 +951,9 @@ mod tests {
             retry_hint_from_text("try again in 90000h"),
             Some(MAX_RETRY_AFTER_MS)
         );
+        assert_eq!(retry_hint_from_text("retry in 1m30.5s"), Some(90_500));
+        assert_eq!(retry_hint_from_text("try again in 0.25ms"), Some(0));
+        assert_eq!(retry_hint_from_text("try again in 1.2.3s"), None);
         assert_eq!(retry_hint_from_text("try again in a moment"), None);
         assert_eq!(retry_hint_from_text("try again in 5 parsecs"), None);
         assert_eq!(retry_hint_from_text("slow down"), None);

@@ -69,13 +69,7 @@ fn preflight(req: &Request, config: &Config) -> Result<Response> {
 
 /// Query parameters as pairs.
 pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
-    req.url()
-        .map(|u| {
-            u.query_pairs()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+    http::query_pairs(&req.inner().url())
 }
 
 /// The credentials a request carries: the token it presents (and how), and the headers the
@@ -152,7 +146,7 @@ fn check_origin(
     source: Option<CredentialSource>,
 ) -> std::result::Result<(), ApiError> {
     let origin = req.headers().get("origin").ok().flatten();
-    let own = req.url().ok().and_then(|u| http::origin_of(u.as_str()));
+    let own = http::origin_of(&req.inner().url());
     http::check_origin(origin.as_deref(), own.as_deref(), config, source)
         .map_err(|refusal| ApiError::Forbidden(refusal.message()))
 }

@@ -44,12 +44,11 @@ impl DurableObject for RateLimit {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        let url = req.url()?;
         let mut user = None;
         let mut limit = 60u32;
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "user" => user = Some(v.into_owned()),
+        for (k, v) in crate::http::query_pairs(&req.inner().url()) {
+            match k.as_str() {
+                "user" => user = Some(v),
                 "limit" => limit = v.parse().unwrap_or(limit),
                 _ => {}
             }
@@ -62,7 +61,7 @@ impl DurableObject for RateLimit {
             Some(g) => g,
             None => self.read(&user),
         };
-        if url.path() == "/warm" {
+        if req.path() == "/warm" {
             // A socket of this user attached: have the state in memory before its first event.
             self.shared.users.borrow_mut().warm(user, gcra);
             return super::json_response(200, &serde_json::json!({ "ok": true }));
@@ -163,9 +162,8 @@ fn shard_stub(env: &Env, user: &str) -> Result<Stub> {
 /// for it (called, not awaited, when a socket of the user attaches).
 pub async fn warm(env: &Env, user: &str) {
     let call = async {
-        let mut url = Url::parse("https://rate-limit/warm")?;
-        url.query_pairs_mut().append_pair("user", user);
-        shard_stub(env, user)?.fetch_with_str(url.as_str()).await
+        let url = crate::http::with_query("https://rate-limit/warm", &[("user", user)]);
+        shard_stub(env, user)?.fetch_with_str(&url).await
     };
     if let Err(e) = call.await {
         console_warn!("warming the rate limiter: {e}");
@@ -179,11 +177,12 @@ pub async fn warm(env: &Env, user: &str) {
 pub async fn admit(env: &Env, user: &str, per_minute: u32) -> std::result::Result<(), i64> {
     let call = async {
         let stub = shard_stub(env, user)?;
-        let mut url = Url::parse("https://rate-limit/admit")?;
-        url.query_pairs_mut()
-            .append_pair("user", user)
-            .append_pair("limit", &per_minute.to_string());
-        let mut resp = stub.fetch_with_str(url.as_str()).await?;
+        let limit = per_minute.to_string();
+        let url = crate::http::with_query(
+            "https://rate-limit/admit",
+            &[("user", user), ("limit", &limit)],
+        );
+        let mut resp = stub.fetch_with_str(&url).await?;
         resp.json::<serde_json::Value>().await
     };
     match call.await {

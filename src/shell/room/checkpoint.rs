@@ -109,7 +109,7 @@ impl ConversationObject {
             .exec("SELECT events FROM turn_log ORDER BY last_seq", None)?
             .to_array()?;
         let rows: Vec<String> = rows.into_iter().map(|r| r.events).collect();
-        let record: Option<TurnRecord> = record_text.and_then(|t| serde_json::from_str(&t).ok());
+        let record: Option<TurnRecord> = record_text.and_then(|t| crate::store::stored(&t));
         let events = checkpoint::decode_batches(&rows);
         let Some(recovered) = checkpoint::recover(record, &events) else {
             return Ok(());
