@@ -344,6 +344,18 @@ impl<S: Clone> Room<S> {
         self.in_flight = None;
     }
 
+    /// What a turn that runs without a client message needs of the conversation: its id, the
+    /// id as JSON, its owner (empty when none) and whether it stored messages before.
+    pub fn identity(&self) -> (String, String, String, bool) {
+        let owner = self.owner.clone().unwrap_or_default();
+        (
+            self.id.clone(),
+            self.id_json.clone(),
+            owner,
+            self.stored_any,
+        )
+    }
+
     /// Whether `user` may use this conversation, as far as this instance knows (`None`: the
     /// owner is not known here and must be read from D1).
     pub fn owned_by(&self, user: &str) -> Option<bool> {

@@ -504,6 +504,21 @@ mod tests {
         }
     }
 
+    /// The tool results the turn added to the context: (call id, text).
+    fn tool_results(turn: &Turn) -> Vec<(&str, &str)> {
+        turn.new_context
+            .iter()
+            .filter_map(|m| match m {
+                ChatMessage::Tool {
+                    tool_call_id,
+                    content,
+                    ..
+                } => Some((tool_call_id.as_str(), content.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every action queued now.
     fn drain(s: &mut TurnSteps) -> Vec<StepAction> {
         std::iter::from_fn(|| s.poll()).collect()
@@ -761,18 +776,7 @@ mod tests {
         let actions = drain(&mut s);
         assert_eq!(names(&actions), ["agent:tool:end", "end aborted"]);
         let turn = s.into_turn();
-        let results: Vec<(&str, &str)> = turn
-            .new_context
-            .iter()
-            .filter_map(|m| match m {
-                ChatMessage::Tool {
-                    tool_call_id,
-                    content,
-                    ..
-                } => Some((tool_call_id.as_str(), content.as_str())),
-                _ => None,
-            })
-            .collect();
+        let results = tool_results(&turn);
         assert_eq!(
             results,
             [
@@ -1005,18 +1009,7 @@ mod tests {
         assert_eq!(names(&drain(&mut s)), ["agent:tool:end", "end aborted"]);
         assert!(s.awaiting().is_none());
         let turn = s.into_turn();
-        let results: Vec<(&str, &str)> = turn
-            .new_context
-            .iter()
-            .filter_map(|m| match m {
-                ChatMessage::Tool {
-                    tool_call_id,
-                    content,
-                    ..
-                } => Some((tool_call_id.as_str(), content.as_str())),
-                _ => None,
-            })
-            .collect();
+        let results = tool_results(&turn);
         assert_eq!(
             results,
             [

@@ -135,16 +135,7 @@ impl ConversationObject {
             Ok(d) => d,
             Err(e) => return console_error!("database binding: {e}"),
         };
-        let (id, id_json, owner, known) = {
-            let room = self.room.borrow();
-            let owner = room.owner.clone().unwrap_or_default();
-            (
-                room.id.clone(),
-                room.id_json.clone(),
-                owner,
-                room.stored_any,
-            )
-        };
+        let (id, id_json, owner, known) = self.room.borrow().identity();
         let history = self.load_history(&d, &id, "", known).await;
         let operator = self.operator().await;
         let (agent, base) = {

@@ -187,16 +187,7 @@ impl ConversationObject {
             Ok(d) => d,
             Err(e) => return console_error!("database binding: {e}"),
         };
-        let (id, id_json, owner, known) = {
-            let room = self.room.borrow();
-            let owner = room.owner.clone().unwrap_or_default();
-            (
-                room.id.clone(),
-                room.id_json.clone(),
-                owner,
-                room.stored_any,
-            )
-        };
+        let (id, id_json, owner, known) = self.room.borrow().identity();
         if let Err(e) = self.load_history(&d, &id, "", known).await {
             return console_error!("loading history to continue a turn: {e}");
         }
